@@ -1,0 +1,31 @@
+# Two commands: `make demo` and `make test`. Both build .venv from the project's own files when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: demo test bench clean install
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Exact pins: these builds lie on the development machines' disk; other versions download gigabytes.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet albumentations==2.0.8 opencv-python-headless
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m crossmodal demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) experiments/bench_data.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

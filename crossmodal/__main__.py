@@ -1,0 +1,4 @@
+"""``python -m crossmodal`` is the ``crossmodal`` command."""
+from crossmodal.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ``crossmodal`` command: one verb per step of the user's flow."""

@@ -1,0 +1,42 @@
+"""``crossmodal VERB ...``: the entry point; user errors become one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from crossmodal import __version__
+from crossmodal.cli import inspect_verb, prepare_verb
+from crossmodal.errors import CrossmodalError
+
+VERBS = (prepare_verb, inspect_verb)
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossmodal",
+        description="Cross-modal knowledge transfer: prepare paired data, distil a modality-A teacher into a "
+                    "modality-B student, evaluate it.",
+        epilog="Run 'crossmodal VERB --help' for the options of one verb.")
+    parser.add_argument("--version", action="version", version=f"crossmodal {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        verb.register(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except CrossmodalError as err:
+        print(f"crossmodal {args.verb}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"crossmodal {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""What every converter shares: resizing, reading image files, the progress bar and the common flags."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterable, TypeVar
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from crossmodal.errors import DataError
+
+T = TypeVar("T")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--out, --size and --overwrite, identical for every source."""
+    parser.add_argument("--out", required=True, metavar="FILE.h5", help="the paired HDF5 file to write")
+    parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                        help="resize every sample to H x W (area for images, nearest for labels and depth)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def checked_size(size: Iterable[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    height, width = (int(v) for v in size)
+    if height <= 0 or width <= 0:
+        raise DataError("--size", f"must be two positive integers, got {height} {width}")
+    return height, width
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Area resampling for photographs (bilinear-like when enlarging); keeps a trailing channel axis."""
+    return _resize(image, size, cv2.INTER_AREA)
+
+
+def resize_nearest(array: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Nearest-neighbour resampling for labels and depth: no invented classes, no depth blended into holes."""
+    return _resize(array, size, cv2.INTER_NEAREST)
+
+
+def _resize(array: np.ndarray, size: tuple[int, int] | None, interpolation: int) -> np.ndarray:
+    if size is None or array.shape[:2] == tuple(size):
+        return array
+    resized = cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+    if array.ndim == 3 and resized.ndim == 2:
+        resized = resized[..., None]
+    return resized
+
+
+def decode_image(data: bytes | np.ndarray, origin: str) -> np.ndarray:
+    """Decode an encoded image file as stored (8/16 bit, 1/3/4 channels); colour comes back as RGB(A)."""
+    buffer = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(origin, "cannot decode the image (damaged or not an image file)")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    return image
+
+
+def read_image(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as handle:
+            return decode_image(handle.read(), path)
+    except FileNotFoundError:
+        raise DataError(path, "no such file") from None
+
+
+def to_rgb8(image: np.ndarray, origin: str) -> np.ndarray:
+    """Any decoded colour image -> uint8 RGB (16-bit scaled down, alpha dropped); grey is an error."""
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise DataError(origin, f"expected a colour image, found shape {image.shape}")
+    image = image[..., :3]
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DataError(origin, f"unsupported image dtype {image.dtype}")
+    return image
+
+
+def progress(items: Iterable[T] | None, total: int, desc: str) -> tqdm:
+    """A progress bar on stderr: iterate over it, or call ``update(n)`` when ``items`` is None."""
+    return tqdm(items, total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
