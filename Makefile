@@ -9,7 +9,6 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	# Exact pins: these builds lie on the development machines' disk; other versions download gigabytes.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet albumentations==2.0.8 opencv-python-headless
@@ -18,11 +17,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+DEMO_DATA := runs/demo/synthetic.h5
+
+# Until the end-to-end demo lands: generate the synthetic RGB-D data set and show what is in it.
 demo: $(VENV)/.installed
-	$(PY) -m crossmodal demo
+	mkdir -p runs/demo
+	test -f $(DEMO_DATA) || $(PY) -m crossmodal prepare synthetic --out $(DEMO_DATA) --num 2000 --size 64 --seed 0
+	$(PY) -m crossmodal inspect $(DEMO_DATA) --preview runs/demo/synthetic_preview.png
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py

@@ -117,18 +117,17 @@ def _sample_object(rng: np.random.Generator, category: int, scale: float) -> Sce
         half = side * uniform(0.9, 1.1, 3) / 2
         shape, size = "boxes", np.array([[[-half[0], 0, -half[2]], [half[0], 2 * half[1], half[2]]]])
     elif category == 1:
-        shape, size = "sphere", np.array([uniform(0.2, 0.4) * scale] * 2)
-        size[1] *= 2
+        radius = uniform(0.2, 0.4) * scale
+        shape, size = "sphere", np.array([radius, 2 * radius])
     elif category == 2:
         shape, size = "cylinder", np.array([uniform(0.2, 0.32), uniform(0.6, 1.0)]) * scale
     elif category == 3:  # table: top slab + 4 legs
         width, depth = uniform(0.8, 1.3) * scale / 2, uniform(0.6, 0.9) * scale / 2
         height, thickness, leg = uniform(0.6, 0.8) * scale, 0.05 * scale, uniform(0.03, 0.04) * scale
         boxes = [[[-width, height - thickness, -depth], [width, height, depth]]]
-        for sign_x in (-1, 1):
-            for sign_z in (-1, 1):
-                leg_x, leg_z = sign_x * (width - 2 * leg), sign_z * (depth - 2 * leg)
-                boxes.append([[leg_x - leg, 0, leg_z - leg], [leg_x + leg, height - thickness, leg_z + leg]])
+        for sign_x, sign_z in ((-1, -1), (-1, 1), (1, -1), (1, 1)):
+            leg_x, leg_z = sign_x * (width - 2 * leg), sign_z * (depth - 2 * leg)
+            boxes.append([[leg_x - leg, 0, leg_z - leg], [leg_x + leg, height - thickness, leg_z + leg]])
         shape, size = "boxes", np.array(boxes)
     elif category == 4:
         shape, size = "cone", np.array([uniform(0.25, 0.4), uniform(0.6, 1.1)]) * scale

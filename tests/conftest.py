@@ -1,0 +1,50 @@
+"""Shared fixtures: paths to the real data in ../shared, a small synthetic file, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def run_cli(*args: str, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``crossmodal ARGS`` as a user would, in a fresh interpreter."""
+    result = subprocess.run([sys.executable, "-m", "crossmodal", *map(str, args)], capture_output=True, text=True,
+                            cwd=cwd or ROOT, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"crossmodal {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The single error line a failed command printed; fails the test on a traceback or several lines."""
+    assert result.returncode != 0, "the command should have failed"
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "sample/s" not in line
+             and "%|" not in line]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"{SHARED} is missing: the tests read the real data in ../shared beside the project")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def synthetic_file(tmp_path_factory) -> Path:
+    """A small synthetic RGB-D file (48 scenes, 32 x 32), made once per test session."""
+    from data_prep.synthetic import generate
+
+    path = tmp_path_factory.mktemp("synthetic") / "scenes.h5"
+    generate(str(path), num=48, size=32, seed=1, workers=1)
+    return path
