@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,11 @@ def run(args: argparse.Namespace) -> None:
              noise=not args.no_noise, workers=args.workers, overwrite=args.overwrite)
 
 
+def _ignore_interrupt() -> None:
+    # Ctrl-C reaches the whole process group: let the parent alone clean up, without one traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _render_chunk(job: tuple[int, int, int, int, bool]) -> dict[str, Any]:
     start, stop, seed, size, noise = job
     scenes = [render_scene(np.random.default_rng([seed, index]), size=size, noise=noise)
@@ -71,7 +77,7 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
                             description="Kinect-like noise, 0 = hole" if noise else "equal to depth")
         writer.add_segmentation("seg", size, size, SEG_CLASS_NAMES, ignore_index=IGNORE_INDEX)
         bar = progress(None, num, "synthetic")
-        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+        pool = multiprocessing.get_context("spawn").Pool(workers, _ignore_interrupt) if workers > 1 else None
         try:
             chunks = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
             for (start, *_), chunk in zip(jobs, chunks):

@@ -1,0 +1,73 @@
+"""The command line as a user types it: help, inspect (text, JSON, preview), interrupted conversions."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+
+from conftest import ROOT, error_line, run_cli
+import data_prep
+
+
+@pytest.mark.parametrize("verb", [[], ["prepare"], ["inspect"]] + [["prepare", n] for n in data_prep.CONVERTERS])
+def test_help_is_complete(verb):
+    result = run_cli(*verb, "--help", check=True)
+    assert result.stdout.startswith("usage: crossmodal")
+    if verb[:1] == ["prepare"] and len(verb) == 2:
+        assert "--out" in result.stdout
+    if not verb:
+        assert "prepare" in result.stdout and "inspect" in result.stdout
+
+
+def test_inspect_text_json_and_preview(synthetic_file, tmp_path):
+    text = run_cli("inspect", synthetic_file, check=True).stdout
+    for expected in ("format version 1", "48 samples", "raw_depth", "holes", "label ", "class, 10 classes",
+                     "segmentation, 13 classes", "splits: ", "converter: data_prep.synthetic"):
+        assert expected in text
+    preview = tmp_path / "grid.png"
+    summary = json.loads(run_cli("inspect", synthetic_file, "--json", "--preview", preview, check=True).stdout)
+    assert summary["format_version"] == 1 and summary["num_samples"] == 48
+    assert summary["modalities"]["rgb"]["shape"] == [48, 32, 32, 3]
+    assert 0 < summary["modalities"]["raw_depth"]["hole_fraction"] < 0.3
+    assert summary["modalities"]["depth"]["hole_fraction"] == 0
+    assert sum(summary["labels"]["label"]["counts"].values()) == 48
+    assert summary["splits"]["train"] + summary["splits"]["test"] == 48
+    assert summary["provenance"]["options"]["seed"] == 1
+    grid = cv2.imread(str(preview))
+    assert grid is not None and grid.shape[0] > 6 * 100 and grid.shape[1] >= 4 * 150  # 6 rows x 4 columns
+
+
+def test_usage_errors(tmp_path):
+    assert "must be two positive integers" in error_line(
+        run_cli("prepare", "images", "--src", tmp_path, "--out", tmp_path / "x.h5", "--size", 0, 4))
+    assert "its folder does not exist" in error_line(
+        run_cli("prepare", "synthetic", "--out", tmp_path / "absent" / "x.h5", "--num", 4))
+    result = run_cli("prepare", "kinect", "--out", tmp_path / "x.h5")
+    assert result.returncode == 2 and "invalid choice: 'kinect'" in result.stderr
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_conversion_leaves_nothing_at_out(tmp_path, how):
+    out = tmp_path / "big.h5"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crossmodal", "prepare", "synthetic", "--out", str(out), "--num", "20000",
+         "--size", "64", "--workers", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".big.h5.tmp-*")) and time.time() < deadline:
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".big.h5.tmp-*")), "the conversion never started writing"
+    time.sleep(1.0)
+    process.send_signal(how)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert not out.exists()
+    if how == signal.SIGINT:  # a catchable interruption also removes the temporary file
+        assert not list(tmp_path.iterdir())
+        assert "interrupted" in stderr.decode()

@@ -1,0 +1,104 @@
+"""Folder-of-pairs converter: fixtures with 8/16-bit PNGs, a CSV index, and the 10 real NYU frames."""
+from __future__ import annotations
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from conftest import error_line, run_cli
+from crossmodal.data.dataset import PairedDataset
+from crossmodal.data.format import read_layout
+from crossmodal.data.transforms import PairedTransform
+
+
+def write_pairs(folder, ids=("0001", "0002", "0010"), height=6, width=9):
+    """<id>_rgb.png (8-bit), <id>_depth.png (16-bit mm), <id>_label13.png (0 void, 1..13); returns the arrays."""
+    folder.mkdir(exist_ok=True)
+    arrays = {}
+    for k, sample_id in enumerate(ids):
+        y, x, c = np.mgrid[0:height, 0:width, 0:3]
+        rgb = ((9 * y + 4 * x + 70 * c + 17 * k) % 256).astype(np.uint8)
+        depth = (500 + 100 * y + 7 * x + 1000 * k).astype(np.uint16)[..., 0]
+        label = ((y + 2 * x + k) % 14).astype(np.uint8)[..., 0]
+        cv2.imwrite(str(folder / f"{sample_id}_rgb.png"), rgb[..., ::-1])
+        cv2.imwrite(str(folder / f"{sample_id}_depth.png"), depth)
+        cv2.imwrite(str(folder / f"{sample_id}_label13.png"), label)
+        arrays[sample_id] = {"rgb": rgb, "depth": depth, "label": label}
+    return arrays
+
+
+def test_folder_round_trip_in_natural_order(tmp_path):
+    arrays = write_pairs(tmp_path / "pairs")
+    run_cli("prepare", "pairs", "--src", tmp_path / "pairs", "--out", tmp_path / "p.h5", check=True)
+    layout = read_layout(tmp_path / "p.h5")
+    assert set(layout.modalities) == {"rgb", "depth"} and set(layout.labels) == {"seg13"}
+    assert layout.labels["seg13"].num_classes == 13
+    with h5py.File(tmp_path / "p.h5", "r") as handle:
+        for row, sample_id in enumerate(["0001", "0002", "0010"]):
+            expected = arrays[sample_id]
+            np.testing.assert_array_equal(handle["modalities/rgb"][row], expected["rgb"])
+            np.testing.assert_allclose(handle["modalities/depth"][row, ..., 0], expected["depth"] / 1000.0, rtol=1e-6)
+            label = expected["label"].astype(np.int64) - 1
+            label[expected["label"] == 0] = 255
+            np.testing.assert_array_equal(handle["labels/seg13"][row], label)
+        assert handle["splits/train"][()].tolist() == [0, 1, 2]
+
+
+def test_csv_index_with_splits_and_other_modalities(tmp_path):
+    write_pairs(tmp_path / "pairs")
+    for sample_id in ("0001", "0002", "0010"):
+        cv2.imwrite(str(tmp_path / "pairs" / f"{sample_id}_thermal.png"), np.full((6, 9), 40, np.uint16))
+    (tmp_path / "index.csv").write_text(
+        "frame,rgb,thermal,split\n0010,pairs/0010_rgb.png,pairs/0010_thermal.png,test\n"
+        "0001,pairs/0001_rgb.png,pairs/0001_thermal.png,train\n")
+    run_cli("prepare", "pairs", "--src", tmp_path / "index.csv", "--out", tmp_path / "p.h5", check=True)
+    layout = read_layout(tmp_path / "p.h5")
+    assert layout.modalities["thermal"].dtype == np.uint16 and layout.modalities["thermal"].shape == (2, 6, 9, 1)
+    assert layout.splits == {"test": 1, "train": 1}
+    sample = PairedDataset(tmp_path / "p.h5", "test", modalities=["thermal", "rgb"])[0]
+    assert sample["thermal"].shape == (1, 6, 9)  # a generic modality, no code needed
+
+
+@pytest.mark.parametrize("case", ["missing pair", "8-bit depth", "size differs", "no files"])
+def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path, case):
+    folder = tmp_path / "pairs"
+    write_pairs(folder)
+    if case == "missing pair":
+        (folder / "0002_depth.png").unlink()
+        expected = "sample '0002' lacks ['depth']"
+    elif case == "8-bit depth":
+        cv2.imwrite(str(folder / "0001_depth.png"), np.zeros((6, 9), np.uint8))
+        expected = "uint8 depth needs --depth-scale"
+    elif case == "size differs":
+        cv2.imwrite(str(folder / "0010_rgb.png"), np.zeros((5, 9, 3), np.uint8))
+        expected = "0010_rgb.png: has shape (5, 9, 3)"
+    else:
+        for path in folder.iterdir():
+            path.unlink()
+        expected = "no <id>_<modality> image files found"
+    line = error_line(run_cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "p.h5"))
+    assert expected in line
+    assert not (tmp_path / "p.h5").exists() and not list(tmp_path.glob(".p.h5*"))
+
+
+def test_real_nyu_frames(tmp_path, shared_data):
+    """The 10 real NYU frames through the CSV index, then paired crops that keep labels on the right pixels."""
+    out = tmp_path / "nyu_mini.h5"
+    run_cli("prepare", "pairs", "--src", shared_data / "nyu_mini" / "index.csv", "--out", out,
+            "--size", 240, 320, check=True)
+    layout = read_layout(out)
+    assert layout.num_samples == 10 and layout.modalities["rgb"].shape == (10, 240, 320, 3)
+    assert 0.5 < layout.modalities["depth"].value_range[0] and layout.modalities["depth"].value_range[1] < 10.5
+    assert layout.labels["seg13"].num_classes == 13
+    original = cv2.imread(str(shared_data / "nyu_mini" / "0001_label13.png"), cv2.IMREAD_UNCHANGED)
+    with h5py.File(out, "r") as handle:
+        stored = handle["labels/seg13"][0]
+    expected = original[::2, ::2].astype(np.int64) - 1
+    expected[original[::2, ::2] == 0] = 255
+    assert (stored == expected).mean() > 0.97  # nearest 2x downscaling picks one of each 2 x 2 block
+    data = PairedDataset(out, "train", modalities=["rgb", "depth"], labels=["seg13"],
+                         transform=PairedTransform(size=(120, 160), train=True))
+    sample = data[0]
+    assert sample["rgb"].shape == (3, 120, 160) and sample["seg13"].shape == (120, 160)
+    assert set(np.unique(sample["seg13"].numpy())) <= set(range(13)) | {255}
