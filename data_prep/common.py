@@ -15,11 +15,18 @@ T = TypeVar("T")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--out, --size and --overwrite, identical for every source."""
+    """--out, --size, --overwrite and --compression, identical for every source."""
     parser.add_argument("--out", required=True, metavar="FILE.h5", help="the paired HDF5 file to write")
     parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
                         help="resize every sample to H x W (area for images, nearest for labels and depth)")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--overwrite and --compression."""
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--compression", choices=("lzf", "none"), default="lzf",
+                        help="lzf + shuffle (default, smaller) or none (larger, reads much faster)")
 
 
 def checked_size(size: Iterable[int] | None) -> tuple[int, int] | None:

@@ -83,11 +83,11 @@ def index_tree(src: str, default_split: str, max_per_class: int | None) -> tuple
 
 def run(args: argparse.Namespace) -> None:
     convert(args.src, args.out, size=checked_size(args.size), overwrite=args.overwrite,
-            max_per_class=args.max_per_class, split=args.split)
+            compression=args.compression, max_per_class=args.max_per_class, split=args.split)
 
 
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
-            max_per_class: int | None = None, split: str = "train") -> None:
+            compression: str = "lzf", max_per_class: int | None = None, split: str = "train") -> None:
     """Convert a class-folder tree or zip; every image must share one size unless ``size`` is given."""
     entries, class_names = index_tree(src, split, max_per_class)
     _, read = _list_files(src)
@@ -102,7 +102,8 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     height, width = load(entries[0][2]).shape[:2]
     options = {"size": size, "max_per_class": max_per_class}
     with PairedWriter(out, len(entries), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
-                      options=options, overwrite=overwrite) as writer:
+                      options=options, overwrite=overwrite,
+                          compression=compression) as writer:
         writer.add_modality("rgb", height, width, 3, np.uint8, kind="rgb", units="sRGB 0-255")
         batch: list[np.ndarray] = []
         for row, (_, _, name) in enumerate(progress(entries, len(entries), "images")):

@@ -87,10 +87,12 @@ def _matlab_string(handle: h5py.File, ref: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    convert(args.mat, args.meta, args.out, size=checked_size(args.size), overwrite=args.overwrite)
+    convert(args.mat, args.meta, args.out, size=checked_size(args.size), overwrite=args.overwrite,
+            compression=args.compression)
 
 
-def convert(mat: str, meta: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False) -> None:
+def convert(mat: str, meta: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
+            compression: str = "lzf") -> None:
     """Convert the labelled NYU-Depth V2 file; see the module docstring for the layout it expects."""
     metadata = load_metadata(meta)
     if not os.path.isfile(mat):
@@ -121,7 +123,8 @@ def convert(mat: str, meta: str, out: str, size: tuple[int, int] | None = None, 
         out_h, out_w = size or (height, width)
         options = {"size": size, "meta": os.path.abspath(meta)}
         with PairedWriter(out, count, source=os.path.abspath(mat), converter=f"data_prep.{NAME}",
-                          options=options, overwrite=overwrite) as writer:
+                          options=options, overwrite=overwrite,
+                          compression=compression) as writer:
             writer.add_modality("rgb", out_h, out_w, 3, np.uint8, kind="rgb", units="sRGB 0-255")
             writer.add_modality("depth", out_h, out_w, 1, np.float32, kind="depth", units="m",
                                 description="depth with holes filled (NYU's colorization in-painting)")

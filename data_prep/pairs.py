@@ -123,13 +123,13 @@ def _index_csv(path: str) -> tuple[list[str], list[str], dict[str, dict[str, str
 
 def run(args: argparse.Namespace) -> None:
     convert(args.src, args.out, size=checked_size(args.size), overwrite=args.overwrite,
-            depth_scale=args.depth_scale, label_base=args.label_base, num_classes=args.num_classes,
-            class_names_file=args.class_names, split=args.split)
+            compression=args.compression, depth_scale=args.depth_scale, label_base=args.label_base,
+            num_classes=args.num_classes, class_names_file=args.class_names, split=args.split)
 
 
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
-            depth_scale: float | None = None, label_base: int = 1, num_classes: int | None = None,
-            class_names_file: str | None = None, split: str = "train") -> None:
+            compression: str = "lzf", depth_scale: float | None = None, label_base: int = 1,
+            num_classes: int | None = None, class_names_file: str | None = None, split: str = "train") -> None:
     """Convert a folder or CSV index of paired image files (see the module docstring)."""
     ids, modalities, files, splits = index_pairs(src, split)
     stored = {m: _stored_name(m) for m in modalities}
@@ -146,7 +146,8 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     names = _class_names(class_names_file, segmentation, files, ids, depth_scale, label_base, num_classes)
     options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes}
     with PairedWriter(out, len(ids), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
-                      options=options, overwrite=overwrite) as writer:
+                      options=options, overwrite=overwrite,
+                          compression=compression) as writer:
         for m in modalities:
             kind, shape = _kind(m), shapes[m]
             if kind == "segmentation":

@@ -50,11 +50,11 @@ def _labels(path: str, count: int, num_classes: int) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> None:
     convert(args.src, args.out, size=checked_size(args.size), overwrite=args.overwrite,
-            max_unlabeled=args.max_unlabeled)
+            compression=args.compression, max_unlabeled=args.max_unlabeled)
 
 
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
-            max_unlabeled: int | None = None) -> None:
+            compression: str = "lzf", max_unlabeled: int | None = None) -> None:
     """Convert an STL-10 binary folder; splits train, test, unlabeled and fold0..fold9 when given."""
     if not os.path.isdir(src):
         raise DataError(src, "no such folder")
@@ -78,7 +78,8 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     out_h, out_w = size or (SIDE, SIDE)
     options = {"size": size, "max_unlabeled": max_unlabeled}
     with PairedWriter(out, total, source=os.path.abspath(src), converter=f"data_prep.{NAME}",
-                      options=options, overwrite=overwrite) as writer:
+                      options=options, overwrite=overwrite,
+                          compression=compression) as writer:
         writer.add_modality("rgb", out_h, out_w, 3, np.uint8, kind="rgb", units="sRGB 0-255")
         start = 0
         bar = progress(None, total, "stl10")

@@ -18,7 +18,7 @@ import numpy as np
 
 from crossmodal.data.format import PairedWriter
 from crossmodal.errors import DataError
-from data_prep.common import progress
+from data_prep.common import add_output_arguments, progress
 from data_prep.synthetic_scenes import CLASS_NAMES, IGNORE_INDEX, SEG_CLASS_NAMES, render_scene
 
 NAME = "synthetic"
@@ -36,12 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="rendering processes (default: the CPU count, at most 8); "
                              "the output does not depend on it")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     generate(args.out, num=args.num, size=args.size, seed=args.seed, test_fraction=args.test_fraction,
-             noise=not args.no_noise, workers=args.workers, overwrite=args.overwrite)
+             noise=not args.no_noise, workers=args.workers, overwrite=args.overwrite,
+             compression=args.compression)
 
 
 def _ignore_interrupt() -> None:
@@ -58,7 +59,8 @@ def _render_chunk(job: tuple[int, int, int, int, bool]) -> dict[str, Any]:
 
 
 def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_fraction: float = 0.2,
-             noise: bool = True, workers: int | None = None, overwrite: bool = False) -> None:
+             noise: bool = True, workers: int | None = None, overwrite: bool = False,
+             compression: str = "lzf") -> None:
     """Render ``num`` scenes of ``size`` x ``size``; scene i depends only on (seed, i)."""
     if num < 2 or size < 16:
         raise DataError(out, f"--num must be >= 2 and --size >= 16 (got {num}, {size})")
@@ -69,7 +71,8 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
     options = {"num": num, "size": size, "seed": seed, "test_fraction": test_fraction, "noise": noise}
     labels = np.empty(num, np.int64)
     with PairedWriter(out, num, source=f"crossmodal synthetic scenes (seed {seed})",
-                      converter=f"data_prep.{NAME}", options=options, overwrite=overwrite) as writer:
+                      converter=f"data_prep.{NAME}", options=options, overwrite=overwrite,
+                          compression=compression) as writer:
         writer.add_modality("rgb", size, size, 3, np.uint8, kind="rgb", units="sRGB 0-255")
         writer.add_modality("depth", size, size, 1, np.float32, kind="depth", units="m",
                             description="clean z-depth, no holes")
