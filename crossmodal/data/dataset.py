@@ -1,0 +1,149 @@
+"""The torch reader of paired files: one dict of aligned modalities and labels per sample."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from crossmodal.data.format import Layout, read_layout
+from crossmodal.data.modalities import Modality, resolve_modality
+from crossmodal.data.transforms import PairedTransform
+from crossmodal.errors import DataError
+
+# Chunk cache per open dataset: large enough for one 480 x 640 float32 sample, small enough for many workers.
+_CHUNK_CACHE_BYTES = 4 * 1024 * 1024
+
+
+class PairedDataset(Dataset):
+    """Samples of a paired HDF5 file, as dicts of aligned tensors.
+
+    Each item is ``{<modality>: float32 (C, H, W), <segmentation set>: int64 (H, W), <class set>: int,
+    'index': position in this dataset (0 .. len-1, e.g. a memory-bank row), 'row': row in the file}``.
+    Void pixels of a segmentation set hold its ``ignore_index``; a class of -1 means unlabelled.
+
+    The file is opened lazily, once per process (so once in every DataLoader worker), the handle is dropped
+    when the dataset is pickled, and each item reads only its own chunks: the file is never loaded whole.
+
+    Args:
+        path: the paired ``.h5`` file.
+        split: a split stored in the file, or None for every row.
+        modalities: the modalities to return, stored (``rgb``, ``depth``) or derived (``lab_l``, ``lab_ab``).
+        labels: the label sets to return (class and/or segmentation), by name.
+        transform: paired augmentation; None returns the stored size without augmentation.
+        seed: base seed of the per-sample augmentation; with :meth:`set_epoch`, an item's augmentation depends
+            only on (seed, epoch, row), not on the worker that loads it.
+
+    Examples:
+        >>> data = PairedDataset("nyu.h5", "train", modalities=["rgb", "depth"], labels=["seg13"],
+        ...                      transform=PairedTransform(size=(240, 320), train=True))
+        >>> sample = data[0]; sample["rgb"].shape, sample["depth"].shape, sample["seg13"].shape
+        (torch.Size([3, 240, 320]), torch.Size([1, 240, 320]), torch.Size([240, 320]))
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str | None = "train",
+                 modalities: Sequence[str] = ("rgb",), labels: Sequence[str] = (),
+                 transform: PairedTransform | None = None, seed: int = 0) -> None:
+        self.path = os.fspath(path)
+        self.layout: Layout = read_layout(self.path)
+        if isinstance(modalities, str) or isinstance(labels, str):
+            raise TypeError("modalities and labels are sequences of names, not a single string")
+        try:
+            self.modalities: list[Modality] = [resolve_modality(name, self.layout) for name in modalities]
+        except KeyError as err:
+            raise DataError(self.path, err.args[0]) from None
+        unknown = [name for name in labels if name not in self.layout.labels]
+        if unknown:
+            raise DataError(self.path, f"no label set {unknown}; it has {sorted(self.layout.labels)}")
+        self.label_names = list(labels)
+        self.segmentation_names = [n for n in labels if self.layout.labels[n].type == "segmentation"]
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.sources = list(dict.fromkeys(m.source for m in self.modalities))
+        self.nearest = frozenset([m.source for m in self.modalities if m.interpolation == "nearest"]
+                                 + self.segmentation_names)
+        with h5py.File(self.path, "r") as handle:
+            if split is None:
+                self.rows = np.arange(self.layout.num_samples, dtype=np.int64)
+            elif split in self.layout.splits:
+                self.rows = handle["splits"][split][()].astype(np.int64)
+            else:
+                raise DataError(self.path, f"no split '{split}'; it has {sorted(self.layout.splits)}")
+            # Image-level classes are N integers: read once, not per item.
+            self.class_values = {name: handle["labels"][name][()] for name in labels
+                                 if self.layout.labels[name].type == "class"}
+        self.split = split
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        self._open: dict[str, h5py.Dataset] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draws (call before each epoch, as with a DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_file=None, _pid=None, _open={})
+        return state
+
+    def _datasets(self) -> dict[str, h5py.Dataset]:
+        """The open HDF5 datasets this reader needs, opened once per process.
+
+        A handle inherited through fork is not safe to use, so a new process reopens the file. The dataset
+        objects are kept: looking one up by path costs as much as reading a small sample.
+        """
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
+            self._pid = os.getpid()
+            self._open = {name: self._file["modalities"][name] for name in self.sources}
+            self._open.update({name: self._file["labels"][name] for name in self.segmentation_names})
+        return self._open
+
+    def read_row(self, row: int) -> dict[str, np.ndarray]:
+        """The stored arrays of one file row that this dataset needs (sources and segmentation maps)."""
+        try:
+            arrays = {name: dset[row] for name, dset in self._datasets().items()}
+        except OSError as err:
+            raise DataError(self.path, f"cannot read row {row}: {err}") from None
+        return arrays
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.rows):
+            raise IndexError(f"index {index} out of range for {len(self.rows)} samples")
+        row = int(self.rows[index])
+        arrays = self.read_row(row)
+        sample_seed = np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(2)
+        if self.transform is not None:
+            arrays = self.transform.geometric(arrays, self.nearest, seed=int(sample_seed[0]))
+        photometric: dict[tuple[str, str | None], np.ndarray] = {}
+        sample: dict[str, Any] = {}
+        for modality in self.modalities:
+            key = (modality.source, modality.photometric)
+            if key not in photometric:
+                array = arrays[modality.source]
+                if self.transform is not None:
+                    array = self.transform.photometric(modality.photometric, array, seed=int(sample_seed[1]))
+                photometric[key] = array
+            value = photometric[key]
+            if value.ndim == 2:
+                value = value[..., None]
+            if modality.derive is not None:
+                value = modality.derive(value)
+            # channel-first before converting, so the (cheap) byte transpose precedes the float copy
+            value = np.ascontiguousarray(value.transpose(2, 0, 1)).astype(np.float32)
+            sample[modality.name] = torch.from_numpy(modality.normalize(value))
+        for name in self.label_names:
+            if name in self.class_values:
+                sample[name] = int(self.class_values[name][row])
+            else:
+                sample[name] = torch.from_numpy(arrays[name].astype(np.int64))
+        sample["index"] = index
+        sample["row"] = row
+        return sample

@@ -1,0 +1,106 @@
+"""A PNG grid of a few samples: every stored modality side by side with its label maps in colour."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import h5py
+import numpy as np
+
+from crossmodal.data.format import read_layout
+from crossmodal.data.summary import DEPTH_KINDS, sample_rows
+from crossmodal.errors import DataError
+
+TILE = 160  # longest side of one tile in pixels
+HEADER = 22
+
+
+def label_palette(num_colors: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: distinct, stable colours per class id (uint8 RGB, num_colors x 3)."""
+    palette = np.zeros((num_colors, 3), np.uint8)
+    for index in range(num_colors):
+        value, red, green, blue = index, 0, 0, 0
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette[index] = (red, green, blue)
+    return palette
+
+
+def _to_tile(array: np.ndarray, kind: str, value_range: tuple[float, float] | None) -> np.ndarray:
+    """One stored array (HWC or HW) -> uint8 RGB for display."""
+    array = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
+    if kind in DEPTH_KINDS:
+        high = value_range[1] if value_range and value_range[1] > 0 else max(float(np.nanmax(array)), 1e-6)
+        scaled = np.clip(np.nan_to_num(array) / high * 255, 0, 255).astype(np.uint8)
+        tile = cv2.applyColorMap(scaled, cv2.COLORMAP_TURBO)[..., ::-1].copy()
+        tile[~(array > 0)] = 0  # holes and NaNs black
+        return tile
+    if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
+        return array
+    values = array.astype(np.float32)
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+    grey = ((values - low) / max(high - low, 1e-6) * 255).astype(np.uint8)
+    if grey.ndim == 3:  # 2 or 4+ channels: show the first as grey
+        grey = grey[..., 0]
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _fit(tile: np.ndarray) -> np.ndarray:
+    height, width = tile.shape[:2]
+    scale = TILE / max(height, width)
+    interpolation = cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA
+    return cv2.resize(tile, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=interpolation)
+
+
+def write_preview(path: str, out: str, num_samples: int = 6) -> str:
+    """Write the grid to ``out`` (atomically) and return ``out``."""
+    layout = read_layout(path)
+    rows = sample_rows(layout.num_samples, num_samples)
+    palette = label_palette()
+    kind_order = {"rgb": 0, "depth": 1, "raw_depth": 2}
+    columns = sorted(layout.modalities, key=lambda n: (kind_order.get(layout.modalities[n].kind, 3), n))
+    columns += [n for n, info in layout.labels.items() if info.type == "segmentation"]
+    class_sets = [n for n, info in layout.labels.items() if info.type == "class"]
+    grid_rows, widths = [], []
+    try:
+        with h5py.File(layout.path, "r") as handle:
+            class_values = {name: handle["labels"][name][()] for name in class_sets}
+            for row in rows:
+                tiles = []
+                for name in columns:
+                    if name in layout.modalities:
+                        info = layout.modalities[name]
+                        tile = _to_tile(handle["modalities"][name][row], info.kind, info.value_range)
+                    else:
+                        labels = handle["labels"][name][row]
+                        tile = palette[(labels.astype(np.int64) + 1) % len(palette)]  # class 0 is not black
+                        tile[labels == layout.labels[name].ignore_index] = 0  # void black
+                    tiles.append(_fit(tile))
+                widths = [t.shape[1] for t in tiles]
+                strip = np.concatenate(tiles, axis=1)
+                caption = f"row {row}" + "".join(
+                    f"  {n}: {_class_name(layout.labels[n].class_names, class_values[n][row])}" for n in class_sets)
+                grid_rows.append(np.concatenate([_text_bar(caption, strip.shape[1]), strip], axis=0))
+    except OSError as err:
+        raise DataError(layout.path, f"cannot read the data (truncated or damaged file): {err}") from None
+    header = np.concatenate([_text_bar(name, width) for name, width in zip(columns, widths)], axis=1)
+    grid = np.concatenate([header] + grid_rows, axis=0)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.tmp-{os.getpid()}.png")
+    if not cv2.imwrite(tmp, grid[..., ::-1]):
+        raise DataError(out, "cannot write the preview PNG there")
+    os.replace(tmp, out)
+    return out
+
+
+def _class_name(names: tuple[str, ...], value: int) -> str:
+    return names[value] if value >= 0 else "unlabelled"
+
+
+def _text_bar(text: str, width: int) -> np.ndarray:
+    bar = np.full((HEADER, width, 3), 255, np.uint8)
+    cv2.putText(bar, text, (4, HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return bar

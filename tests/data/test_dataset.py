@@ -1,0 +1,113 @@
+"""The torch reader: sample dicts, lazy per-worker opening, pickling, derived modalities, seeded augmentation."""
+from __future__ import annotations
+
+import pickle
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from crossmodal.data.dataset import PairedDataset
+from crossmodal.data.modalities import IMAGENET_MEAN, IMAGENET_STD, MAX_DEPTH_M, Modality, register_modality
+from crossmodal.data.transforms import PairedTransform
+from crossmodal.errors import DataError
+
+
+def test_sample_dict_matches_the_stored_rows(synthetic_file):
+    data = PairedDataset(synthetic_file, "test", modalities=["rgb", "depth", "raw_depth"], labels=["seg", "label"])
+    with h5py.File(synthetic_file, "r") as handle:
+        rows = handle["splits/test"][()]
+        row = int(rows[3])
+        rgb, depth = handle["modalities/rgb"][row], handle["modalities/depth"][row]
+        seg, label = handle["labels/seg"][row], int(handle["labels/label"][row])
+    sample = data[3]
+    assert len(data) == len(rows)
+    assert sample["index"] == 3 and sample["row"] == row
+    assert sample["rgb"].shape == (3, 32, 32) and sample["rgb"].dtype == torch.float32
+    expected_rgb = (rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(sample["rgb"].numpy().transpose(1, 2, 0), expected_rgb, atol=1e-5)
+    np.testing.assert_allclose(sample["depth"][0].numpy(), depth[..., 0] / MAX_DEPTH_M * 2 - 1, atol=1e-6)
+    assert sample["seg"].dtype == torch.int64
+    np.testing.assert_array_equal(sample["seg"].numpy(), seg)
+    assert sample["label"] == label
+
+
+def test_lab_views_are_cmc_range_normalised(synthetic_file):
+    data = PairedDataset(synthetic_file, None, modalities=["lab_l", "lab_ab", "rgb"])
+    sample = data[5]
+    assert sample["lab_l"].shape == (1, 32, 32) and sample["lab_ab"].shape == (2, 32, 32)
+    with h5py.File(synthetic_file, "r") as handle:
+        rgb = handle["modalities/rgb"][5]
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)
+    np.testing.assert_allclose(sample["lab_l"][0].numpy(), lab[..., 0] / 50 - 1, atol=1e-5)
+    a_range, b_range = 98.233 + 86.183, 94.478 + 107.857
+    np.testing.assert_allclose(sample["lab_ab"][0].numpy(), (lab[..., 1] + 86.183) / a_range * 2 - 1, atol=1e-5)
+    np.testing.assert_allclose(sample["lab_ab"][1].numpy(), (lab[..., 2] + 107.857) / b_range * 2 - 1, atol=1e-5)
+
+
+def test_lab_ranges_span_minus_one_to_one_over_the_gamut():
+    from crossmodal.data.modalities import MODALITIES
+    levels = np.arange(0, 256, 15, dtype=np.uint8)
+    cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(1, -1, 3)
+    l_view = MODALITIES["lab_l"].normalize(MODALITIES["lab_l"].derive(cube).transpose(2, 0, 1).copy())
+    ab_view = MODALITIES["lab_ab"].normalize(MODALITIES["lab_ab"].derive(cube).transpose(2, 0, 1).copy())
+    assert l_view.min() == pytest.approx(-1, abs=1e-3) and l_view.max() == pytest.approx(1, abs=1e-3)
+    assert ab_view.min() >= -1.001 and ab_view.max() <= 1.001
+    assert ab_view.min() < -0.95 and ab_view.max() > 0.95
+
+
+def test_new_modality_is_a_data_definition(synthetic_file):
+    inverse = register_modality(Modality(
+        "inverse_depth", 1, "depth", normalize=lambda x: x, derive=lambda d: 1.0 / np.maximum(d, 0.1)))
+    try:
+        # depth is normalised in place first: the derived modality must still see metres
+        sample = PairedDataset(synthetic_file, None, modalities=["depth", inverse.name])[0]
+        with h5py.File(synthetic_file, "r") as handle:
+            depth = handle["modalities/depth"][0, ..., 0]
+        np.testing.assert_allclose(sample["inverse_depth"][0].numpy(), 1 / depth, rtol=1e-6)
+    finally:
+        from crossmodal.data.modalities import MODALITIES
+        MODALITIES.pop("inverse_depth")
+
+
+def test_picklable_and_lazy(synthetic_file):
+    data = PairedDataset(synthetic_file, "train", modalities=["rgb"])
+    assert data._file is None  # nothing opened by the constructor
+    data[0]
+    assert data._file is not None
+    clone = pickle.loads(pickle.dumps(data))
+    assert clone._file is None
+    torch.testing.assert_close(clone[1]["rgb"], data[1]["rgb"])
+
+
+def test_two_workers_give_the_same_batches_as_the_main_process(synthetic_file):
+    transform = PairedTransform(size=(24, 24), train=True)
+    data = PairedDataset(synthetic_file, "train", modalities=["rgb", "depth"], labels=["seg", "label"],
+                         transform=transform, seed=7)
+    serial = list(DataLoader(data, batch_size=8, num_workers=0))
+    parallel = list(DataLoader(data, batch_size=8, num_workers=2))
+    assert len(serial) == len(parallel) == (len(data) + 7) // 8
+    for one, two in zip(serial, parallel):
+        for key in ("rgb", "depth", "seg", "label", "index"):
+            torch.testing.assert_close(one[key], two[key])
+
+
+def test_epoch_and_seed_change_the_augmentation_only(synthetic_file):
+    transform = PairedTransform(size=(24, 24), train=True)
+    data = PairedDataset(synthetic_file, "train", modalities=["rgb"], transform=transform, seed=0)
+    first = data[2]["rgb"]
+    torch.testing.assert_close(data[2]["rgb"], first)  # same (seed, epoch, row): same crop
+    data.set_epoch(1)
+    assert not torch.equal(data[2]["rgb"], first)
+
+
+def test_unknown_names_are_clear_errors(synthetic_file):
+    with pytest.raises(DataError, match="modality 'thermal' is not defined; this file offers"):
+        PairedDataset(synthetic_file, "train", modalities=["thermal"])
+    with pytest.raises(DataError, match="no split 'val'"):
+        PairedDataset(synthetic_file, "val")
+    with pytest.raises(DataError, match=r"no label set \['seg40'\]"):
+        PairedDataset(synthetic_file, "train", labels=["seg40"])
