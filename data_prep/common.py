@@ -39,8 +39,9 @@ def checked_size(size: Iterable[int] | None) -> tuple[int, int] | None:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Area resampling for photographs (bilinear-like when enlarging); keeps a trailing channel axis."""
-    return _resize(image, size, cv2.INTER_AREA)
+    """Area resampling when shrinking photographs, bilinear when enlarging; keeps a trailing channel axis."""
+    shrinking = size is not None and size[0] * size[1] < image.shape[0] * image.shape[1]
+    return _resize(image, size, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def resize_nearest(array: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -79,9 +80,12 @@ def read_image(path: str) -> np.ndarray:
 
 
 def to_rgb8(image: np.ndarray, origin: str) -> np.ndarray:
-    """Any decoded colour image -> uint8 RGB (16-bit scaled down, alpha dropped); grey is an error."""
+    """Any decoded image -> uint8 RGB: 16-bit scaled down, alpha dropped, grey replicated to three channels
+    (as torchvision's loaders do for the odd grey picture in a colour data set)."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise DataError(origin, f"expected a colour image, found shape {image.shape}")
+        raise DataError(origin, f"expected a colour or grey image, found shape {image.shape}")
     image = image[..., :3]
     if image.dtype == np.uint16:
         image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)

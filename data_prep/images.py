@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from crossmodal.cli.arguments import positive_int
 from crossmodal.data.format import PairedWriter
 from crossmodal.errors import DataError
 from data_prep.common import add_common_arguments, checked_size, decode_image, progress, resize_image, to_rgb8
@@ -26,47 +27,64 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True, metavar="DIR_OR_ZIP", help="the image tree or a .zip of it")
-    parser.add_argument("--max-per-class", type=int, default=None, metavar="N",
+    parser.add_argument("--max-per-class", type=positive_int, default=None, metavar="N",
                         help="keep the first N images (by name) of each class in each split")
     parser.add_argument("--split", default="train", help="the split name when the tree has no split level")
     add_common_arguments(parser)
 
 
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation", "unlabeled", "unlabelled")
+
+
+def _is_junk(name: str) -> bool:
+    """Archive clutter: macOS resource forks and hidden files."""
+    return name.startswith("__MACOSX/") or any(part.startswith(".") for part in name.split("/"))
+
+
 def _list_files(src: str) -> tuple[list[str], Callable[[str], bytes]]:
-    """Relative paths of the image files under ``src`` and a reader of one of them."""
+    """Relative paths of the image files under ``src`` (sorted) and a reader of one of them."""
     if zipfile.is_zipfile(src):
         archive = zipfile.ZipFile(src)
-        names = [n for n in archive.namelist() if n.lower().endswith(EXTENSIONS) and not n.endswith("/")]
-        return names, archive.read
+        names = [n for n in archive.namelist() if n.lower().endswith(EXTENSIONS) and not _is_junk(n)]
+        return sorted(names), archive.read
     if os.path.isdir(src):
         names = []
         for folder, _, filenames in os.walk(src):
             for filename in filenames:
-                if filename.lower().endswith(EXTENSIONS):
-                    names.append(os.path.relpath(os.path.join(folder, filename), src).replace(os.sep, "/"))
+                name = os.path.relpath(os.path.join(folder, filename), src).replace(os.sep, "/")
+                if filename.lower().endswith(EXTENSIONS) and not _is_junk(name):
+                    names.append(name)
 
         def read(name: str) -> bytes:
             with open(os.path.join(src, name), "rb") as handle:
                 return handle.read()
-        return names, read
+        return sorted(names), read
     if os.path.exists(src):
         raise DataError(src, "neither a folder nor a zip file")
     raise DataError(src, "no such folder or zip file")
 
 
-def index_tree(src: str, default_split: str, max_per_class: int | None) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """[(split, class, relative path)] in row order, and the sorted class names."""
-    names, _ = _list_files(src)
+def index_tree(src: str, names: list[str], default_split: str,
+               max_per_class: int | None) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """[(split, class, relative path)] in row order, and the sorted class names.
+
+    Wrapping folders shared by every file are skipped; a first level named like a split (train, test, val,
+    unlabeled ...) is the split level, otherwise the tree is ``<class>/<image>`` in ``default_split``.
+    """
     if not names:
         raise DataError(src, "holds no image files")
     parts = [name.split("/") for name in names]
-    while len({p[0] for p in parts}) == 1 and min(len(p) for p in parts) > 2:  # strip wrapping folders
+    while (len({p[0] for p in parts}) == 1 and min(len(p) for p in parts) > 2
+           and parts[0][0].lower() not in SPLIT_NAMES):
         parts = [p[1:] for p in parts]
     depths = {len(p) for p in parts}
     if depths == {3}:
         entries = [(p[0], p[1], name) for p, name in zip(parts, names)]
     elif depths == {2}:
         entries = [(default_split, p[0], name) for p, name in zip(parts, names)]
+    elif depths == {1}:
+        raise DataError(src, "images lie directly in the root: expected <class>/<image> or "
+                             "<split>/<class>/<image> folders")
     else:
         raise DataError(src, "expected <split>/<class>/<image> or <class>/<image> (images at mixed depths)")
     entries.sort()
@@ -89,21 +107,18 @@ def run(args: argparse.Namespace) -> None:
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
             compression: str = "lzf", max_per_class: int | None = None, split: str = "train") -> None:
     """Convert a class-folder tree or zip; every image must share one size unless ``size`` is given."""
-    entries, class_names = index_tree(src, split, max_per_class)
-    _, read = _list_files(src)
+    names, read = _list_files(src)
+    entries, class_names = index_tree(src, names, split, max_per_class)
 
     def load(name: str) -> np.ndarray:
         origin = f"{src}:{name}"
-        image = decode_image(read(name), origin)
-        if image.ndim == 2:  # a grey picture in a colour data set: replicate, as torchvision's loaders do
-            image = np.repeat(image[..., None], 3, axis=2)
-        return resize_image(to_rgb8(image, origin), size)
+        return resize_image(to_rgb8(decode_image(read(name), origin), origin), size)
 
     height, width = load(entries[0][2]).shape[:2]
     options = {"size": size, "max_per_class": max_per_class}
     with PairedWriter(out, len(entries), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
                       options=options, overwrite=overwrite,
-                          compression=compression) as writer:
+                      compression=compression) as writer:
         writer.add_modality("rgb", height, width, 3, np.uint8, kind="rgb", units="sRGB 0-255")
         batch: list[np.ndarray] = []
         for row, (_, _, name) in enumerate(progress(entries, len(entries), "images")):

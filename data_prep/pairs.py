@@ -19,6 +19,7 @@ import argparse
 import csv
 import os
 import re
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -74,11 +75,21 @@ def _natural_key(text: str) -> tuple:
 
 
 def index_pairs(src: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
-    """(ids, modalities, files[id][modality], split per id) from a folder or a CSV index."""
+    """(ids, modalities, files[id][modality], split per id) from a folder or a CSV index; every file exists."""
     if os.path.isfile(src):
-        return _index_csv(src)
-    if not os.path.isdir(src):
+        ids, modalities, files, splits = _index_csv(src, default_split)
+    elif os.path.isdir(src):
+        ids, modalities, files, splits = _index_folder(src, default_split)
+    else:
         raise DataError(src, "no such folder or CSV file")
+    for sample_id in ids:  # before writing anything: a missing file is found now, not an hour in
+        for modality, path in files[sample_id].items():
+            if not os.path.isfile(path):
+                raise DataError(path, f"no such file (sample '{sample_id}', modality '{modality}')")
+    return ids, modalities, files, splits
+
+
+def _index_folder(src: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
     files: dict[str, dict[str, str]] = defaultdict(dict)
     for name in sorted(os.listdir(src)):
         match = FILE_PATTERN.match(name)
@@ -95,27 +106,32 @@ def index_pairs(src: str, default_split: str) -> tuple[list[str], list[str], dic
     return ids, modalities, files, [default_split] * len(ids)
 
 
-def _index_csv(path: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        rows = [row for row in reader if any(cell.strip() for cell in row)]
-    if not header or len(header) < 2:
+def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = [cell.strip() for cell in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(path, f"not a readable CSV text file: {err}") from None
+    if len(header) < 2:
         raise DataError(path, "needs a header: id,<modality>,... (e.g. frame,rgb,depth,label13)")
-    header = [cell.strip() for cell in header]
     modalities = [column for column in header[1:] if column != "split"]
     root = os.path.dirname(os.path.abspath(path))
     ids, files, splits = [], {}, []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         if len(row) != len(header):
             raise DataError(path, f"line {line} has {len(row)} fields, the header {len(header)}")
         record = dict(zip(header, (cell.strip() for cell in row)))
         sample_id = record[header[0]]
         if sample_id in files:
             raise DataError(path, f"line {line}: id '{sample_id}' appears twice")
+        empty = [m for m in modalities if not record[m]]
+        if empty:
+            raise DataError(path, f"line {line}: no file given for {empty}")
         ids.append(sample_id)
         files[sample_id] = {m: os.path.join(root, record[m]) for m in modalities}
-        splits.append(record.get("split", "train") or "train")
+        splits.append(record.get("split") or default_split)
     if not ids:
         raise DataError(path, "lists no samples")
     return ids, modalities, files, splits
@@ -137,39 +153,58 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
         raise DataError(src, f"modalities {modalities} map onto the same stored name")
     first = {m: _convert_file(files[ids[0]][m], m, depth_scale, label_base) for m in modalities}
     shapes = {m: array.shape for m, array in first.items()}
-    height, width = size or next(iter(shapes.values()))[:2]
+    frame = shapes[modalities[0]][:2]
     for m, shape in shapes.items():
-        if shape[:2] != next(iter(shapes.values()))[:2]:
-            raise DataError(files[ids[0]][m], f"is {shape[1]}x{shape[0]}, its pair differs: modalities must align")
-
+        if shape[:2] != frame:
+            raise DataError(files[ids[0]][m], f"is {shape[1]}x{shape[0]}, its pair {frame[1]}x{frame[0]}: "
+                                              f"modalities must align")
+    height, width = size or frame
+    print("pairs: " + ", ".join(f"{m} -> {stored[m]} ({KIND_WORDS[_kind(m)]})" for m in modalities),
+          file=sys.stderr)
     segmentation = [m for m in modalities if _kind(m) == "segmentation"]
-    names = _class_names(class_names_file, segmentation, files, ids, depth_scale, label_base, num_classes)
+    listed = _listed_class_names(class_names_file, num_classes)
+    largest = {m: -1 for m in segmentation}
     options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes}
     with PairedWriter(out, len(ids), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
-                      options=options, overwrite=overwrite,
-                          compression=compression) as writer:
+                      options=options, overwrite=overwrite, compression=compression) as writer:
         for m in modalities:
-            kind, shape = _kind(m), shapes[m]
-            if kind == "segmentation":
-                writer.add_segmentation(stored[m], height, width, names[m])
+            if m in largest:
+                writer.add_segmentation(stored[m], height, width, listed or [])
             else:
-                units = {"rgb": "sRGB 0-255", "depth": "m", "raw_depth": "m"}.get(kind, "")
-                channels = shape[2] if len(shape) == 3 else 1
-                writer.add_modality(stored[m], height, width, channels, first[m].dtype, kind=kind, units=units)
+                units = {"rgb": "sRGB 0-255", "depth": "m", "raw_depth": "m"}.get(_kind(m), "")
+                writer.add_modality(stored[m], height, width, shapes[m][2], first[m].dtype, kind=_kind(m),
+                                    units=units)
         for row, sample_id in enumerate(progress(ids, len(ids), "pairs")):
             arrays = first if row == 0 else {
                 m: _convert_file(files[sample_id][m], m, depth_scale, label_base) for m in modalities}
-            values = {}
             for m, array in arrays.items():
                 if array.shape != shapes[m]:
                     raise DataError(files[sample_id][m], f"has shape {array.shape}, the first sample {shapes[m]}")
-                if _kind(m) == "segmentation" and array[array != DEFAULT_IGNORE_INDEX].max(initial=0) >= len(names[m]):
-                    raise DataError(files[sample_id][m], f"has a class id >= {len(names[m])} (--num-classes)")
-                resize = resize_image if _kind(m) in ("rgb", "other") else resize_nearest
-                values[stored[m]] = resize(array, size)
-            writer.write(row, **values)
+                if m in largest:
+                    valid = array[array != DEFAULT_IGNORE_INDEX]
+                    largest[m] = max(largest[m], int(valid.max()) if valid.size else -1)
+                    if listed and largest[m] >= len(listed):
+                        raise DataError(files[sample_id][m], f"has class id {largest[m]}, beyond the "
+                                                             f"{len(listed)} classes given")
+            writer.write(row, **{stored[m]: (resize_nearest if m in largest or _kind(m) in DEPTH_NAMES
+                                             else resize_image)(array, size) for m, array in arrays.items()})
+        for m in segmentation:  # without given classes: as many as the largest id seen
+            writer.set_class_names(stored[m], listed or [f"class_{i}" for i in range(largest[m] + 1)])
         for name in sorted(set(splits)):
             writer.add_split(name, [row for row, s in enumerate(splits) if s == name])
+
+
+def _listed_class_names(names_file: str | None, num_classes: int | None) -> list[str] | None:
+    """Class names from --class-names, or class_<i> for --num-classes; None to count them from the labels."""
+    if names_file:
+        if not os.path.isfile(names_file):
+            raise DataError(names_file, "no such file")
+        with open(names_file) as handle:
+            listed = [line.strip() for line in handle if line.strip()]
+        if num_classes is not None and num_classes != len(listed):
+            raise DataError(names_file, f"lists {len(listed)} names, --num-classes says {num_classes}")
+        return listed
+    return None if num_classes is None else [f"class_{i}" for i in range(num_classes)]
 
 
 def _convert_file(path: str, modality: str, depth_scale: float | None, label_base: int) -> np.ndarray:
@@ -189,39 +224,19 @@ def _convert_file(path: str, modality: str, depth_scale: float | None, label_bas
     if kind == "segmentation":
         if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
             raise DataError(path, f"labels must be a single-channel 8/16-bit image, found {image.shape} {image.dtype}")
-        if label_base == 0:
+        if label_base == 0:  # 255 is void already
             return image.astype(np.uint8) if image.max() <= 255 else _too_many(path)
+        if image.max() > 255:  # ids 1..255 become 0..254
+            _too_many(path)
         labels = image.astype(np.int64) - 1
         labels[image == 0] = DEFAULT_IGNORE_INDEX
-        return labels.astype(np.uint8) if labels.max() <= 255 else _too_many(path)
+        return labels.astype(np.uint8)
     return image if image.ndim == 3 else image[..., None]
 
 
+KIND_WORDS = {"rgb": "colour", "depth": "depth, m", "raw_depth": "depth with holes, m",
+              "segmentation": "segmentation", "other": "stored as is"}
+
+
 def _too_many(path: str) -> np.ndarray:
-    raise DataError(path, "label ids above 254 are not supported (segmentation is stored as uint8)")
-
-
-def _class_names(names_file: str | None, segmentation: list[str], files: dict, ids: list[str],
-                 depth_scale: float | None, label_base: int, num_classes: int | None) -> dict[str, list[str]]:
-    """Class names per segmentation modality: from --class-names, else class_<i> for 0..K-1."""
-    if not segmentation:
-        return {}
-    if names_file:
-        if not os.path.isfile(names_file):
-            raise DataError(names_file, "no such file")
-        with open(names_file) as handle:
-            listed = [line.strip() for line in handle if line.strip()]
-        if num_classes is not None and num_classes != len(listed):
-            raise DataError(names_file, f"lists {len(listed)} names, --num-classes says {num_classes}")
-        return {m: listed for m in segmentation}
-    names = {}
-    for m in segmentation:
-        count = num_classes
-        if count is None:
-            largest = 0
-            for sample_id in ids:
-                labels = _convert_file(files[sample_id][m], m, depth_scale, label_base)
-                largest = max(largest, int(labels[labels != DEFAULT_IGNORE_INDEX].max(initial=0)))
-            count = largest + 1
-        names[m] = [f"class_{i}" for i in range(count)]
-    return names
+    raise DataError(path, "class ids above 254 are not supported (segmentation is stored as uint8, 255 = void)")

@@ -79,7 +79,7 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     options = {"size": size, "max_unlabeled": max_unlabeled}
     with PairedWriter(out, total, source=os.path.abspath(src), converter=f"data_prep.{NAME}",
                       options=options, overwrite=overwrite,
-                          compression=compression) as writer:
+                      compression=compression) as writer:
         writer.add_modality("rgb", out_h, out_w, 3, np.uint8, kind="rgb", units="sRGB 0-255")
         start = 0
         bar = progress(None, total, "stl10")

@@ -64,15 +64,16 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
     """Render ``num`` scenes of ``size`` x ``size``; scene i depends only on (seed, i)."""
     if num < 2 or size < 16:
         raise DataError(out, f"--num must be >= 2 and --size >= 16 (got {num}, {size})")
-    if not 0.0 < test_fraction < 1.0:
-        raise DataError(out, f"--test-fraction must be in (0, 1), got {test_fraction}")
+    num_test = int(round(num * test_fraction))
+    if not 0 < num_test < num:
+        raise DataError(out, f"--test-fraction {test_fraction} of {num} scenes leaves a split empty")
     workers = max(1, min(workers or os.cpu_count() or 1, 8))
     jobs = [(start, min(start + CHUNK, num), seed, size, noise) for start in range(0, num, CHUNK)]
     options = {"num": num, "size": size, "seed": seed, "test_fraction": test_fraction, "noise": noise}
     labels = np.empty(num, np.int64)
     with PairedWriter(out, num, source=f"crossmodal synthetic scenes (seed {seed})",
                       converter=f"data_prep.{NAME}", options=options, overwrite=overwrite,
-                          compression=compression) as writer:
+                      compression=compression) as writer:
         writer.add_modality("rgb", size, size, 3, np.uint8, kind="rgb", units="sRGB 0-255")
         writer.add_modality("depth", size, size, 1, np.float32, kind="depth", units="m",
                             description="clean z-depth, no holes")
@@ -94,6 +95,5 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
             bar.close()
         writer.add_class_labels("label", labels, CLASS_NAMES)
         order = np.random.default_rng([seed, num]).permutation(num)
-        num_test = max(1, int(round(num * test_fraction)))
         writer.add_split("train", np.sort(order[num_test:]))
         writer.add_split("test", np.sort(order[:num_test]))

@@ -24,13 +24,16 @@ def run_cli(*args: str, check: bool = False, cwd: Path | None = None) -> subproc
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
-    """The single error line a failed command printed; fails the test on a traceback or several lines."""
+    """The single error line a failed command printed last; fails the test on a traceback or several errors.
+
+    Progress bars and informative lines printed before the failure may precede it.
+    """
     assert result.returncode != 0, "the command should have failed"
-    lines = [line for line in result.stderr.splitlines() if line.strip() and "sample/s" not in line
-             and "%|" not in line]
     assert "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    return errors[0]
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from crossmodal.cli.arguments import positive_int
+
 
 def register(verbs: argparse._SubParsersAction) -> None:
     parser = verbs.add_parser(
@@ -14,8 +16,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("file", metavar="FILE.h5")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--preview", metavar="OUT.png", help="also write a PNG grid of a few samples")
-    parser.add_argument("--preview-samples", type=int, default=6, metavar="K", help="rows of the grid (default 6)")
-    parser.add_argument("--max-rows", type=int, default=512, metavar="R",
+    parser.add_argument("--preview-samples", type=positive_int, default=6, metavar="K",
+                        help="rows of the grid (default 6)")
+    parser.add_argument("--max-rows", type=positive_int, default=512, metavar="R",
                         help="compute value statistics over at most R evenly spaced rows (default 512)")
     parser.set_defaults(handler=_run)
 

@@ -62,7 +62,8 @@ class PairedDataset(Dataset):
         self.segmentation_names = [n for n in labels if self.layout.labels[n].type == "segmentation"]
         self.transform = transform
         self.seed = int(seed)
-        self.epoch = 0
+        # In shared memory, so that set_epoch in the main process reaches persistent DataLoader workers too.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.sources = list(dict.fromkeys(m.source for m in self.modalities))
         self.nearest = frozenset([m.source for m in self.modalities if m.interpolation == "nearest"]
                                  + self.segmentation_names)
@@ -84,9 +85,17 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation draws (call before each epoch, as with a DistributedSampler)."""
-        self.epoch = int(epoch)
+        """Change the augmentation draws: call before each epoch, as with a DistributedSampler.
+
+        The epoch lives in shared memory, so this reaches DataLoader workers that already run
+        (``persistent_workers=True``) as well as the ones started afterwards.
+        """
+        self._epoch[0] = int(epoch)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -100,7 +100,7 @@ def read_layout(path: str | os.PathLike) -> Layout:
             return _read_layout(path, handle)
     except DataError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError) as err:
         raise DataError(path, f"damaged or malformed file: {err}") from None
 
 
@@ -234,6 +234,8 @@ class PairedWriter:
         self.out = Path(out)
         self.num_samples = int(num_samples)
         self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
+        if self.out.is_dir():
+            raise DataError(self.out, "is a folder; --out takes the path of the .h5 file to write")
         if self.out.exists() and not overwrite:
             raise DataError(self.out, "already exists (pass --overwrite to replace it)")
         if not self.out.parent.is_dir():
@@ -301,6 +303,11 @@ class PairedWriter:
             raise ValueError(f"label set '{name}' has shape {values.shape}, expected ({self.num_samples},)")
         dset = self.file["labels"].create_dataset(name, data=values)
         self._label_attrs(dset, "class", class_names)
+
+    def set_class_names(self, name: str, class_names: Iterable[str]) -> None:
+        """Set (or replace) the classes of a label set, e.g. once a converter has seen every label."""
+        self._label_attrs(self.file["labels"][name], self.file["labels"][name].attrs["type"],
+                          [str(n) for n in class_names])
 
     def add_segmentation(self, name: str, height: int, width: int, class_names: Iterable[str],
                          ignore_index: int = DEFAULT_IGNORE_INDEX, dtype: Any = np.uint8) -> None:

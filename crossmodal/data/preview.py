@@ -58,6 +58,8 @@ def _fit(tile: np.ndarray) -> np.ndarray:
 
 def write_preview(path: str, out: str, num_samples: int = 6) -> str:
     """Write the grid to ``out`` (atomically) and return ``out``."""
+    if os.path.isdir(out):
+        raise DataError(out, "is a folder; --preview takes the path of a .png file")
     layout = read_layout(path)
     rows = sample_rows(layout.num_samples, num_samples)
     palette = label_palette()
@@ -90,9 +92,13 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
     header = np.concatenate([_text_bar(name, width) for name, width in zip(columns, widths)], axis=1)
     grid = np.concatenate([header] + grid_rows, axis=0)
     tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.tmp-{os.getpid()}.png")
-    if not cv2.imwrite(tmp, grid[..., ::-1]):
-        raise DataError(out, "cannot write the preview PNG there")
-    os.replace(tmp, out)
+    try:
+        if not cv2.imwrite(tmp, grid[..., ::-1]):
+            raise DataError(out, "cannot write the preview PNG there")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return out
 
 

@@ -80,6 +80,8 @@ class PairedTransform:
 
     def geometric(self, arrays: dict[str, Array], nearest: set[str] | frozenset[str], seed: int) -> dict[str, Array]:
         """Apply one random geometry to every array; names in ``nearest`` are resampled nearest-neighbour."""
+        # OpenCV cannot resample float16: widen it (the values are unchanged)
+        arrays = {name: a.astype(np.float32) if a.dtype == np.float16 else a for name, a in arrays.items()}
         targets = {name: "mask" if name in nearest else "image" for name in arrays}
         primary = next((name for name, target in targets.items() if target == "image"), None)
         compose = _compose(self, tuple(sorted(targets.items())), primary)

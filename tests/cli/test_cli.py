@@ -71,3 +71,12 @@ def test_interrupted_conversion_leaves_nothing_at_out(tmp_path, how):
     if how == signal.SIGINT:  # a catchable interruption also removes the temporary file
         assert not list(tmp_path.iterdir())
         assert "interrupted" in stderr.decode()
+
+
+def test_inspect_argument_errors(synthetic_file, tmp_path):
+    for flag in ("--max-rows", "--preview-samples"):
+        result = run_cli("inspect", synthetic_file, flag, 0)
+        assert result.returncode == 2 and "must be a positive integer" in result.stderr
+    assert "is a folder; --preview takes the path of a .png file" in error_line(
+        run_cli("inspect", synthetic_file, "--preview", tmp_path))
+    assert list(tmp_path.iterdir()) == []

@@ -111,3 +111,32 @@ def test_unknown_names_are_clear_errors(synthetic_file):
         PairedDataset(synthetic_file, "val")
     with pytest.raises(DataError, match=r"no label set \['seg40'\]"):
         PairedDataset(synthetic_file, "train", labels=["seg40"])
+
+
+def _epoch_batches(loader, data, epoch):
+    data.set_epoch(epoch)
+    return [batch["rgb"] for batch in loader]
+
+
+def test_set_epoch_reaches_persistent_workers(synthetic_file):
+    transform = PairedTransform(size=(24, 24), train=True)
+    data = PairedDataset(synthetic_file, "train", modalities=["rgb"], transform=transform, seed=3)
+    data[0]  # open the file in the parent first: forked workers must reopen it, not share the handle
+    loader = DataLoader(data, batch_size=16, num_workers=2, persistent_workers=True)
+    serial = DataLoader(data, batch_size=16, num_workers=0)
+    first, second = _epoch_batches(loader, data, 0), _epoch_batches(loader, data, 1)
+    assert not torch.equal(first[0], second[0])
+    for parallel, expected in zip(second, _epoch_batches(serial, data, 1)):
+        torch.testing.assert_close(parallel, expected)
+
+
+def test_float16_modality_goes_through_the_transform(tmp_path):
+    from crossmodal.data.format import PairedWriter
+    with PairedWriter(tmp_path / "half.h5", 2, source="test", converter="tests") as writer:
+        writer.add_modality("thermal", 16, 16, 1, np.float16, kind="thermal", units="K")
+        writer.write_batch(0, thermal=np.linspace(280, 320, 512, dtype=np.float16).reshape(2, 16, 16, 1))
+        writer.add_split("train", [0, 1])
+    data = PairedDataset(tmp_path / "half.h5", "train", modalities=["thermal"],
+                         transform=PairedTransform(size=(8, 8), train=True))
+    sample = data[1]["thermal"]
+    assert sample.shape == (1, 8, 8) and torch.isfinite(sample).all() and -1.01 <= sample.min() <= sample.max() <= 1.01

@@ -88,3 +88,22 @@ def test_real_cifar10_zip_subset_then_lab_views(tmp_path, shared_data):
     assert -1.0 <= float(sample["lab_l"].min()) and float(sample["lab_l"].max()) <= 1.0
     assert sample["lab_ab"].abs().max() <= 1.0 and sample["lab_ab"].std() > 0.01  # colour survived
     assert sorted({data[i]["label"] for i in range(len(data))}) == list(range(10))
+
+
+def test_single_split_tree_keeps_its_split_and_archive_clutter_is_skipped(tmp_path):
+    write_tree(tmp_path / "tree")
+    with zipfile.ZipFile(tmp_path / "test_only.zip", "w") as archive:
+        for path in sorted((tmp_path / "tree" / "wrapper" / "test").rglob("*.png")):
+            archive.write(path, path.relative_to(tmp_path / "tree"))
+            clutter = path.relative_to(tmp_path / "tree").with_name("._" + path.name)
+            archive.writestr(f"__MACOSX/{clutter}", b"resource fork")
+    run_cli("prepare", "images", "--src", tmp_path / "test_only.zip", "--out", tmp_path / "t.h5", check=True)
+    assert read_layout(tmp_path / "t.h5").splits == {"test": 4}
+    run_cli("prepare", "images", "--src", tmp_path / "tree" / "wrapper" / "train", "--split", "extra",
+            "--out", tmp_path / "c.h5", check=True)  # <class>/<image>: one split, named by --split
+    assert read_layout(tmp_path / "c.h5").splits == {"extra": 6}
+    flat = tmp_path / "tree" / "wrapper" / "train" / "cat"
+    assert "images lie directly in the root" in error_line(
+        run_cli("prepare", "images", "--src", flat, "--out", tmp_path / "f.h5"))
+    result = run_cli("prepare", "images", "--src", flat, "--out", tmp_path / "f.h5", "--max-per-class", 0)
+    assert result.returncode == 2 and "must be a positive integer" in result.stderr

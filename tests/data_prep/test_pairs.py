@@ -102,3 +102,51 @@ def test_real_nyu_frames(tmp_path, shared_data):
     sample = data[0]
     assert sample["rgb"].shape == (3, 120, 160) and sample["seg13"].shape == (120, 160)
     assert set(np.unique(sample["seg13"].numpy())) <= set(range(13)) | {255}
+
+
+def test_csv_details_grey_colour_and_default_split(tmp_path):
+    write_pairs(tmp_path / "pairs")
+    cv2.imwrite(str(tmp_path / "pairs" / "0002_rgb.png"), np.full((6, 9), 77, np.uint8))  # a grey picture
+    (tmp_path / "index.csv").write_text("id,rgb,dpeth\n\n0002,pairs/0002_rgb.png,pairs/0002_depth.png\n")
+    result = run_cli("prepare", "pairs", "--src", tmp_path / "index.csv", "--out", tmp_path / "p.h5",
+                     "--split", "val", check=True)
+    assert "dpeth -> dpeth (stored as is)" in result.stderr  # a typo is visible, not silent
+    layout = read_layout(tmp_path / "p.h5")
+    assert layout.splits == {"val": 1}
+    with h5py.File(tmp_path / "p.h5", "r") as handle:
+        assert (handle["modalities/rgb"][0] == 77).all()
+
+
+@pytest.mark.parametrize("case", ["empty cell", "binary csv", "label 256", "out is a folder", "missing file"])
+def test_more_bad_inputs(tmp_path, case):
+    write_pairs(tmp_path / "pairs")
+    src, out = tmp_path / "index.csv", tmp_path / "p.h5"
+    src.write_text("id,rgb,depth\n0001,pairs/0001_rgb.png,pairs/0001_depth.png\n0002,pairs/0002_rgb.png,\n")
+    expected = "line 3: no file given for ['depth']"
+    if case == "binary csv":
+        src.write_bytes((tmp_path / "pairs" / "0001_rgb.png").read_bytes())
+        expected = "not a readable CSV text file"
+    elif case == "label 256":
+        cv2.imwrite(str(tmp_path / "pairs" / "0002_label13.png"), np.full((6, 9), 256, np.uint16))
+        src = tmp_path / "pairs"
+        expected = "class ids above 254 are not supported"
+    elif case == "out is a folder":
+        src, out = tmp_path / "pairs", tmp_path
+        expected = "is a folder; --out takes the path of the .h5 file"
+    elif case == "missing file":
+        src.write_text("id,rgb\n0001,pairs/0001_rgb.png\n0002,pairs/0009_rgb.png\n")
+        expected = "0009_rgb.png: no such file (sample '0002', modality 'rgb')"
+    line = error_line(run_cli("prepare", "pairs", "--src", src, "--out", out))
+    assert expected in line
+    assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob(".*.h5*"))
+
+
+def test_same_source_same_data(tmp_path):
+    write_pairs(tmp_path / "pairs")
+    for name in ("one.h5", "two.h5"):
+        run_cli("prepare", "pairs", "--src", tmp_path / "pairs", "--out", tmp_path / name, check=True)
+    with h5py.File(tmp_path / "one.h5", "r") as one, h5py.File(tmp_path / "two.h5", "r") as two:
+        for group in ("modalities", "labels", "splits"):
+            for name in one[group]:
+                np.testing.assert_array_equal(one[group][name][()], two[group][name][()])
+                assert dict(one[group][name].attrs).keys() == dict(two[group][name].attrs).keys()
