@@ -29,12 +29,16 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lzf + shuffle (default, smaller) or none (larger, reads much faster)")
 
 
+MAX_SIDE = 16384
+
+
 def checked_size(size: Iterable[int] | None) -> tuple[int, int] | None:
+    """``--size H W`` as a tuple, each side in 1 .. MAX_SIDE."""
     if size is None:
         return None
     height, width = (int(v) for v in size)
-    if height <= 0 or width <= 0:
-        raise DataError("--size", f"must be two positive integers, got {height} {width}")
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise DataError("--size", f"must be two integers in 1..{MAX_SIDE}, got {height} {width}")
     return height, width
 
 
@@ -61,7 +65,12 @@ def _resize(array: np.ndarray, size: tuple[int, int] | None, interpolation: int)
 def decode_image(data: bytes | np.ndarray, origin: str) -> np.ndarray:
     """Decode an encoded image file as stored (8/16 bit, 1/3/4 channels); colour comes back as RGB(A)."""
     buffer = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if buffer.size == 0:
+        raise DataError(origin, "is an empty file")
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if image is None:
         raise DataError(origin, "cannot decode the image (damaged or not an image file)")
     if image.ndim == 3 and image.shape[2] == 3:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import zipfile
+import zlib
 from collections import defaultdict
 from typing import Callable
 
@@ -41,12 +42,26 @@ def _is_junk(name: str) -> bool:
     return name.startswith("__MACOSX/") or any(part.startswith(".") for part in name.split("/"))
 
 
+def _clean(name: str) -> str:
+    """An archive member name without a leading ./ or /."""
+    while name.startswith(("./", "/")):
+        name = name[2:] if name.startswith("./") else name[1:]
+    return name
+
+
 def _list_files(src: str) -> tuple[list[str], Callable[[str], bytes]]:
     """Relative paths of the image files under ``src`` (sorted) and a reader of one of them."""
     if zipfile.is_zipfile(src):
         archive = zipfile.ZipFile(src)
-        names = [n for n in archive.namelist() if n.lower().endswith(EXTENSIONS) and not _is_junk(n)]
-        return sorted(names), archive.read
+        members = {_clean(n): n for n in archive.namelist() if n.lower().endswith(EXTENSIONS)}
+        members = {name: member for name, member in members.items() if not _is_junk(name)}
+
+        def read_member(name: str) -> bytes:
+            try:
+                return archive.read(members[name])
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+                raise DataError(f"{src}:{name}", f"cannot be read from the archive: {err}") from None
+        return sorted(members), read_member
     if os.path.isdir(src):
         names = []
         for folder, _, filenames in os.walk(src):
@@ -68,8 +83,9 @@ def index_tree(src: str, names: list[str], default_split: str,
                max_per_class: int | None) -> tuple[list[tuple[str, str, str]], list[str]]:
     """[(split, class, relative path)] in row order, and the sorted class names.
 
-    Wrapping folders shared by every file are skipped; a first level named like a split (train, test, val,
-    unlabeled ...) is the split level, otherwise the tree is ``<class>/<image>`` in ``default_split``.
+    Wrapping folders shared by every file are skipped, down to three levels or to a folder named like a split
+    (train, test, val, unlabeled ...). Then three levels are ``<split>/<class>/<image>`` (the split keeps its
+    folder's name) and two are ``<class>/<image>`` in ``default_split``.
     """
     if not names:
         raise DataError(src, "holds no image files")

@@ -100,9 +100,11 @@ def convert(mat: str, meta: str, out: str, size: tuple[int, int] | None = None, 
     if not h5py.is_hdf5(mat):
         raise DataError(mat, "not a MATLAB v7.3 (HDF5) file; the labelled NYU-Depth V2 file is one")
     with h5py.File(mat, "r") as source:
-        missing = [key for key in REQUIRED if key not in source]
+        missing = [key for key in REQUIRED if not isinstance(source.get(key), h5py.Dataset)]
         if missing:
             raise DataError(mat, f"missing dataset(s) {missing}: is this nyu_depth_v2_labeled.mat?")
+        if not np.issubdtype(source["labels"].dtype, np.integer):
+            raise DataError(mat, f"'labels' has dtype {source['labels'].dtype}, expected integer class ids")
         images, depths, labels = (source[key] for key in REQUIRED)
         raw_depths = source["rawDepths"] if "rawDepths" in source else None
         count = images.shape[0]

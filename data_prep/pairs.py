@@ -23,7 +23,9 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+from PIL import Image
 
+from crossmodal.cli.arguments import positive_int
 from crossmodal.data.format import DEFAULT_IGNORE_INDEX, PairedWriter
 from crossmodal.errors import DataError
 from data_prep.common import (add_common_arguments, checked_size, progress, read_image, resize_image,
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-base", type=int, choices=(0, 1), default=1,
                         help="1: label value 0 is void, 1..K are the classes (NYU); 0: values are class ids, "
                              "255 is void (default 1)")
-    parser.add_argument("--num-classes", type=int, default=None,
+    parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="classes per segmentation set (default: the largest class id seen + 1)")
     parser.add_argument("--class-names", metavar="FILE", help="a text file with one class name per line")
     parser.add_argument("--split", default="train", help="the split of every row without a split column")
@@ -114,9 +116,11 @@ def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dic
             rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(path, f"not a readable CSV text file: {err}") from None
-    if len(header) < 2:
-        raise DataError(path, "needs a header: id,<modality>,... (e.g. frame,rgb,depth,label13)")
-    modalities = [column for column in header[1:] if column != "split"]
+    split_column = next((c for c in header[1:] if c.lower() == "split"), None)
+    modalities = [column for column in header[1:] if column != split_column]
+    if not modalities or "" in header or len(set(header)) != len(header):
+        raise DataError(path, f"needs a header id,<modality>,...[,split] with distinct names "
+                              f"(e.g. frame,rgb,depth,label13), found {','.join(header)}")
     root = os.path.dirname(os.path.abspath(path))
     ids, files, splits = [], {}, []
     for line, row in rows:
@@ -131,7 +135,7 @@ def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dic
             raise DataError(path, f"line {line}: no file given for {empty}")
         ids.append(sample_id)
         files[sample_id] = {m: os.path.join(root, record[m]) for m in modalities}
-        splits.append(record.get("split") or default_split)
+        splits.append((record[split_column] if split_column else "") or default_split)
     if not ids:
         raise DataError(path, "lists no samples")
     return ids, modalities, files, splits
@@ -169,7 +173,7 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
                       options=options, overwrite=overwrite, compression=compression) as writer:
         for m in modalities:
             if m in largest:
-                writer.add_segmentation(stored[m], height, width, listed or [])
+                writer.add_segmentation(stored[m], height, width, listed if listed is not None else [])
             else:
                 units = {"rgb": "sRGB 0-255", "depth": "m", "raw_depth": "m"}.get(_kind(m), "")
                 writer.add_modality(stored[m], height, width, shapes[m][2], first[m].dtype, kind=_kind(m),
@@ -183,13 +187,16 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
                 if m in largest:
                     valid = array[array != DEFAULT_IGNORE_INDEX]
                     largest[m] = max(largest[m], int(valid.max()) if valid.size else -1)
-                    if listed and largest[m] >= len(listed):
+                    if listed is not None and largest[m] >= len(listed):
                         raise DataError(files[sample_id][m], f"has class id {largest[m]}, beyond the "
                                                              f"{len(listed)} classes given")
             writer.write(row, **{stored[m]: (resize_nearest if m in largest or _kind(m) in DEPTH_NAMES
                                              else resize_image)(array, size) for m, array in arrays.items()})
         for m in segmentation:  # without given classes: as many as the largest id seen
-            writer.set_class_names(stored[m], listed or [f"class_{i}" for i in range(largest[m] + 1)])
+            if listed is None and largest[m] < 0:
+                raise DataError(src, f"every '{m}' pixel is void: no classes to store (pass --num-classes)")
+            writer.set_class_names(stored[m], listed if listed is not None else
+                                   [f"class_{i}" for i in range(largest[m] + 1)])
         for name in sorted(set(splits)):
             writer.add_split(name, [row for row, s in enumerate(splits) if s == name])
 
@@ -207,9 +214,33 @@ def _listed_class_names(names_file: str | None, num_classes: int | None) -> list
     return None if num_classes is None else [f"class_{i}" for i in range(num_classes)]
 
 
+def _read_labels(path: str) -> np.ndarray:
+    """A label image as class ids: palette PNGs give their indices (OpenCV would give their colours)."""
+    try:
+        with Image.open(path) as picture:
+            labels = np.asarray(picture)
+    except (OSError, ValueError) as err:
+        raise DataError(path, f"cannot decode the label image: {err}") from None
+    if labels.ndim == 3 and labels.shape[2] >= 3 and (labels[..., :3] == labels[..., :1]).all():
+        labels = labels[..., 0]  # grey stored as RGB
+    if labels.ndim != 2 or labels.dtype.kind not in "ui":
+        raise DataError(path, f"labels must be a single-channel (grey or palette) 8/16-bit image, found "
+                              f"shape {labels.shape} {labels.dtype}")
+    return labels
+
+
 def _convert_file(path: str, modality: str, depth_scale: float | None, label_base: int) -> np.ndarray:
-    image = read_image(path)
     kind = _kind(modality)
+    if kind == "segmentation":
+        image = _read_labels(path)
+        if image.max() > 255:
+            _too_many(path)
+        if label_base == 0:  # 255 is void already
+            return image.astype(np.uint8)
+        labels = image.astype(np.int64) - 1  # ids 1..255 become 0..254
+        labels[image == 0] = DEFAULT_IGNORE_INDEX
+        return labels.astype(np.uint8)
+    image = read_image(path)
     if kind == "rgb":
         return to_rgb8(image, path)
     if kind in DEPTH_NAMES:
@@ -220,17 +251,10 @@ def _convert_file(path: str, modality: str, depth_scale: float | None, label_bas
             if image.dtype != np.uint16:
                 raise DataError(path, f"{image.dtype} depth needs --depth-scale (metres per unit)")
             scale = 0.001
-        return (image.astype(np.float32) * np.float32(scale))[..., None]
-    if kind == "segmentation":
-        if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-            raise DataError(path, f"labels must be a single-channel 8/16-bit image, found {image.shape} {image.dtype}")
-        if label_base == 0:  # 255 is void already
-            return image.astype(np.uint8) if image.max() <= 255 else _too_many(path)
-        if image.max() > 255:  # ids 1..255 become 0..254
-            _too_many(path)
-        labels = image.astype(np.int64) - 1
-        labels[image == 0] = DEFAULT_IGNORE_INDEX
-        return labels.astype(np.uint8)
+        depth = image.astype(np.float32) * np.float32(scale)
+        return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)[..., None]  # non-finite: a hole
+    if image.dtype == np.float64:
+        image = image.astype(np.float32)
     return image if image.ndim == 3 else image[..., None]
 
 

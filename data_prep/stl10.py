@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from crossmodal.cli.arguments import non_negative_int
 from crossmodal.data.format import PairedWriter
 from crossmodal.errors import DataError
 from data_prep.common import add_common_arguments, checked_size, progress, resize_image
@@ -27,7 +28,7 @@ BLOCK = 512
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True, metavar="DIR", help="the stl10_binary folder")
-    parser.add_argument("--max-unlabeled", type=int, default=None, metavar="N",
+    parser.add_argument("--max-unlabeled", type=non_negative_int, default=None, metavar="N",
                         help="keep only the first N unlabelled images (all 100,000 by default)")
     add_common_arguments(parser)
 

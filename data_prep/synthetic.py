@@ -9,6 +9,7 @@ See :mod:`data_prep.synthetic_scenes` for the scenes themselves.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from crossmodal.cli.arguments import positive_int
 from crossmodal.data.format import PairedWriter
 from crossmodal.errors import DataError
 from data_prep.common import add_output_arguments, progress
@@ -24,16 +26,18 @@ from data_prep.synthetic_scenes import CLASS_NAMES, IGNORE_INDEX, SEG_CLASS_NAME
 NAME = "synthetic"
 HELP = "generate the built-in NYU-style synthetic RGB-D scene data set"
 CHUNK = 64
+MIN_SIZE, MAX_SIZE = 16, 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE.h5", help="the paired HDF5 file to write")
-    parser.add_argument("--num", type=int, default=4000, help="number of scenes (default 4000)")
-    parser.add_argument("--size", type=int, default=64, help="side of the square images in pixels (default 64)")
+    parser.add_argument("--num", type=positive_int, default=4000, help="number of scenes (default 4000)")
+    parser.add_argument("--size", type=positive_int, default=64,
+                        help=f"side of the square images in pixels, {MIN_SIZE}..{MAX_SIZE} (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="scene i is drawn from the seed (seed, i)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="share of scenes in the test split")
     parser.add_argument("--no-noise", action="store_true", help="raw_depth without sensor noise or holes")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="rendering processes (default: the CPU count, at most 8); "
                              "the output does not depend on it")
     add_output_arguments(parser)
@@ -62,8 +66,10 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
              noise: bool = True, workers: int | None = None, overwrite: bool = False,
              compression: str = "lzf") -> None:
     """Render ``num`` scenes of ``size`` x ``size``; scene i depends only on (seed, i)."""
-    if num < 2 or size < 16:
-        raise DataError(out, f"--num must be >= 2 and --size >= 16 (got {num}, {size})")
+    if num < 2 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise DataError(out, f"--num must be >= 2 and --size in {MIN_SIZE}..{MAX_SIZE} (got {num}, {size})")
+    if not math.isfinite(test_fraction):
+        raise DataError(out, f"--test-fraction must be a number in (0, 1), got {test_fraction}")
     num_test = int(round(num * test_fraction))
     if not 0 < num_test < num:
         raise DataError(out, f"--test-fraction {test_fraction} of {num} scenes leaves a split empty")

@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrossmodalError as err:
         print(f"crossmodal {args.verb}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except MemoryError:
+        print(f"crossmodal {args.verb}: error: out of memory (is a size or count far too large?)", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"crossmodal {args.verb}: interrupted", file=sys.stderr)
         return 130

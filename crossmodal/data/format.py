@@ -100,7 +100,7 @@ def read_layout(path: str | os.PathLike) -> Layout:
             return _read_layout(path, handle)
     except DataError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, AttributeError) as err:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise DataError(path, f"damaged or malformed file: {err}") from None
 
 
@@ -115,6 +115,9 @@ def _read_layout(path: str, handle: h5py.File) -> Layout:
     if num_samples < 0:
         raise DataError(path, "root attribute 'num_samples' is missing")
 
+    for group in ("modalities", "labels", "splits"):
+        if group in handle and not isinstance(handle[group], h5py.Group):
+            raise DataError(path, f"'/{group}' must be a group, found {_describe(handle[group])}")
     modalities: dict[str, ModalityInfo] = {}
     for name, dset in handle.get("modalities", {}).items():
         where = f"modality '{name}'"
@@ -195,6 +198,12 @@ def _check_label(path: str, name: str, dset: Any, num_samples: int) -> LabelInfo
     return LabelInfo(name, label_type, tuple(dset.shape), dset.dtype, num_classes, class_names, ignore_index)
 
 
+def _check_name(path: str | os.PathLike, what: str, name: str) -> None:
+    """Names become HDF5 paths: they must be non-empty and free of '/'."""
+    if not name or "/" in name or name in (".", ".."):
+        raise DataError(path, f"{what} name '{name}' is not allowed (empty, or containing '/')")
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, h5py.Dataset):
         return f"shape {obj.shape} dtype {obj.dtype}"
@@ -271,7 +280,10 @@ class PairedWriter:
                     self._file["modalities"][name].attrs["value_range"] = np.array([low, high], np.float64)
             self._file.close()
             if exc_type is None:
-                read_layout(self.tmp)
+                try:
+                    read_layout(self.tmp)
+                except DataError as err:  # name the file the user asked for, not the temporary one
+                    raise DataError(self.out, err.problem) from None
                 os.replace(self.tmp, self.out)
         finally:
             if self.tmp.exists():
@@ -286,6 +298,10 @@ class PairedWriter:
     def add_modality(self, name: str, height: int, width: int, channels: int, dtype: Any, *, kind: str,
                      units: str, description: str = "") -> None:
         """Declare an (N, H, W, C) modality; one chunk per sample, lzf + shuffle compression by default."""
+        _check_name(self.out, "modality", name)
+        if np.dtype(dtype) not in MODALITY_DTYPES:
+            raise DataError(self.out, f"modality '{name}' has dtype {np.dtype(dtype)}, the format stores "
+                                      f"{[np.dtype(d).name for d in MODALITY_DTYPES]}")
         dset = self.file["modalities"].create_dataset(
             name, shape=(self.num_samples, height, width, channels), dtype=dtype,
             chunks=(1, height, width, channels), **self._filters)
@@ -297,7 +313,8 @@ class PairedWriter:
 
     def add_class_labels(self, name: str, values: Iterable[int], class_names: Iterable[str]) -> None:
         """Store image-level classes (N,), -1 meaning no label."""
-        values = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.int64)
+        _check_name(self.out, "label set", name)
+        values = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=np.int64)
         class_names = [str(n) for n in class_names]
         if values.shape != (self.num_samples,):
             raise ValueError(f"label set '{name}' has shape {values.shape}, expected ({self.num_samples},)")
@@ -312,6 +329,7 @@ class PairedWriter:
     def add_segmentation(self, name: str, height: int, width: int, class_names: Iterable[str],
                          ignore_index: int = DEFAULT_IGNORE_INDEX, dtype: Any = np.uint8) -> None:
         """Declare dense labels (N, H, W): class ids 0..num_classes-1, ``ignore_index`` for void pixels."""
+        _check_name(self.out, "label set", name)
         class_names = [str(n) for n in class_names]
         dset = self.file["labels"].create_dataset(
             name, shape=(self.num_samples, height, width), dtype=dtype, chunks=(1, height, width),
@@ -351,4 +369,5 @@ class PairedWriter:
 
     def add_split(self, name: str, indices: Iterable[int]) -> None:
         """Store a split as an index array of rows."""
+        _check_name(self.out, "split", name)
         self.file["splits"].create_dataset(name, data=np.asarray(list(indices), dtype=np.int64))

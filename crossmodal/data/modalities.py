@@ -87,8 +87,8 @@ def _rgb_normalize(rgb: Array) -> Array:
 
 
 def _depth_normalize(depth: Array) -> Array:
-    """Metres in [0, MAX_DEPTH_M] -> [-1, 1] in place; holes (0) land on -1, NaNs too."""
-    np.nan_to_num(depth, copy=False, nan=0.0)
+    """Metres in [0, MAX_DEPTH_M] -> [-1, 1] in place; holes (0) land on -1, as do NaNs and infinities."""
+    np.nan_to_num(depth, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.clip(depth, 0.0, MAX_DEPTH_M, out=depth)
     depth *= np.float32(2.0 / MAX_DEPTH_M)
     depth -= 1.0

@@ -61,6 +61,8 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
     if os.path.isdir(out):
         raise DataError(out, "is a folder; --preview takes the path of a .png file")
     layout = read_layout(path)
+    if layout.num_samples == 0:
+        raise DataError(layout.path, "holds no samples to preview")
     rows = sample_rows(layout.num_samples, num_samples)
     palette = label_palette()
     kind_order = {"rgb": 0, "depth": 1, "raw_depth": 2}

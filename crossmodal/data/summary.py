@@ -25,6 +25,8 @@ def summarize(path: str | os.PathLike, max_rows: int = 512) -> dict[str, Any]:
         DataError: for any malformed part, including label values outside their classes.
     """
     layout = read_layout(path)
+    if layout.num_samples == 0:
+        raise DataError(layout.path, "holds no samples")
     rows = sample_rows(layout.num_samples, max_rows)
     try:
         with h5py.File(layout.path, "r") as handle:
@@ -40,11 +42,12 @@ def summarize(path: str | os.PathLike, max_rows: int = 512) -> dict[str, Any]:
 
 def _modality_stats(layout: Layout, dset: h5py.Dataset, rows: np.ndarray) -> dict[str, Any]:
     info = layout.modalities[dset.name.rsplit("/", 1)[-1]]
-    low, high, total, count, nans, zeros = np.inf, -np.inf, 0.0, 0, 0, 0
+    low, high, total, count, nans, infs, zeros = np.inf, -np.inf, 0.0, 0, 0, 0, 0
     for row in rows:
         values = dset[row].astype(np.float64)
         finite = values[np.isfinite(values)]
         nans += int(np.isnan(values).sum())
+        infs += int(np.isinf(values).sum())
         zeros += int((values == 0).sum())
         if finite.size:
             low, high = min(low, finite.min()), max(high, finite.max())
@@ -57,6 +60,7 @@ def _modality_stats(layout: Layout, dset: h5py.Dataset, rows: np.ndarray) -> dic
     if info.kind in DEPTH_KINDS or info.dtype.kind == "f":
         pixels = len(rows) * int(np.prod(info.shape[1:]))
         stats["nan_pixels"] = nans
+        stats["inf_pixels"] = infs
         if info.kind in DEPTH_KINDS:
             stats["hole_fraction"] = zeros / pixels
     return stats
@@ -107,6 +111,8 @@ def render_text(summary: dict[str, Any]) -> str:
             line += f"  holes {100 * stats['hole_fraction']:.2f}%"
         if "nan_pixels" in stats:
             line += f"  NaN pixels {stats['nan_pixels']}"
+            if stats["inf_pixels"]:
+                line += f"  infinite pixels {stats['inf_pixels']}"
         lines.append(line)
     if summary["labels"]:
         lines.append("  labels:")

@@ -44,7 +44,7 @@ def test_inspect_text_json_and_preview(synthetic_file, tmp_path):
 
 
 def test_usage_errors(tmp_path):
-    assert "must be two positive integers" in error_line(
+    assert "must be two integers in 1..16384" in error_line(
         run_cli("prepare", "images", "--src", tmp_path, "--out", tmp_path / "x.h5", "--size", 0, 4))
     assert "its folder does not exist" in error_line(
         run_cli("prepare", "synthetic", "--out", tmp_path / "absent" / "x.h5", "--num", 4))
@@ -80,3 +80,25 @@ def test_inspect_argument_errors(synthetic_file, tmp_path):
     assert "is a folder; --preview takes the path of a .png file" in error_line(
         run_cli("inspect", synthetic_file, "--preview", tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--num", 5, "--size", 100000], "--size in 16..1024"),
+    (["--num", 50, "--test-fraction", "nan"], "--test-fraction must be a number in (0, 1)"),
+    (["--num", 2, "--test-fraction", 0.9], "leaves a split empty"),
+])
+def test_synthetic_argument_errors(tmp_path, args, expected):
+    assert expected in error_line(run_cli("prepare", "synthetic", "--out", tmp_path / "s.h5", *args))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hdf5_that_is_not_ours(tmp_path):
+    import h5py
+    import numpy as np
+    with h5py.File(tmp_path / "other.h5", "w") as handle:
+        handle["images"] = np.zeros((2, 3))
+    assert "not a crossmodal-paired file" in error_line(run_cli("inspect", tmp_path / "other.h5"))
+    with h5py.File(tmp_path / "odd.h5", "w") as handle:
+        handle.attrs.update(format="crossmodal-paired", format_version=1, num_samples=2)
+        handle["modalities"] = np.zeros((2, 3))
+    assert "'/modalities' must be a group" in error_line(run_cli("inspect", tmp_path / "odd.h5"))

@@ -118,25 +118,34 @@ def _epoch_batches(loader, data, epoch):
     return [batch["rgb"] for batch in loader]
 
 
-def test_set_epoch_reaches_persistent_workers(synthetic_file):
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_set_epoch_reaches_persistent_workers(synthetic_file, context):
     transform = PairedTransform(size=(24, 24), train=True)
     data = PairedDataset(synthetic_file, "train", modalities=["rgb"], transform=transform, seed=3)
     data[0]  # open the file in the parent first: forked workers must reopen it, not share the handle
-    loader = DataLoader(data, batch_size=16, num_workers=2, persistent_workers=True)
+    loader = DataLoader(data, batch_size=16, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=context)
     serial = DataLoader(data, batch_size=16, num_workers=0)
     first, second = _epoch_batches(loader, data, 0), _epoch_batches(loader, data, 1)
     assert not torch.equal(first[0], second[0])
     for parallel, expected in zip(second, _epoch_batches(serial, data, 1)):
         torch.testing.assert_close(parallel, expected)
+    clone = pickle.loads(pickle.dumps(data))  # a plain copy keeps the epoch, in memory of its own
+    assert clone.epoch == 1
+    clone.set_epoch(5)
+    assert data.epoch == 1
 
 
-def test_float16_modality_goes_through_the_transform(tmp_path):
+def test_float16_modality_goes_through_the_transform_like_float32(tmp_path):
     from crossmodal.data.format import PairedWriter
-    with PairedWriter(tmp_path / "half.h5", 2, source="test", converter="tests") as writer:
-        writer.add_modality("thermal", 16, 16, 1, np.float16, kind="thermal", units="K")
-        writer.write_batch(0, thermal=np.linspace(280, 320, 512, dtype=np.float16).reshape(2, 16, 16, 1))
-        writer.add_split("train", [0, 1])
-    data = PairedDataset(tmp_path / "half.h5", "train", modalities=["thermal"],
-                         transform=PairedTransform(size=(8, 8), train=True))
-    sample = data[1]["thermal"]
-    assert sample.shape == (1, 8, 8) and torch.isfinite(sample).all() and -1.01 <= sample.min() <= sample.max() <= 1.01
+    values = np.linspace(280, 320, 512, dtype=np.float16).reshape(2, 16, 16, 1)
+    for dtype in (np.float16, np.float32):
+        with PairedWriter(tmp_path / f"{np.dtype(dtype).name}.h5", 2, source="test", converter="tests") as writer:
+            writer.add_modality("thermal", 16, 16, 1, dtype, kind="thermal", units="K")
+            writer.write_batch(0, thermal=values.astype(dtype))
+            writer.add_split("train", [0, 1])
+    samples = [PairedDataset(tmp_path / f"{name}.h5", "train", modalities=["thermal"], seed=4,
+                             transform=PairedTransform(size=(8, 8), train=True))[1]["thermal"]
+               for name in ("float16", "float32")]
+    assert samples[0].shape == (1, 8, 8)
+    torch.testing.assert_close(samples[0], samples[1])  # same crop, same values

@@ -52,7 +52,8 @@ def test_tree_and_zip_give_the_same_file(tmp_path):
     _check(tmp_path / "zip.h5", images)
 
 
-@pytest.mark.parametrize("case", ["mixed sizes", "missing source", "mixed depths", "not an image"])
+@pytest.mark.parametrize("case", ["mixed sizes", "missing source", "mixed depths", "not an image", "empty image",
+                                  "corrupt zip member"])
 def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path, case):
     write_tree(tmp_path / "tree")
     cat = tmp_path / "tree" / "wrapper" / "train" / "cat"
@@ -66,9 +67,22 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path, case):
     elif case == "mixed depths":
         cv2.imwrite(str(cat.parent / "stray.png"), np.zeros((6, 8, 3), np.uint8))
         expected = "images at mixed depths"
-    else:
+    elif case == "not an image":
         (cat / "009.png").write_bytes(b"not a png")
         expected = "cannot decode the image"
+    elif case == "empty image":
+        (cat / "009.png").write_bytes(b"")
+        expected = "009.png: is an empty file"
+    else:
+        src = tmp_path / "tree.zip"
+        with zipfile.ZipFile(src, "w") as archive:
+            for path in sorted((tmp_path / "tree").rglob("*.png")):
+                archive.write(path, path.relative_to(tmp_path / "tree"))
+        data = bytearray(src.read_bytes())
+        offset = data.index(b"wrapper/train/cat/001.png") + len(b"wrapper/train/cat/001.png") + 10
+        data[offset:offset + 8] = bytes(8)  # damage one member's stored bytes
+        src.write_bytes(bytes(data))
+        expected = "cannot be read from the archive"
     line = error_line(run_cli("prepare", "images", "--src", src, "--out", tmp_path / "i.h5"))
     assert expected in line
     assert not (tmp_path / "i.h5").exists() and not list(tmp_path.glob(".i.h5*"))

@@ -117,7 +117,9 @@ def test_csv_details_grey_colour_and_default_split(tmp_path):
         assert (handle["modalities/rgb"][0] == 77).all()
 
 
-@pytest.mark.parametrize("case", ["empty cell", "binary csv", "label 256", "out is a folder", "missing file"])
+@pytest.mark.parametrize("case", ["empty cell", "binary csv", "label 256", "out is a folder", "missing file",
+                                  "no modality column", "duplicate column", "empty image", "all void",
+                                  "slash in name"])
 def test_more_bad_inputs(tmp_path, case):
     write_pairs(tmp_path / "pairs")
     src, out = tmp_path / "index.csv", tmp_path / "p.h5"
@@ -136,6 +138,23 @@ def test_more_bad_inputs(tmp_path, case):
     elif case == "missing file":
         src.write_text("id,rgb\n0001,pairs/0001_rgb.png\n0002,pairs/0009_rgb.png\n")
         expected = "0009_rgb.png: no such file (sample '0002', modality 'rgb')"
+    elif case == "no modality column":
+        src.write_text("id,split\n0001,train\n")
+        expected = "needs a header id,<modality>,...[,split] with distinct names"
+    elif case == "duplicate column":
+        src.write_text("id,rgb,rgb\n0001,pairs/0001_rgb.png,pairs/0002_rgb.png\n")
+        expected = "needs a header id,<modality>,...[,split] with distinct names"
+    elif case == "empty image":
+        (tmp_path / "pairs" / "0002_rgb.png").write_bytes(b"")
+        src = tmp_path / "pairs"
+        expected = "0002_rgb.png: is an empty file"
+    elif case == "all void":
+        src.write_text("id,rgb,label\n0001,pairs/0001_rgb.png,void.png\n")
+        cv2.imwrite(str(tmp_path / "void.png"), np.zeros((6, 9), np.uint8))
+        expected = "every 'label' pixel is void: no classes to store (pass --num-classes)"
+    elif case == "slash in name":
+        src.write_text("id,ir/near\n0001,pairs/0001_rgb.png\n")
+        expected = str(out) + ": modality name 'ir/near' is not allowed"
     line = error_line(run_cli("prepare", "pairs", "--src", src, "--out", out))
     assert expected in line
     assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob(".*.h5*"))
@@ -149,4 +168,41 @@ def test_same_source_same_data(tmp_path):
         for group in ("modalities", "labels", "splits"):
             for name in one[group]:
                 np.testing.assert_array_equal(one[group][name][()], two[group][name][()])
-                assert dict(one[group][name].attrs).keys() == dict(two[group][name].attrs).keys()
+                for key, value in one[group][name].attrs.items():
+                    np.testing.assert_array_equal(value, two[group][name].attrs[key])
+
+
+def test_label_conventions_class_names_and_palette_pngs(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a_rgb.png"), np.zeros((4, 5, 3), np.uint8))
+    ids = np.array([[0, 1, 2, 255, 3]] * 4, np.uint8)  # --label-base 0: ids as stored, 255 void
+    picture = Image.fromarray(ids, mode="P")
+    picture.putpalette([value for index in range(256) for value in (index, 255 - index, 7)])
+    picture.save(folder / "a_seg.png")  # a palette PNG: OpenCV would decode its colours, not its ids
+    (tmp_path / "names.txt").write_text("sky\nroad\ncar\nperson\n")
+    run_cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "p.h5", "--label-base", 0,
+            "--class-names", tmp_path / "names.txt", check=True)
+    layout = read_layout(tmp_path / "p.h5")
+    assert layout.labels["seg"].class_names == ("sky", "road", "car", "person")
+    with h5py.File(tmp_path / "p.h5", "r") as handle:
+        np.testing.assert_array_equal(handle["labels/seg"][0], ids)
+    run_cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "q.h5", "--label-base", 0,
+            "--num-classes", 6, check=True)
+    assert read_layout(tmp_path / "q.h5").labels["seg"].num_classes == 6
+    assert "has class id 3, beyond the 2 classes given" in error_line(
+        run_cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "r.h5", "--label-base", 0,
+                "--num-classes", 2))
+
+
+def test_non_finite_depth_becomes_holes(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    depth = np.full((4, 5), 2.5, np.float32)
+    depth[0, 0], depth[1, 1], depth[2, 2] = np.nan, np.inf, -np.inf
+    cv2.imwrite(str(folder / "a_depth.tiff"), depth)
+    run_cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "p.h5", "--depth-scale", 1, check=True)
+    with h5py.File(tmp_path / "p.h5", "r") as handle:
+        stored = handle["modalities/depth"][0, ..., 0]
+    assert stored[0, 0] == stored[1, 1] == stored[2, 2] == 0 and (stored[3] == 2.5).all()
