@@ -16,12 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 
-try:
-    from ._scene_geometry import (intersect_boxes, intersect_cone, intersect_cylinder,
-                                  intersect_room, intersect_sphere, yaw_matrix)
-except ImportError:  # imported as a top-level module with data_prep/ on sys.path
-    from _scene_geometry import (intersect_boxes, intersect_cone, intersect_cylinder,  # type: ignore
-                                 intersect_room, intersect_sphere, yaw_matrix)
+from data_prep._scene_geometry import (intersect_boxes, intersect_cone, intersect_cylinder, intersect_room,
+                                      intersect_sphere, yaw_matrix)
+from data_prep._scene_sensor import sensor_depth
 
 CLASS_NAMES: tuple[str, ...] = (
     "box", "ball", "barrel", "table", "cone",
@@ -331,46 +328,6 @@ def _shade(scene: Scene, directions: np.ndarray, depth: np.ndarray, normal: np.n
     return np.clip(albedo * shading[:, None] * scene.tint, 0.0, 1.0)
 
 
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    grown = mask.copy()
-    grown[1:] |= mask[:-1]
-    grown[:-1] |= mask[1:]
-    grown[:, 1:] |= mask[:, :-1]
-    grown[:, :-1] |= mask[:, 1:]
-    return grown
-
-
-def _sensor_depth(rng: np.random.Generator, depth: np.ndarray, cos_incidence: np.ndarray,
-                  surface: np.ndarray) -> np.ndarray:
-    """Kinect-like raw depth: depth-dependent noise, holes at occlusion edges, grazing angles, blobs.
-
-    Only jumps between different surfaces count as occlusion edges: on a floor seen at a
-    grazing angle, neighbouring pixels also differ by decimetres but a real sensor sees it.
-    """
-    size = depth.shape[0]
-    raw = depth + rng.standard_normal(depth.shape) * (0.0012 + 0.0019 * (depth - 0.4) ** 2)
-    threshold = rng.uniform(0.1, 0.2)
-    holes = np.zeros(depth.shape, bool)
-    # The structured-light shadow falls on the farther side of a depth jump.
-    step_x = np.where(surface[:, 1:] != surface[:, :-1], np.diff(depth, axis=1), 0.0)
-    step_y = np.where(surface[1:] != surface[:-1], np.diff(depth, axis=0), 0.0)
-    holes[:, 1:] |= step_x > threshold
-    holes[:, :-1] |= step_x < -threshold
-    holes[1:] |= step_y > threshold
-    holes[:-1] |= step_y < -threshold
-    for _ in range(max(1, size // 64)):
-        holes |= _dilate(holes) & (rng.random(depth.shape) < 0.5)
-    holes |= cos_incidence < rng.uniform(0.08, 0.15)
-    rows, columns = np.mgrid[0:size, 0:size]
-    for _ in range(rng.integers(0, 4)):
-        center_row, center_column = rng.uniform(0, size, 2)
-        radius_row, radius_column = rng.uniform(0.8, 2.5, 2) * size / 64
-        holes |= ((rows - center_row) / radius_row) ** 2 + ((columns - center_column) / radius_column) ** 2 <= 1
-    holes |= raw >= MAX_DEPTH_M
-    raw[holes] = 0.0
-    return raw.astype(np.float32)
-
-
 def render_scene(rng: np.random.Generator, size: int = 64, noise: bool = True) -> dict[str, np.ndarray]:
     """Render one random scene.
 
@@ -389,8 +346,8 @@ def render_scene(rng: np.random.Generator, size: int = 64, noise: bool = True) -
     depth_image = np.minimum(depth, MAX_DEPTH_M - 1e-3).astype(np.float32).reshape(size, size)
     if noise:
         cos_incidence = np.abs(np.einsum("ij,ij->i", normal, directions)) / np.linalg.norm(directions, axis=1)
-        raw_depth = _sensor_depth(rng, depth_image, cos_incidence.reshape(size, size),
-                                  surface.reshape(size, size))
+        raw_depth = sensor_depth(rng, depth_image, cos_incidence.reshape(size, size),
+                                 surface.reshape(size, size), MAX_DEPTH_M)
     else:
         raw_depth = depth_image.copy()
     return {
