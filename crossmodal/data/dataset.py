@@ -128,9 +128,10 @@ class PairedDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self.rows)} samples")
         row = int(self.rows[index])
         arrays = self.read_row(row)
-        sample_seed = np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(2)
-        if self.transform is not None:
-            arrays = self.transform.geometric(arrays, self.nearest, seed=int(sample_seed[0]))
+        if self.transform is not None:  # seeds only when augmenting: this is the per-sample hot path
+            geometric_seed, photometric_seed = (
+                int(seed) for seed in np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(2))
+            arrays = self.transform.geometric(arrays, self.nearest, seed=geometric_seed)
         photometric: dict[tuple[str, str | None], np.ndarray] = {}
         sample: dict[str, Any] = {}
         for modality in self.modalities:
@@ -138,7 +139,7 @@ class PairedDataset(Dataset):
             if key not in photometric:
                 array = arrays[modality.source]
                 if self.transform is not None:
-                    array = self.transform.photometric(modality.photometric, array, seed=int(sample_seed[1]))
+                    array = self.transform.photometric(modality.photometric, array, seed=photometric_seed)
                 photometric[key] = array
             value = photometric[key]
             if value.ndim == 2:
