@@ -15,3 +15,7 @@ class DataError(CrossmodalError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(CrossmodalError):
+    """A wrong option: an unknown name, a value of the wrong type or out of range, an impossible combination."""
