@@ -1,0 +1,65 @@
+"""The memories CRD contrasts against: an N-row bank with momentum updates, or a fixed-size queue.
+
+Both take the update of the whole gathered batch (indices and embeddings from every rank, in rank order), so
+the memory is identical on all ranks of a distributed run; both live in buffers, so checkpoints hold them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _uniform_rows(num_rows: int, dim: int, seed: int) -> torch.Tensor:
+    """RepDistiller's initialisation: uniform in [-1/sqrt(d/3), 1/sqrt(d/3)] (rows of unit expected norm)."""
+    bound = 1.0 / math.sqrt(dim / 3)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(num_rows, dim, generator=generator).mul_(2 * bound).sub_(bound)
+
+
+class MemoryBank(nn.Module):
+    """One row per transfer sample; the rows of a batch move as normalize(m x row + (1 - m) x embedding).
+
+    Args:
+        num_rows: N.
+        dim: embedding size d.
+        momentum: m (RepDistiller: 0.5).
+        seed: seed of the initial rows (the same on every rank).
+    """
+
+    per_sample = True
+
+    def __init__(self, num_rows: int, dim: int, momentum: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        self.momentum = float(momentum)
+        self.register_buffer("rows", _uniform_rows(num_rows, dim, seed))
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
+        mixed = self.rows.index_select(0, index).mul_(self.momentum).add_(embeddings.to(self.rows.dtype),
+                                                                          alpha=1.0 - self.momentum)
+        self.rows.index_copy_(0, index, F.normalize(mixed, dim=1))
+
+
+class EmbeddingQueue(nn.Module):
+    """The last ``size`` embeddings, first in first out (for transfer sets too large for two N x d banks).
+
+    A queue has no row per sample, so an anchor's positive is the paired embedding of the current step.
+    """
+
+    per_sample = False
+
+    def __init__(self, size: int, dim: int, seed: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("rows", _uniform_rows(size, dim, seed))
+        self.register_buffer("head", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
+        size = self.rows.shape[0]
+        embeddings = embeddings[-size:].to(self.rows.dtype)
+        slots = (self.head + torch.arange(embeddings.shape[0], device=self.rows.device)) % size
+        self.rows.index_copy_(0, slots, embeddings)
+        self.head.copy_((self.head + embeddings.shape[0]) % size)

@@ -1,0 +1,144 @@
+"""CRD's scores and objectives, computed without materialising B x (K+1) x d memory rows.
+
+RepDistiller gathers the (K+1) memory rows of every anchor (B x (K+1) x d floats, 0.5 GB per bank at the
+paper's settings) and lets autograd differentiate a batched matrix product through them. The same numbers come
+from one dense product with the whole bank followed by a gather of the (B, K+1) scores (``scoring='dense'``),
+and the gradient with respect to the anchors is the transposed product of a scattered (B, N) matrix with the
+bank. Both are plain matrix multiplications, an order of magnitude faster than the gather on CPU and GPU while
+N stays within a few times K; beyond that the per-sample gather (``'gather'``) is used. With negatives shared
+across the batch only K rows are read at all.
+
+The objectives return their loss and its gradient with respect to the scores in closed form, so the whole
+contrast step runs outside autograd (in float32, also under autocast) and attaches the anchor gradient
+through :class:`AttachGradient`. The memory can therefore be updated in place right after the forward pass.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+ScoreBackward = Callable[[torch.Tensor], torch.Tensor]
+DENSE_MAX_ELEMENTS = 1 << 27     # the (B, N) score matrix of the dense path: at most 512 MB of float32
+DENSE_MAX_ROWS_PER_NEGATIVE = 64  # beyond N = 64 K the per-sample gather reads fewer bytes than the product
+NCE_EPS = 1e-7  # RepDistiller's ContrastLoss adds it to every denominator; kept so losses match the reference
+
+
+def choose_scoring(scoring: str, batch: int, bank_rows: int, num_negatives: int) -> str:
+    """Resolve ``'auto'`` to ``'dense'`` or ``'gather'`` from the sizes involved."""
+    if scoring != "auto":
+        return scoring
+    dense_ok = (batch * bank_rows <= DENSE_MAX_ELEMENTS
+                and bank_rows <= DENSE_MAX_ROWS_PER_NEGATIVE * num_negatives)
+    return "dense" if dense_ok else "gather"
+
+
+@torch.no_grad()
+def contrast_scores(anchor: torch.Tensor, positive_rows: torch.Tensor, bank: torch.Tensor,
+                    negatives: torch.Tensor, scoring: str = "dense") -> tuple[torch.Tensor, ScoreBackward]:
+    """Dot products of each anchor with its positive row and its negative memory rows.
+
+    Args:
+        anchor: (B, d) float32 embeddings.
+        positive_rows: (B, d) the positive memory row of each anchor.
+        bank: (M, d) memory the negatives index.
+        negatives: (B, K) per-sample or (K,) shared row indices into ``bank``.
+        scoring: for per-sample negatives, ``'dense'`` or ``'gather'`` (see the module docstring).
+
+    Returns:
+        The (B, 1 + K) scores (column 0 the positive) and a function that maps the gradient of a loss with
+        respect to the scores to its gradient with respect to ``anchor``.
+    """
+    positive = (anchor * positive_rows).sum(1, keepdim=True)
+    if negatives.dim() == 1:
+        rows = bank.index_select(0, negatives)
+        negative = anchor @ rows.T
+
+        def backward_negatives(grad: torch.Tensor) -> torch.Tensor:
+            return grad @ rows
+    elif scoring == "dense":
+        negative = (anchor @ bank.T).gather(1, negatives)
+
+        def backward_negatives(grad: torch.Tensor) -> torch.Tensor:
+            scattered = grad.new_zeros(grad.shape[0], bank.shape[0]).scatter_add_(1, negatives, grad)
+            return scattered @ bank
+    elif scoring == "gather":
+        rows = bank[negatives]
+        negative = torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
+
+        def backward_negatives(grad: torch.Tensor) -> torch.Tensor:
+            return torch.bmm(grad.unsqueeze(1), rows).squeeze(1)
+    else:
+        raise ValueError(f"unknown scoring {scoring!r}")
+
+    def backward(grad_scores: torch.Tensor) -> torch.Tensor:
+        return grad_scores[:, :1] * positive_rows + backward_negatives(grad_scores[:, 1:].contiguous())
+
+    return torch.cat([positive, negative], 1), backward
+
+
+@torch.no_grad()
+def mean_exp_score(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """mean(exp(score / T)) over all scores, the quantity CRD's normalisation constant is built from."""
+    return torch.exp(scores * (1.0 / temperature)).mean(dtype=torch.float64)
+
+
+@torch.no_grad()
+def nce_objective(scores: torch.Tensor, temperature: float, z: float, num_samples: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NCE loss of CRD (its eq. 18 as implemented by RepDistiller's ``ContrastLoss``) and its gradient.
+
+    With P = exp(score / T) / Z, noise c = K / N and RepDistiller's eps = 1e-7, the loss is
+    -[log(P_pos / (P_pos + c + eps)) + sum_k log(c / (P_k + c + eps))] summed over anchors and divided by B.
+    Written with q = P / c and e = eps / c this is log(1 + (1 + e) / q_pos) + sum_k log(1 + q_k + e). Every
+    term is computed directly (no difference of large sums); the tiny e is added as its first-order term
+    e / (1 + q), because 1 + e itself would round in float32 with a bias shared by all B x K terms. The gradient
+    with respect to a score is (q / (1 + q + e) - [positive]) / T, divided by B.
+
+    Args:
+        scores: (B, 1 + K) float32 dot products, column 0 the positive.
+        temperature: T.
+        z: the normalisation constant Z.
+        num_samples: N, the size of the data set the negatives are drawn from.
+
+    Returns:
+        The scalar loss and d loss / d scores.
+    """
+    batch, columns = scores.shape
+    noise = (columns - 1) / num_samples
+    eps = NCE_EPS / noise
+    q = torch.exp(scores * (1.0 / temperature)).mul_(1.0 / (z * noise))
+    one_plus_q = q + 1.0
+    positive_terms = torch.log1p((1.0 + eps) / q[:, 0]).sum(dtype=torch.float64)
+    negative_terms = torch.log(one_plus_q[:, 1:]).sum(dtype=torch.float64)
+    grad = q.div_(one_plus_q)  # q / (1 + q): the (1 + e) correction to it is far below float32 precision
+    negative_terms += eps * (grad[:, 1:].numel() - grad[:, 1:].sum(dtype=torch.float64))  # sum of e / (1 + q)
+    loss = ((negative_terms + positive_terms) / batch).to(scores.dtype)
+    grad[:, 0] -= 1.0
+    return loss, grad.mul_(1.0 / (temperature * batch))
+
+
+@torch.no_grad()
+def info_nce_objective(scores: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The InfoNCE (softmax cross-entropy) form: mean over anchors of -log softmax(scores / T)[positive]."""
+    batch = scores.shape[0]
+    logits = scores * (1.0 / temperature)
+    log_norm = torch.logsumexp(logits, dim=1)
+    loss = (log_norm - logits[:, 0]).mean()
+    grad = torch.exp(logits.sub_(log_norm.unsqueeze(1)))
+    grad[:, 0] -= 1.0
+    return loss, grad.mul_(1.0 / (temperature * batch))
+
+
+class AttachGradient(torch.autograd.Function):
+    """Return ``loss`` as a function of ``anchor`` whose gradient was computed in closed form beforehand."""
+
+    @staticmethod
+    def forward(ctx, anchor: torch.Tensor, loss: torch.Tensor, grad_anchor: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad_anchor)
+        return loss.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad_anchor,) = ctx.saved_tensors
+        return grad_output * grad_anchor, None, None

@@ -1,0 +1,211 @@
+"""Contrastive Representation Distillation (CRD).
+
+- [0] Tian, Krishnan, Isola. Contrastive Representation Distillation. ICLR 2020. https://arxiv.org/abs/1910.10699
+- [1] Reference code: github.com/HobbitLong/RepDistiller (``crd/memory.py``, ``crd/criterion.py``).
+- [2] Tian, Krishnan, Isola. Contrastive Multiview Coding (CMC), issue #23: the one-shot estimate of Z.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossmodal import distributed
+from crossmodal.distill._contrast_memory import EmbeddingQueue, MemoryBank
+from crossmodal.distill._contrast_objective import (AttachGradient, choose_scoring, contrast_scores,
+                                                    info_nce_objective, mean_exp_score, nce_objective)
+from crossmodal.distill._contrast_sampler import ContrastSampler
+from crossmodal.distill.base import DistillResult, Distiller
+from crossmodal.distill.registry import register_distiller
+from crossmodal.errors import ConfigError
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
+
+
+class EmbedHead(nn.Module):
+    """Linear map of a pooled feature to the contrast space, then l2 normalisation (RepDistiller's ``Embed``).
+
+    The normalisation runs in float32, so that embeddings and scores stay exact under autocast.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(features.flatten(1)).float(), dim=1)
+
+
+@register_distiller("crd")
+class CRD(Distiller):
+    """CRD between the student's and the teacher's pooled embeddings, faithful to RepDistiller by default.
+
+    Each embedding goes through its own trainable head (linear to ``feat_dim``, l2 normalised); the teacher's
+    backbone stays frozen. Two memories hold past student and teacher embeddings. The student anchor is
+    contrasted with its positive and K negative rows of the teacher memory, and the teacher anchor with the
+    student memory; the loss is the sum of the two NCE losses. After each step the batch's rows are updated.
+
+    Args:
+        feat_dim: contrast-space size d (128).
+        num_negatives: K negatives per positive (16384).
+        temperature: T in exp(score / T) (0.07).
+        momentum: bank update normalize(m x row + (1 - m) x embedding) (0.5).
+        mode: ``'exact'`` (the sample's own row is its positive) or ``'relax'`` (a random same-class row).
+        negatives: ``'all'`` (uniform over the data set) or ``'other_classes'`` (needs labels).
+        objective: ``'nce'`` (the paper's) or ``'info_nce'`` (softmax cross-entropy over the K+1 scores).
+        normalization: how Z is set for the NCE objective: ``'first_batch'`` (mean(score) x N from the first
+            batch, then fixed, as in the reference) or ``'ema'`` (a moving average, momentum ``z_momentum``).
+        z_momentum: momentum of the moving average of Z (0.99).
+        shared_negatives: one set of K negatives per step for the whole batch instead of one per sample.
+        memory: ``'bank'`` (N rows per modality) or ``'queue'`` (the last ``queue_size`` embeddings; the
+            positive is then the other modality's current embedding).
+        queue_size: queue length (default K).
+        scoring: ``'auto'``, ``'dense'`` or ``'gather'``: how per-sample scores are computed (identical values;
+            see ``_contrast_objective``).
+        seed: seed of the memory initialisation and of the negative sampler (must match on all ranks).
+
+    Examples:
+        >>> crd = create_distiller("crd", student.spec, teacher.spec, num_samples=len(dataset))
+        >>> result = crd(student(x_b), teacher(x_a), batch["index"])
+        >>> (0.8 * result.loss).backward()
+    """
+
+    default_weight = 0.8
+
+    def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, num_samples: int,
+                 labels: Optional[torch.Tensor] = None, feat_dim: int = 128, num_negatives: int = 16384,
+                 temperature: float = 0.07, momentum: float = 0.5, mode: str = "exact", negatives: str = "all",
+                 objective: str = "nce", normalization: str = "first_batch", z_momentum: float = 0.99,
+                 shared_negatives: bool = False, memory: str = "bank", queue_size: Optional[int] = None,
+                 scoring: str = "auto", seed: int = 0) -> None:
+        super().__init__(student, teacher, num_samples=num_samples, labels=labels)
+        _check_choice("negatives", negatives, ("all", "other_classes"))
+        _check_choice("objective", objective, ("nce", "info_nce"))
+        _check_choice("normalization", normalization, ("first_batch", "ema"))
+        _check_choice("memory", memory, ("bank", "queue"))
+        _check_choice("scoring", scoring, ("auto", "dense", "gather"))
+        for name, value in (("feat_dim", feat_dim), ("num_negatives", num_negatives),
+                            ("num_samples", num_samples)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"crd: {name} must be a positive integer, not {value!r}")
+        if not temperature > 0:
+            raise ConfigError(f"crd: temperature must be positive, not {temperature!r}")
+        for name, value in (("momentum", momentum), ("z_momentum", z_momentum)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"crd: {name} must lie in [0, 1), not {value!r}")
+        if memory == "queue" and (mode != "exact" or negatives != "all"):
+            raise ConfigError("crd: a queue has no row per sample; use mode='exact' and negatives='all' with it")
+        self.num_negatives, self.temperature = num_negatives, float(temperature)
+        self.objective, self.normalization, self.z_momentum = objective, normalization, float(z_momentum)
+        self.scoring = scoring
+        self.embed_student = EmbedHead(student.embed_dim, feat_dim)
+        self.embed_teacher = EmbedHead(teacher.embed_dim, feat_dim)
+        if memory == "bank":
+            self.student_memory = MemoryBank(num_samples, feat_dim, momentum, seed=seed)
+            self.teacher_memory = MemoryBank(num_samples, feat_dim, momentum, seed=seed + 1)
+        else:
+            size = num_negatives if queue_size is None else int(queue_size)
+            self.student_memory = EmbeddingQueue(size, feat_dim, seed=seed)
+            self.teacher_memory = EmbeddingQueue(size, feat_dim, seed=seed + 1)
+        self.sampler = ContrastSampler(self.student_memory.rows.shape[0], num_negatives, labels=labels, mode=mode,
+                                       other_classes=negatives == "other_classes", shared=shared_negatives,
+                                       seed=seed)
+        # Z for student anchors (against the teacher memory) and for teacher anchors; -1 until estimated.
+        self.register_buffer("z_student", torch.tensor(-1.0, dtype=torch.float64))
+        self.register_buffer("z_teacher", torch.tensor(-1.0, dtype=torch.float64))
+
+    def teacher_needs(self) -> TeacherNeeds:
+        return TeacherNeeds(embedding=True)
+
+    def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
+                labels: Optional[torch.Tensor] = None,
+                contrast_index: Optional[torch.Tensor] = None) -> DistillResult:
+        """CRD loss of one batch.
+
+        Args:
+            student, teacher: the encoders' outputs on the paired views.
+            index: (B,) each sample's row in the transfer set.
+            labels: unused (class-aware sampling reads the labels given at construction).
+            contrast_index: optional (B, 1 + K) rows to contrast with (column 0 the positive), as
+                RepDistiller's ``contrast_idx``; by default they are drawn by the sampler.
+        """
+        student_anchor = self.embed_student(student.embedding)
+        teacher_anchor = self.embed_teacher(teacher.embedding.detach())
+        index = index.to(student_anchor.device).long()
+        self._check_index(index)
+        with torch.autocast(student_anchor.device.type, enabled=False):
+            sizes = distributed.gather_sizes(index.shape[0], index.device) if distributed.is_distributed() else None
+            global_index = distributed.all_gather_rows(index, sizes)
+            positives, negatives = self._draw(index, global_index, sizes, contrast_index)
+            per_sample = self.student_memory.per_sample
+            loss_s, logs_s = self._contrast(student_anchor, self.teacher_memory,
+                                            positives if per_sample else teacher_anchor.detach(),
+                                            negatives, self.z_student)
+            loss_t, logs_t = self._contrast(teacher_anchor, self.student_memory,
+                                            positives if per_sample else student_anchor.detach(),
+                                            negatives, self.z_teacher)
+            self.student_memory.update(global_index, distributed.all_gather_rows(student_anchor.detach(), sizes))
+            self.teacher_memory.update(global_index, distributed.all_gather_rows(teacher_anchor.detach(), sizes))
+        logs = {"loss_student_anchor": loss_s.detach(), "loss_teacher_anchor": loss_t.detach(),
+                "positive_score": logs_s["positive_score"]}
+        if self.objective == "nce":
+            logs.update(z_student=self.z_student.detach().float(), z_teacher=self.z_teacher.detach().float())
+        return DistillResult(loss_s + loss_t, logs)
+
+    def _check_index(self, index: torch.Tensor) -> None:
+        if index.device.type == "cpu" and index.numel() and not (
+                0 <= int(index.min()) and int(index.max()) < self.num_samples):
+            raise ConfigError(f"crd: sample index {int(index.max())} lies outside the transfer set of "
+                              f"{self.num_samples} samples (is num_samples the size of the training split?)")
+
+    def _draw(self, index: torch.Tensor, global_index: torch.Tensor, sizes: Optional[list[int]],
+              contrast_index: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if contrast_index is not None:
+            contrast_index = contrast_index.to(index.device).long()
+            return contrast_index[:, 0], contrast_index[:, 1:]
+        positives, negatives = self.sampler.draw(global_index)
+        if sizes is not None:  # keep this rank's slice of the draws made for the whole batch
+            start = sum(sizes[: distributed.rank()])
+            positives = positives[start:start + index.shape[0]]
+            if negatives.dim() == 2:
+                negatives = negatives[start:start + index.shape[0]]
+        return positives, negatives
+
+    def _contrast(self, anchor: torch.Tensor, memory: nn.Module, positives: torch.Tensor,
+                  negatives: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One direction: ``anchor`` against ``memory``. ``positives`` are row indices or, for a queue, rows."""
+        rows = memory.rows
+        positive_rows = rows.index_select(0, positives) if positives.dim() == 1 else positives.float()
+        scoring = choose_scoring(self.scoring, anchor.shape[0], rows.shape[0], self.num_negatives)
+        scores, scores_backward = contrast_scores(anchor.detach(), positive_rows, rows, negatives, scoring)
+        if self.objective == "nce":
+            self._estimate_z(z, scores)
+            loss, grad_scores = nce_objective(scores, self.temperature, float(z), self.num_samples)
+        else:
+            loss, grad_scores = info_nce_objective(scores, self.temperature)
+        if anchor.requires_grad:
+            loss = AttachGradient.apply(anchor, loss, scores_backward(grad_scores).to(anchor.dtype))
+        return loss, {"positive_score": scores[:, 0].mean().detach()}
+
+    @torch.no_grad()
+    def _estimate_z(self, z: torch.Tensor, scores: torch.Tensor) -> None:
+        if float(z) > 0 and self.normalization == "first_batch":
+            return
+        batch_mean = distributed.all_reduce_mean(mean_exp_score(scores, self.temperature), scores.numel())
+        estimate = batch_mean * self.num_samples
+        if float(z) <= 0:
+            z.copy_(estimate)
+        else:
+            z.mul_(self.z_momentum).add_(estimate, alpha=1.0 - self.z_momentum)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state(state["sampler"])
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"crd: {name} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")

@@ -1,0 +1,336 @@
+"""CRD: the loss against hand computations and against RepDistiller's per-sample gather, the memory, Z, sampling,
+gradients, autocast, checkpoints and every option."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crossmodal.distill import create_distiller
+from crossmodal.distill._contrast_objective import contrast_scores, info_nce_objective, nce_objective
+from crossmodal.distill._contrast_sampler import ContrastSampler
+from crossmodal.errors import ConfigError
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+
+STUDENT = FeatureSpec(channels=(4, 12), reductions=(2, 4), embed_dim=12)
+TEACHER = FeatureSpec(channels=(6, 10), reductions=(2, 4), embed_dim=10)
+N, K, B = 40, 16, 6
+
+
+def load_benchmark():
+    path = Path(__file__).resolve().parents[2] / "experiments" / "bench_crd.py"
+    spec = importlib.util.spec_from_file_location("bench_crd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_crd(**options):
+    torch.manual_seed(0)
+    options = {"feat_dim": 8, "num_negatives": K, **options}
+    return create_distiller("crd", STUDENT, TEACHER, num_samples=N, **options)
+
+
+def outputs(generator, batch=B, student_grad=True):
+    student = torch.randn(batch, STUDENT.embed_dim, generator=generator).requires_grad_(student_grad)
+    teacher = torch.randn(batch, TEACHER.embed_dim, generator=generator)
+    return EncoderOutput([], student), EncoderOutput([], teacher)
+
+
+def test_nce_objective_matches_the_formula_by_hand():
+    scores = torch.tensor([[0.5, 0.1, -0.3], [0.2, 0.4, 0.0]])
+    temperature, z, n = 0.1, 7.0, 5
+    loss, grad = nce_objective(scores, temperature, z, n)
+    noise, eps, expected = 2 / 5, 1e-7, 0.0
+    for row in scores.tolist():
+        p = [math.exp(s / temperature) / z for s in row]
+        expected -= math.log(p[0] / (p[0] + noise + eps))
+        expected -= sum(math.log(noise / (pk + noise + eps)) for pk in p[1:])
+    assert float(loss) == pytest.approx(expected / 2, rel=1e-6)
+    autograd_scores = scores.double().requires_grad_()
+    p = torch.exp(autograd_scores / temperature) / z
+    reference = -(torch.log(p[:, 0] / (p[:, 0] + noise + eps)).sum()
+                  + torch.log(noise / (p[:, 1:] + noise + eps)).sum()) / 2
+    reference.backward()
+    torch.testing.assert_close(grad.double(), autograd_scores.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_info_nce_objective_is_softmax_cross_entropy():
+    scores = torch.tensor([[0.5, 0.1, -0.3], [0.2, 0.4, 0.0]])
+    loss, grad = info_nce_objective(scores.clone(), 0.5)
+    by_hand = sum(-math.log(math.exp(r[0] / 0.5) / sum(math.exp(s / 0.5) for s in r)) for r in scores.tolist()) / 2
+    assert float(loss) == pytest.approx(by_hand, rel=1e-6)
+    leaf = scores.clone().requires_grad_()
+    F.cross_entropy(leaf / 0.5, torch.zeros(2, dtype=torch.long)).backward()
+    torch.testing.assert_close(grad, leaf.grad)
+
+
+@pytest.mark.parametrize("scoring", ["dense", "gather"])
+def test_scores_and_their_backward_equal_a_plain_gather(scoring):
+    generator = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(N, 8, generator=generator), dim=1)
+    anchor = F.normalize(torch.randn(B, 8, generator=generator), dim=1)
+    rows = torch.randint(N, (B, K + 1), generator=generator)
+    scores, backward = contrast_scores(anchor, bank[rows[:, 0]], bank, rows[:, 1:], scoring)
+    leaf = anchor.clone().requires_grad_()
+    plain = torch.bmm(bank[rows], leaf.unsqueeze(2)).squeeze(2)
+    torch.testing.assert_close(scores, plain.detach())
+    weights = torch.randn(B, K + 1, generator=generator)
+    (plain * weights).sum().backward()
+    torch.testing.assert_close(backward(weights), leaf.grad)
+
+
+@pytest.mark.parametrize("scoring", ["dense", "gather"])
+def test_matches_repdistiller_per_sample_gather_over_steps(scoring):
+    """Same rows in, same loss, gradients (inputs and heads) and banks out, step after step."""
+    bench = load_benchmark()
+    crd = make_crd(scoring=scoring)
+    reference = bench.PerSampleGatherCRD(12, 8, N, K)
+    reference.embed_t = torch.nn.Linear(10, 8)
+    bench.copy_into(crd, reference)
+    reference.double()
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        student, teacher = outputs(generator)
+        index = torch.randperm(N, generator=generator)[:B]
+        contrast = torch.randint(N, (B, K + 1), generator=generator)
+        contrast[:, 0] = index
+        crd.zero_grad()
+        loss = crd(student, teacher, index, contrast_index=contrast).loss
+        loss.backward()
+        student64 = student.embedding.detach().double().requires_grad_()
+        reference.zero_grad()
+        reference_loss = reference(student64, teacher.embedding.double(), index, contrast)
+        reference_loss.backward()
+        assert float(loss.detach()) == pytest.approx(float(reference_loss.detach()), rel=1e-5)
+        torch.testing.assert_close(student.embedding.grad.double(), student64.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(crd.embed_student.linear.weight.grad.double(), reference.embed_s.weight.grad,
+                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(crd.embed_teacher.linear.weight.grad.double(), reference.embed_t.weight.grad,
+                                   rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(crd.student_memory.rows.double(), reference.memory_v1, atol=1e-6, rtol=0)
+        torch.testing.assert_close(crd.teacher_memory.rows.double(), reference.memory_v2, atol=1e-6, rtol=0)
+        assert float(crd.z_student) == pytest.approx(reference.z_v1, rel=1e-6)
+        assert float(crd.z_teacher) == pytest.approx(reference.z_v2, rel=1e-6)
+
+
+def test_gradients_reach_the_heads_and_the_student_only():
+    crd = make_crd()
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = outputs(generator)
+    teacher.embedding.requires_grad_()
+    crd(student, teacher, torch.arange(B)).loss.backward()
+    assert student.embedding.grad is not None and student.embedding.grad.abs().sum() > 0
+    assert teacher.embedding.grad is None
+    for head in (crd.embed_student, crd.embed_teacher):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    buffers = dict(crd.named_buffers())
+    assert {"student_memory.rows", "teacher_memory.rows", "z_student", "z_teacher"} <= set(buffers)
+    assert not any(b.requires_grad for b in buffers.values())
+    assert {name for name, _ in crd.named_parameters()} == {
+        "embed_student.linear.weight", "embed_student.linear.bias",
+        "embed_teacher.linear.weight", "embed_teacher.linear.bias"}
+
+
+def test_bank_update_mixes_with_momentum_and_renormalises():
+    crd = make_crd(momentum=0.5)
+    before_s, before_t = crd.student_memory.rows.clone(), crd.teacher_memory.rows.clone()
+    assert before_s.abs().max() <= 1 / math.sqrt(8 / 3)
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = outputs(generator)
+    index = torch.tensor([3, 7, 11, 19, 23, 39])
+    crd(student, teacher, index)
+    embed_s = crd.embed_student(student.embedding).detach()
+    embed_t = crd.embed_teacher(teacher.embedding).detach()
+    torch.testing.assert_close(crd.student_memory.rows[index], F.normalize(0.5 * before_s[index] + 0.5 * embed_s))
+    torch.testing.assert_close(crd.teacher_memory.rows[index], F.normalize(0.5 * before_t[index] + 0.5 * embed_t))
+    untouched = torch.ones(N, dtype=torch.bool)
+    untouched[index] = False
+    assert torch.equal(crd.student_memory.rows[untouched], before_s[untouched])
+    torch.testing.assert_close(crd.student_memory.rows[index].norm(dim=1), torch.ones(B))
+
+
+def _scores_for(crd, student, teacher, contrast):
+    """The student-anchor scores a step computes, from the memory as it is before the step."""
+    anchor = crd.embed_student(student.embedding).detach()
+    rows = crd.teacher_memory.rows
+    return torch.bmm(rows[contrast], anchor.unsqueeze(2)).squeeze(2)
+
+
+def test_z_is_estimated_from_the_first_batch_then_fixed():
+    crd = make_crd()
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = outputs(generator)
+    contrast = torch.randint(N, (B, K + 1), generator=generator)
+    scores = _scores_for(crd, student, teacher, contrast)
+    crd(student, teacher, contrast[:, 0], contrast_index=contrast)
+    assert float(crd.z_student) == pytest.approx(float(torch.exp(scores / 0.07).mean()) * N, rel=1e-6)
+    first = float(crd.z_student)
+    crd(*outputs(generator), torch.arange(B))
+    assert float(crd.z_student) == first
+
+
+def test_z_as_moving_average():
+    crd = make_crd(normalization="ema", z_momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    crd(*outputs(generator), torch.arange(B))
+    first = float(crd.z_student)
+    student, teacher = outputs(generator)
+    contrast = torch.randint(N, (B, K + 1), generator=generator)
+    estimate = float(torch.exp(_scores_for(crd, student, teacher, contrast) / 0.07).mean()) * N
+    crd(student, teacher, contrast[:, 0], contrast_index=contrast)
+    assert float(crd.z_student) == pytest.approx(0.9 * first + 0.1 * estimate, rel=1e-6)
+
+
+def test_exact_relax_and_other_class_sampling():
+    labels = torch.arange(N) % 4
+    index = torch.arange(0, N, 3)
+    positives, negatives = ContrastSampler(N, 500, seed=1).draw(index)
+    assert torch.equal(positives, index) and negatives.shape == (len(index), 500)
+    assert len(torch.unique(negatives)) == N  # uniform over the whole set
+    positives, negatives = ContrastSampler(N, 500, labels=labels, mode="relax", other_classes=True,
+                                           seed=1).draw(index)
+    assert torch.equal(labels[positives], labels[index]) and not torch.equal(positives, index)
+    assert (labels[negatives] != labels[index].unsqueeze(1)).all()
+    for row, anchor in zip(negatives, index):  # every sample of the other classes can be drawn
+        assert set(row.tolist()) == set(torch.nonzero(labels != labels[anchor]).flatten().tolist())
+    positives, negatives = ContrastSampler(N, 500, shared=True, seed=1).draw(index)
+    assert negatives.shape == (500,)
+
+
+def test_shared_negatives_equal_per_sample_negatives_in_expectation():
+    generator = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(N, 8, generator=generator), dim=1)
+    anchor = F.normalize(torch.randn(B, 8, generator=generator), dim=1)
+    index = torch.arange(B)
+    z, temperature = 30.0, 0.2
+    # exact expectation: the positive term plus K times the mean negative term over the bank
+    full, _ = contrast_scores(anchor, bank[index], bank, torch.arange(N).expand(B, N).contiguous(), "gather")
+    p = torch.exp(full.double() / temperature) / z
+    noise, eps = K / N, 1e-7
+    expected = float((-torch.log(p[:, 0] / (p[:, 0] + noise + eps))
+                      - K * torch.log(noise / (p[:, 1:] + noise + eps)).mean(1)).mean())
+    draws = 1500
+    per_sample = ContrastSampler(N, K, seed=5)  # one draw for `draws` copies of the batch at once
+    positives, negatives = per_sample.draw(index.repeat(draws))
+    scores, _ = contrast_scores(anchor.repeat(draws, 1), bank[positives], bank, negatives, "dense")
+    q = torch.exp(scores.double() / temperature) / z
+    per_anchor = -torch.log(q[:, 0] / (q[:, 0] + noise + eps)) - torch.log(noise / (q[:, 1:] + noise + eps)).sum(1)
+    per_sample_losses = per_anchor.view(draws, B).mean(1)
+    shared = ContrastSampler(N, K, shared=True, seed=5)
+    shared_losses = []
+    for _ in range(draws):
+        positives, negatives = shared.draw(index)
+        scores, _ = contrast_scores(anchor, bank[positives], bank, negatives)
+        shared_losses.append(float(nce_objective(scores, temperature, z, N)[0]))
+    for losses in (per_sample_losses, torch.tensor(shared_losses, dtype=torch.float64)):
+        assert abs(float(losses.mean()) - expected) < 4 * float(losses.std()) / math.sqrt(draws)
+
+
+def test_finite_and_close_under_bfloat16_autocast():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = outputs(generator)
+    reference = make_crd()
+    reference_loss = reference(student, teacher, torch.arange(B)).loss
+    crd = make_crd()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = crd(student, teacher, torch.arange(B)).loss
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert torch.isfinite(student.embedding.grad).all()
+    assert crd.student_memory.rows.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(reference_loss), rel=0.05)
+
+
+def test_state_dict_round_trip_continues_identically():
+    generator = torch.Generator().manual_seed(0)
+    crd = make_crd(mode="relax", negatives="other_classes", labels=torch.arange(N) % 3)
+    for _ in range(2):
+        crd(*outputs(generator), torch.randperm(N, generator=generator)[:B])
+    buffer = io.BytesIO()
+    torch.save(crd.state_dict(), buffer)
+    buffer.seek(0)
+    restored = make_crd(mode="relax", negatives="other_classes", labels=torch.arange(N) % 3)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    batch = outputs(generator)
+    index = torch.randperm(N, generator=generator)[:B]
+    first, second = crd(*batch, index), restored(*batch, index)
+    assert torch.equal(first.loss, second.loss)
+    assert torch.equal(crd.student_memory.rows, restored.student_memory.rows)
+    assert float(restored.z_student) == float(crd.z_student) > 0
+
+
+@pytest.mark.parametrize("options", [
+    {"objective": "info_nce"}, {"shared_negatives": True}, {"memory": "queue", "queue_size": 20},
+    {"memory": "queue", "shared_negatives": True, "objective": "info_nce"}, {"normalization": "ema"},
+    {"scoring": "gather"}, {"mode": "relax", "labels": torch.arange(N) % 5},
+])
+def test_every_option_trains(options):
+    """A student embedding optimised by CRD alone comes to score its own teacher row highest."""
+    crd = make_crd(**options)
+    generator = torch.Generator().manual_seed(1)
+    teacher = torch.randn(N, TEACHER.embed_dim, generator=generator)
+    student = torch.nn.Parameter(torch.randn(N, STUDENT.embed_dim, generator=generator))
+    optimiser = torch.optim.SGD([student, *crd.parameters()], lr=0.5, momentum=0.9)
+    losses = []
+    for step in range(40):
+        index = torch.randperm(N, generator=generator)[:B]
+        result = crd(EncoderOutput([], student[index]), EncoderOutput([], teacher[index]), index)
+        optimiser.zero_grad()
+        result.loss.backward()
+        optimiser.step()
+        losses.append(float(result.loss))
+        assert all(torch.isfinite(v) for v in result.logs.values())
+    assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_queue_enqueues_the_gathered_batch():
+    crd = make_crd(memory="queue", queue_size=10)
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = outputs(generator)
+    crd(student, teacher, torch.arange(B))
+    embed_s = crd.embed_student(student.embedding).detach()
+    torch.testing.assert_close(crd.student_memory.rows[:B], embed_s)
+    assert int(crd.student_memory.head) == B
+    crd(*outputs(generator), torch.arange(B))
+    assert int(crd.student_memory.head) == (2 * B) % 10
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"negatives": "other"}, "negatives must be one of"),
+    ({"shared_negatives": True, "negatives": "other_classes", "labels": torch.arange(N) % 2},
+     "shared negatives cannot exclude"),
+    ({"mode": "relax"}, "needs class labels"),
+    ({"mode": "relax", "labels": torch.full((N,), -1)}, "are unlabelled"),
+    ({"memory": "queue", "mode": "relax", "labels": torch.arange(N) % 2}, "queue has no row per sample"),
+    ({"temperature": 0}, "temperature must be positive"),
+    ({"num_negatives": 0}, "num_negatives must be a positive integer"),
+    ({"negatives_from": "all"}, "has no option 'negatives_from'"),
+])
+def test_bad_options_are_one_line_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        make_crd(**options)
+
+
+def test_an_index_outside_the_transfer_set_is_a_clear_error():
+    crd = make_crd()
+    with pytest.raises(ConfigError, match="outside the transfer set of 40 samples"):
+        crd(*outputs(torch.Generator().manual_seed(0)), torch.arange(B) + N - 2)
+
+
+def test_crd_plus_kd_weights_its_parts():
+    spec_s = FeatureSpec((4, 12), (2, 4), 12, num_classes=5)
+    spec_t = FeatureSpec((6, 10), (2, 4), 10, num_classes=5)
+    torch.manual_seed(0)
+    both = create_distiller("crd+kd", spec_s, spec_t, num_samples=N, crd={"num_negatives": K, "feat_dim": 8})
+    generator = torch.Generator().manual_seed(0)
+    student = EncoderOutput([], torch.randn(B, 12, generator=generator), torch.randn(B, 5, generator=generator))
+    teacher = EncoderOutput([], torch.randn(B, 10, generator=generator), torch.randn(B, 5, generator=generator))
+    result = both(student, teacher, torch.arange(B))
+    assert float(result.loss) == pytest.approx(0.8 * float(result.logs["crd"]) + float(result.logs["kd"]), rel=1e-6)
+    assert both.teacher_needs().embedding and both.teacher_needs().logits
