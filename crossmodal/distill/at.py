@@ -1,0 +1,68 @@
+"""Attention transfer: match normalised spatial attention maps of paired stages."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from crossmodal.distill._spatial import default_inner_stages, match_spatial, stage_key
+from crossmodal.distill.base import DistillResult, Distiller, stage_pairs
+from crossmodal.distill.registry import register_distiller
+from crossmodal.errors import ConfigError
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
+
+
+def attention_map(feature_map: torch.Tensor, p: float) -> torch.Tensor:
+    """B x (H W) l2-normalised attention: the mean over channels of |f|^p (``f.pow(p)`` as in [0, 1])."""
+    return F.normalize(feature_map.pow(p).mean(1).reshape(feature_map.shape[0], -1))
+
+
+def at_loss(student_map: torch.Tensor, teacher_map: torch.Tensor, p: float) -> torch.Tensor:
+    """Mean squared difference of the two attention maps, after pooling the larger map to the smaller."""
+    student_map, teacher_map = match_spatial(student_map, teacher_map)
+    return (attention_map(student_map, p) - attention_map(teacher_map, p)).pow(2).mean()
+
+
+@register_distiller("at")
+class AT(Distiller):
+    """Attention transfer [0] as in RepDistiller's ``Attention`` [1]: summed over stage pairs.
+
+    Channel counts may differ freely (the attention map averages over channels); spatial sizes are matched by
+    average-pooling the larger map, height and width separately.
+
+    Args:
+        student: the student encoder's sizes.
+        teacher: the teacher encoder's sizes.
+        num_samples: size of the transfer set (unused).
+        labels: unused.
+        p: exponent of the attention map.
+        stages: indices into the deepest-aligned stage list (:func:`~crossmodal.distill.base.stage_pairs`);
+            None means every paired stage except the shallowest, RepDistiller's ``feat[1:-1]`` (with a timm
+            ResNet, stage 0 is the stride-2 stem).
+
+    - [0] Paying More Attention to Attention, Zagoruyko & Komodakis, 2017, https://arxiv.org/abs/1612.03928
+    - [1] RepDistiller (CRD), Tian et al., 2020, https://github.com/HobbitLong/RepDistiller
+    """
+
+    default_weight = 1000.0
+
+    def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, num_samples: int,
+                 labels: Optional[torch.Tensor] = None, p: float = 2.0,
+                 stages: Optional[Sequence[int]] = None) -> None:
+        super().__init__(student, teacher, num_samples=num_samples, labels=labels)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
+            raise ConfigError(f"at: 'p' must be a positive number, got {p!r}")
+        self.p = float(p)
+        depth = min(student.num_stages, teacher.num_stages)
+        self.pairs = stage_pairs(student, teacher, stages, default_inner_stages(depth), "at")
+
+    def teacher_needs(self) -> TeacherNeeds:
+        return TeacherNeeds(stages=frozenset(t for _, t in self.pairs))
+
+    def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
+                labels: Optional[torch.Tensor] = None) -> DistillResult:
+        parts = {stage_key(s, t): at_loss(student.features[s], teacher.features[t].detach(), self.p)
+                 for s, t in self.pairs}
+        loss = torch.stack(list(parts.values())).sum()
+        return DistillResult(loss, {key: part.detach() for key, part in parts.items()})

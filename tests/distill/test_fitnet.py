@@ -1,0 +1,85 @@
+"""FitNet: the hint loss with a known regressor, stage choice, and spatial adaptation."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from crossmodal.distill.fitnet import FitNet
+from crossmodal.errors import ConfigError
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+
+
+def output(features: list[torch.Tensor]) -> EncoderOutput:
+    return EncoderOutput(features, torch.zeros(features[0].shape[0], 1))
+
+
+def identity_regressor(fitnet: FitNet) -> None:
+    """Make the regressor relu(x): identity 1x1 conv, no bias, BN in eval mode with neutral statistics."""
+    with torch.no_grad():
+        conv = fitnet.regressor.conv
+        conv.weight.copy_(torch.eye(conv.out_channels, conv.in_channels).view_as(conv.weight))
+        conv.bias.zero_()
+        bn = fitnet.regressor.bn
+        bn.running_var.fill_(1.0 - bn.eps)  # so that BN divides by exactly 1
+    fitnet.eval()
+
+
+def test_hint_loss_with_identity_regressor_and_pooled_student():
+    spec = FeatureSpec((2,), (8,), 2)
+    fitnet = FitNet(spec, spec, num_samples=4, stage=0)
+    identity_regressor(fitnet)
+    student_map = torch.arange(16.0).view(1, 1, 4, 4).repeat(1, 2, 1, 1)
+    student_map[:, 1] *= -1  # the ReLU zeroes the second channel after pooling
+    teacher_map = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [0.0, 1.0]]]])
+    # 2x2 block means of 0..15 laid out 4x4: 2.5, 4.5, 10.5, 12.5
+    predicted = torch.tensor([[[[2.5, 4.5], [10.5, 12.5]], [[0.0, 0.0], [0.0, 0.0]]]])
+    expected = ((predicted - teacher_map) ** 2).mean()
+    loss = fitnet(output([student_map]), output([teacher_map]), torch.arange(1)).loss
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_default_stage_is_the_third_aligned_stage():
+    student = FeatureSpec((8, 16, 32, 64), (4, 8, 16, 32), 64)
+    teacher = FeatureSpec((4, 8, 16, 24, 64), (2, 4, 8, 16, 32), 64)
+    fitnet = FitNet(student, teacher, num_samples=4)
+    assert fitnet.pair == (2, 3)
+    assert fitnet.teacher_needs().stages == frozenset({3})
+    assert (fitnet.regressor.conv.in_channels, fitnet.regressor.conv.out_channels) == (32, 24)
+    assert FitNet(student, teacher, num_samples=4, stage=-1).pair == (3, 4)
+
+
+def test_stage_out_of_range_is_a_config_error():
+    spec = FeatureSpec((8, 16), (16, 32), 16)
+    with pytest.raises(ConfigError, match="fitnet: stage 2 is out of range"):
+        FitNet(spec, spec, num_samples=4)
+
+
+def test_student_smaller_teacher_and_mixed_sizes_are_pooled():
+    student = FeatureSpec((3,), (8,), 3)
+    teacher = FeatureSpec((5,), (8,), 5)
+    fitnet = FitNet(student, teacher, num_samples=4, stage=0)
+    fitnet.eval()
+    student_map, teacher_map = torch.randn(2, 3, 6, 2), torch.randn(2, 5, 3, 4)
+    loss = fitnet(output([student_map]), output([teacher_map]), torch.arange(2)).loss
+    expected = F.mse_loss(fitnet.regressor(F.adaptive_avg_pool2d(student_map, (3, 2))),
+                          F.adaptive_avg_pool2d(teacher_map, (3, 2)))
+    assert torch.allclose(loss, expected)
+
+
+def test_loss_decreases_when_training_the_regressor():
+    spec_s, spec_t = FeatureSpec((4,), (8,), 4), FeatureSpec((6,), (8,), 6)
+    torch.manual_seed(0)
+    fitnet = FitNet(spec_s, spec_t, num_samples=8, stage=0)
+    student_map = torch.randn(8, 4, 4, 4)
+    mixing = torch.randn(6, 4)
+    teacher_map = torch.relu(mixing @ student_map.flatten(2)).view(8, 6, 4, 4)  # reachable by a 1x1 conv + ReLU
+    optimizer = torch.optim.Adam(fitnet.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        loss = fitnet(output([student_map]), output([teacher_map]), torch.arange(8)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
