@@ -7,10 +7,10 @@ import sys
 from typing import Sequence
 
 from crossmodal import __version__
-from crossmodal.cli import inspect_verb, prepare_verb
+from crossmodal.cli import distill_verb, inspect_verb, prepare_verb
 from crossmodal.errors import CrossmodalError
 
-VERBS = (prepare_verb, inspect_verb)
+VERBS = (prepare_verb, inspect_verb, distill_verb)
 EXIT_USER_ERROR = 2
 
 

@@ -14,6 +14,7 @@ through :class:`AttachGradient`. The memory can therefore be updated in place ri
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -35,8 +36,9 @@ def choose_scoring(scoring: str, batch: int, bank_rows: int, num_negatives: int)
 
 @torch.no_grad()
 def contrast_scores(anchor: torch.Tensor, positive_rows: torch.Tensor, bank: torch.Tensor,
-                    negatives: torch.Tensor, scoring: str = "dense") -> tuple[torch.Tensor, ScoreBackward]:
-    """Dot products of each anchor with its positive row and its negative memory rows.
+                    negatives: torch.Tensor, scoring: str = "dense"
+                    ) -> tuple[torch.Tensor, torch.Tensor, ScoreBackward]:
+    """Dot products of each anchor with its positive row and with its negative memory rows.
 
     Args:
         anchor: (B, d) float32 embeddings.
@@ -46,21 +48,22 @@ def contrast_scores(anchor: torch.Tensor, positive_rows: torch.Tensor, bank: tor
         scoring: for per-sample negatives, ``'dense'`` or ``'gather'`` (see the module docstring).
 
     Returns:
-        The (B, 1 + K) scores (column 0 the positive) and a function that maps the gradient of a loss with
-        respect to the scores to its gradient with respect to ``anchor``.
+        The (B,) positive scores, the (B, K) negative scores, and a function that maps the gradients of a loss
+        with respect to both to its gradient with respect to ``anchor``.
     """
-    positive = (anchor * positive_rows).sum(1, keepdim=True)
+    positive = (anchor * positive_rows).sum(1)
     if negatives.dim() == 1:
         rows = bank.index_select(0, negatives)
-        negative = anchor @ rows.T
+        negative = (rows @ anchor.T).T  # a (K, B) product runs faster than (B, K); the transpose is a view
 
         def backward_negatives(grad: torch.Tensor) -> torch.Tensor:
             return grad @ rows
     elif scoring == "dense":
-        negative = (anchor @ bank.T).gather(1, negatives)
+        all_scores = anchor @ bank.T
+        negative = all_scores.gather(1, negatives)
 
         def backward_negatives(grad: torch.Tensor) -> torch.Tensor:
-            scattered = grad.new_zeros(grad.shape[0], bank.shape[0]).scatter_add_(1, negatives, grad)
+            scattered = all_scores.zero_().scatter_add_(1, negatives, grad)  # reuses the (B, N) buffer
             return scattered @ bank
     elif scoring == "gather":
         rows = bank[negatives]
@@ -71,21 +74,22 @@ def contrast_scores(anchor: torch.Tensor, positive_rows: torch.Tensor, bank: tor
     else:
         raise ValueError(f"unknown scoring {scoring!r}")
 
-    def backward(grad_scores: torch.Tensor) -> torch.Tensor:
-        return grad_scores[:, :1] * positive_rows + backward_negatives(grad_scores[:, 1:].contiguous())
+    def backward(grad_positive: torch.Tensor, grad_negative: torch.Tensor) -> torch.Tensor:
+        return backward_negatives(grad_negative).addcmul_(grad_positive.unsqueeze(1), positive_rows)
 
-    return torch.cat([positive, negative], 1), backward
-
-
-@torch.no_grad()
-def mean_exp_score(scores: torch.Tensor, temperature: float) -> torch.Tensor:
-    """mean(exp(score / T)) over all scores, the quantity CRD's normalisation constant is built from."""
-    return torch.exp(scores * (1.0 / temperature)).mean(dtype=torch.float64)
+    return positive, negative, backward
 
 
 @torch.no_grad()
-def nce_objective(scores: torch.Tensor, temperature: float, z: float, num_samples: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_exp_score(positive: torch.Tensor, negative: torch.Tensor, temperature: float) -> torch.Tensor:
+    """mean(exp(score / T)) over all B x (1 + K) scores, what CRD's normalisation constant is built from."""
+    total = torch.exp(positive * (1.0 / temperature)).sum() + torch.exp(negative * (1.0 / temperature)).sum()
+    return total.double() / (positive.numel() + negative.numel())
+
+
+@torch.no_grad()
+def nce_objective(positive: torch.Tensor, negative: torch.Tensor, temperature: float, z: float,
+                  num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The NCE loss of CRD (its eq. 18 as implemented by RepDistiller's ``ContrastLoss``) and its gradient.
 
     With P = exp(score / T) / Z, noise c = K / N and RepDistiller's eps = 1e-7, the loss is
@@ -96,38 +100,42 @@ def nce_objective(scores: torch.Tensor, temperature: float, z: float, num_sample
     with respect to a score is (q / (1 + q + e) - [positive]) / T, divided by B.
 
     Args:
-        scores: (B, 1 + K) float32 dot products, column 0 the positive.
+        positive: (B,) float32 positive scores (dot products).
+        negative: (B, K) float32 negative scores.
         temperature: T.
         z: the normalisation constant Z.
         num_samples: N, the size of the data set the negatives are drawn from.
 
     Returns:
-        The scalar loss and d loss / d scores.
+        The scalar loss and its gradients with respect to ``positive`` and ``negative``.
     """
-    batch, columns = scores.shape
-    noise = (columns - 1) / num_samples
+    batch, k = negative.shape
+    noise = k / num_samples
     eps = NCE_EPS / noise
-    q = torch.exp(scores * (1.0 / temperature)).mul_(1.0 / (z * noise))
+    log_scale = math.log(z * noise) * temperature  # q = exp((score - log_scale) / T) = P / c
+    q_positive = torch.exp((positive - log_scale) * (1.0 / temperature))
+    q = negative.sub(log_scale).mul_(1.0 / temperature).exp_()
     one_plus_q = q + 1.0
-    positive_terms = torch.log1p((1.0 + eps) / q[:, 0]).sum(dtype=torch.float64)
-    negative_terms = torch.log(one_plus_q[:, 1:]).sum(dtype=torch.float64)
-    grad = q.div_(one_plus_q)  # q / (1 + q): the (1 + e) correction to it is far below float32 precision
-    negative_terms += eps * (grad[:, 1:].numel() - grad[:, 1:].sum(dtype=torch.float64))  # sum of e / (1 + q)
-    loss = ((negative_terms + positive_terms) / batch).to(scores.dtype)
-    grad[:, 0] -= 1.0
-    return loss, grad.mul_(1.0 / (temperature * batch))
+    grad_negative = q.div_(one_plus_q)  # q / (1 + q): the (1 + e) correction to it is below float32 precision
+    negative_terms = one_plus_q.log_().sum().double()
+    negative_terms += eps * (grad_negative.numel() - grad_negative.sum().double())  # the sum of e / (1 + q)
+    positive_terms = torch.log1p((1.0 + eps) / q_positive).sum().double()
+    loss = ((negative_terms + positive_terms) / batch).to(negative.dtype)
+    scale = 1.0 / (temperature * batch)
+    grad_positive = (q_positive / (q_positive + 1.0) - 1.0).mul_(scale)
+    return loss, grad_positive, grad_negative.mul_(scale)
 
 
 @torch.no_grad()
-def info_nce_objective(scores: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce_objective(positive: torch.Tensor, negative: torch.Tensor, temperature: float
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The InfoNCE (softmax cross-entropy) form: mean over anchors of -log softmax(scores / T)[positive]."""
-    batch = scores.shape[0]
-    logits = scores * (1.0 / temperature)
-    log_norm = torch.logsumexp(logits, dim=1)
-    loss = (log_norm - logits[:, 0]).mean()
-    grad = torch.exp(logits.sub_(log_norm.unsqueeze(1)))
-    grad[:, 0] -= 1.0
-    return loss, grad.mul_(1.0 / (temperature * batch))
+    batch = negative.shape[0]
+    logits = torch.cat([positive.unsqueeze(1), negative], 1).mul_(1.0 / temperature)
+    log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
+    loss = (log_norm.squeeze(1) - logits[:, 0]).mean()
+    grad = logits.sub_(log_norm).exp_().mul_(1.0 / (temperature * batch))
+    return loss, grad[:, 0] - 1.0 / (temperature * batch), grad[:, 1:]
 
 
 class AttachGradient(torch.autograd.Function):

@@ -178,21 +178,25 @@ class CRD(Distiller):
         rows = memory.rows
         positive_rows = rows.index_select(0, positives) if positives.dim() == 1 else positives.float()
         scoring = choose_scoring(self.scoring, anchor.shape[0], rows.shape[0], self.num_negatives)
-        scores, scores_backward = contrast_scores(anchor.detach(), positive_rows, rows, negatives, scoring)
+        positive, negative, scores_backward = contrast_scores(anchor.detach(), positive_rows, rows, negatives,
+                                                              scoring)
         if self.objective == "nce":
-            self._estimate_z(z, scores)
-            loss, grad_scores = nce_objective(scores, self.temperature, float(z), self.num_samples)
+            self._estimate_z(z, positive, negative)
+            loss, grad_positive, grad_negative = nce_objective(positive, negative, self.temperature, float(z),
+                                                               self.num_samples)
         else:
-            loss, grad_scores = info_nce_objective(scores, self.temperature)
+            loss, grad_positive, grad_negative = info_nce_objective(positive, negative, self.temperature)
         if anchor.requires_grad:
-            loss = AttachGradient.apply(anchor, loss, scores_backward(grad_scores).to(anchor.dtype))
-        return loss, {"positive_score": scores[:, 0].mean().detach()}
+            grad_anchor = scores_backward(grad_positive, grad_negative)
+            loss = AttachGradient.apply(anchor, loss, grad_anchor.to(anchor.dtype))
+        return loss, {"positive_score": positive.mean()}
 
     @torch.no_grad()
-    def _estimate_z(self, z: torch.Tensor, scores: torch.Tensor) -> None:
+    def _estimate_z(self, z: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> None:
         if float(z) > 0 and self.normalization == "first_batch":
             return
-        batch_mean = distributed.all_reduce_mean(mean_exp_score(scores, self.temperature), scores.numel())
+        batch_mean = distributed.all_reduce_mean(mean_exp_score(positive, negative, self.temperature),
+                                                 positive.numel() + negative.numel())
         estimate = batch_mean * self.num_samples
         if float(z) <= 0:
             z.copy_(estimate)

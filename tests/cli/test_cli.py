@@ -15,7 +15,7 @@ from conftest import ROOT, error_line, run_cli
 import data_prep
 
 
-@pytest.mark.parametrize("verb", [[], ["prepare"], ["inspect"]] + [["prepare", n] for n in data_prep.CONVERTERS])
+@pytest.mark.parametrize("verb", [[], ["prepare"], ["inspect"], ["distill"]] + [["prepare", n] for n in data_prep.CONVERTERS])
 def test_help_is_complete(verb):
     result = run_cli(*verb, "--help", check=True)
     assert result.stdout.startswith("usage: crossmodal")
@@ -102,3 +102,9 @@ def test_hdf5_that_is_not_ours(tmp_path):
         handle.attrs.update(format="crossmodal-paired", format_version=1, num_samples=2)
         handle["modalities"] = np.zeros((2, 3))
     assert "'/modalities' must be a group" in error_line(run_cli("inspect", tmp_path / "odd.h5"))
+
+
+def test_distill_lists_the_registered_distillers():
+    names = run_cli("distill", "--list-distillers", check=True).stdout.split()
+    assert names == ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "crd+kd"]
+    assert "--list-distillers" in error_line(run_cli("distill"))
