@@ -1,0 +1,157 @@
+"""One encoder for every modality: any timm model by name, returning all stage maps, the embedding and logits."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from crossmodal.errors import ConfigError
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+from crossmodal.models.small_input import apply_small_input_stem
+from crossmodal.models.weights import load_weights
+
+# Side of the dummy input that measures the stage reductions after ``small_input`` changed the stem.
+PROBE_SIZE = 64
+
+
+class Encoder(nn.Module):
+    """A timm model as a modality encoder: every stage's feature map, the pooled embedding, optional logits.
+
+    Sizes come from timm's ``feature_info`` (see :attr:`spec`), so consumers never hard-code channels. The timm
+    model itself is :attr:`model`; its ``state_dict`` has plain timm keys, so an exported
+    ``encoder.model.state_dict()`` (saved as ``.safetensors``) loads into plain timm with
+    ``timm.create_model(name, pretrained=True, in_chans=C, num_classes=K,
+    pretrained_cfg_overlay=dict(file=path, num_classes=K, input_size=(C, H, W)))``. ``small_input`` changes no
+    parameter shape: re-apply :func:`~crossmodal.models.small_input.apply_small_input_stem` to that model for
+    small images.
+
+    Args:
+        name: a timm model name (``resnet18``, ``resnet10t``, ``test_resnet``, ``efficientnet_b0`` ...).
+        in_chans: input channels of the modality (1 for depth, 3 for RGB ...).
+        num_classes: classifier outputs; 0 builds no head and the output's ``logits`` are None.
+        small_input: stride-1 stem without max-pool, for 32-96 px images (resnet18 on 32 x 32: 4 x 4 last map).
+        weights: a local weight file (``.safetensors`` or a ``torch.save``-d state dict) loaded strictly, with
+            the first convolution adapted to ``in_chans`` and a classifier of another size dropped.
+        input_norm: optional ``(mean, std)``, one value per channel, applied inside :meth:`forward` before the
+            backbone (for weights that expect another normalisation than the data loader's).
+        **timm_kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ``img_size`` ...).
+
+    Raises:
+        ConfigError: an unknown timm name, a model without ``forward_intermediates``, or bad options.
+
+    Examples:
+        >>> encoder = Encoder("resnet18", in_chans=1, num_classes=10, small_input=True)
+        >>> out = encoder(torch.randn(2, 1, 32, 32))
+        >>> [f.shape[-1] for f in out.features], out.embedding.shape, out.logits.shape
+        ([32, 32, 16, 8, 4], torch.Size([2, 512]), torch.Size([2, 10]))
+    """
+
+    def __init__(self, name: str, in_chans: int, num_classes: int = 0, small_input: bool = False,
+                 weights: str | os.PathLike | None = None,
+                 input_norm: tuple[Sequence[float], Sequence[float]] | None = None, **timm_kwargs: Any) -> None:
+        super().__init__()
+        if not isinstance(name, str) or not timm.is_model(name):
+            raise ConfigError(f"unknown timm model '{name}'")
+        if timm_kwargs.pop("pretrained", False):
+            raise ConfigError("pretrained=True would download weights; pass weights=<local file> instead")
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise ConfigError(f"in_chans must be a positive integer, got {in_chans!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ConfigError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        try:
+            self.model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes,
+                                           **timm_kwargs)
+        except TypeError as err:
+            raise ConfigError(f"timm model '{name}': {err}") from None
+        if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "feature_info"):
+            raise ConfigError(f"timm model '{name}' has no forward_intermediates / feature_info; choose another")
+        self.name = name
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.small_input = bool(small_input)
+        self.timm_kwargs = dict(timm_kwargs)
+        self.input_norm = _checked_norm(input_norm, in_chans)
+        if self.input_norm is not None:
+            mean, std = (torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1) for values in self.input_norm)
+            self.register_buffer("norm_mean", mean, persistent=False)
+            self.register_buffer("norm_std", std, persistent=False)
+        if self.small_input:
+            apply_small_input_stem(self.model)
+        if weights is not None:
+            load_weights(self.model, weights)
+        self.spec = self._measure_spec()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The arguments that rebuild this encoder (without weights): ``Encoder(**encoder.config)``."""
+        norm = None if self.input_norm is None else [list(values) for values in self.input_norm]
+        return dict(name=self.name, in_chans=self.in_chans, num_classes=self.num_classes,
+                    small_input=self.small_input, input_norm=norm, **self.timm_kwargs)
+
+    def _measure_spec(self) -> FeatureSpec:
+        """Sizes from ``feature_info``; after ``small_input`` the reductions are measured by one no-grad forward
+        in eval mode (BatchNorm statistics untouched), since timm's ``feature_info`` describes the original
+        stem."""
+        info = self.model.feature_info
+        channels = tuple(int(stage["num_chs"]) for stage in info)
+        reductions = tuple(int(stage["reduction"]) for stage in info)
+        if self.small_input:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    probe = torch.zeros(1, self.in_chans, PROBE_SIZE, PROBE_SIZE)
+                    maps = self.model.forward_intermediates(probe, intermediates_only=True)
+            finally:
+                self.model.train(was_training)
+            self._check_stages(maps, channels)
+            reductions = tuple(max(1, round(PROBE_SIZE / f.shape[-2])) for f in maps)
+        embed_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        return FeatureSpec(channels, reductions, embed_dim, self.num_classes)
+
+    def _check_stages(self, maps: Sequence[torch.Tensor], channels: Sequence[int]) -> None:
+        got = [int(f.shape[1]) for f in maps]
+        if got != list(channels):
+            raise ConfigError(f"timm model '{self.name}' returned stages with channels {got}, but its "
+                              f"feature_info lists {list(channels)}")
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        """Encode a batch (B x in_chans x H x W): every stage map (NCHW), the embedding and the logits."""
+        if self.input_norm is not None:
+            x = (x - self.norm_mean) / self.norm_std
+        final, features = self.model.forward_intermediates(x, intermediates_only=False)
+        self._check_stages(features, self.spec.channels)
+        embedding = self.model.forward_head(final, pre_logits=True)
+        logits: Optional[torch.Tensor] = self.model.forward_head(final) if self.num_classes > 0 else None
+        return EncoderOutput(list(features), embedding, logits)
+
+
+def create_encoder(config: dict[str, Any]) -> Encoder:
+    """An :class:`Encoder` from a config mapping (``name``, ``in_chans``, ... as keyword arguments).
+
+    Raises:
+        ConfigError: a missing ``name`` / ``in_chans``, or anything :class:`Encoder` refuses.
+    """
+    missing = [key for key in ("name", "in_chans") if key not in config]
+    if missing:
+        raise ConfigError(f"encoder config lacks {', '.join(missing)}")
+    return Encoder(**config)
+
+
+def _checked_norm(input_norm: tuple[Sequence[float], Sequence[float]] | None,
+                  in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if input_norm is None:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in values) for values in input_norm)
+    except (TypeError, ValueError):
+        raise ConfigError(f"input_norm must be (mean, std) sequences of numbers, got {input_norm!r}") from None
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise ConfigError(f"input_norm needs {in_chans} means and stds (one per channel), "
+                          f"got {len(mean)} and {len(std)}")
+    if any(s <= 0 for s in std):
+        raise ConfigError(f"input_norm std values must be positive, got {std}")
+    return mean, std

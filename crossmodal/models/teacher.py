@@ -1,0 +1,59 @@
+"""A frozen teacher: an encoder that never trains, whatever mode its parent is put in."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from torch import nn
+
+from crossmodal.models.encoder import Encoder
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps an :class:`Encoder` so that it stays fixed during distillation.
+
+    Its parameters do not require gradients, it is always in eval mode (``parent.train()`` leaves it in eval,
+    so BatchNorm running statistics and dropout never change), and its forward runs under ``torch.no_grad()``.
+    The encoder's input normalisation (``input_norm``) applies as usual.
+
+    Args:
+        encoder: the teacher encoder, usually built with ``weights=`` a trained file.
+
+    Examples:
+        >>> teacher = FrozenTeacher(Encoder("resnet18", in_chans=3, weights="rgb_teacher.safetensors"))
+        >>> student.train(); teacher.train()  # still eval
+        >>> teacher(rgb).embedding.requires_grad
+        False
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.encoder.requires_grad_(False)
+        self.train(False)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return self.encoder.spec
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        """Always eval mode, whatever ``mode`` says."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        with torch.no_grad():
+            return self.encoder(x)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of everything that determines the outputs: the encoder's configuration (timm name,
+        ``in_chans``, ``num_classes``, ``small_input``, ``input_norm``, timm options) and every ``state_dict``
+        tensor (name, shape, dtype, bytes)."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.encoder.config, sort_keys=True, default=repr).encode())
+        for name, tensor in self.encoder.state_dict().items():
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()

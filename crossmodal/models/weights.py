@@ -1,0 +1,165 @@
+"""Reading weight files into timm models: safely (never unpickling code), strictly, and adapted as timm does.
+
+The rules follow timm's ``load_pretrained``: a first convolution with another input-channel count is adapted
+with ``adapt_input_conv`` (summed for 1 channel, repeated and rescaled otherwise), and a classifier of another
+size is dropped in favour of the model's fresh head. Unlike a ``strict=False`` load, every other missing,
+unexpected or mis-shaped key is an error that names the keys.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from crossmodal.errors import DataError
+from crossmodal.models.small_input import first_conv_names
+
+# Containers that training scripts wrap a state dict in, unwrapped in this order.
+CONTAINER_KEYS = ("state_dict", "model")
+MAX_LISTED = 5
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file: ``.safetensors``, or a ``torch.save``-d state dict loaded with
+    ``weights_only=True`` (a file that needs arbitrary unpickling is refused, never run).
+
+    A ``{'state_dict': ...}`` or ``{'model': ...}`` container is unwrapped and a DDP ``module.`` prefix is
+    stripped.
+
+    Args:
+        path: the weight file.
+
+    Raises:
+        DataError: the file is missing, unreadable, not a weight file, or needs unsafe unpickling.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(path, "no such weights file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            state: Any = load_file(path, device="cpu")
+        except Exception as err:  # safetensors raises its own error types, and OSError
+            raise DataError(path, f"not a readable safetensors file ({_first_line(err)})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            if unsafe:
+                raise DataError(path, f"refused: it holds {unsafe.group(1)}, which only unsafe unpickling "
+                                      f"(weights_only=False) would load; save a state dict of tensors or a "
+                                      f".safetensors file instead") from None
+            raise DataError(path, "not a PyTorch weights file (its pickle cannot be read)") from None
+        except Exception as err:  # zip/pickle corruption surfaces as RuntimeError, EOFError, KeyError...
+            raise DataError(path, f"not a readable PyTorch weights file ({type(err).__name__}: "
+                                  f"{_first_line(err)})") from None
+    for key in CONTAINER_KEYS:
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not state:
+        raise DataError(path, f"holds no state dict (found {type(state).__name__})")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise DataError(path, f"is not a state dict of tensors (key {name!r} holds {type(value).__name__})")
+    if all(name.startswith("module.") for name in state):
+        state = {name[len("module."):]: value for name, value in state.items()}
+    return dict(state)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load a weight file into a timm model, strictly, adapting what timm's own loader adapts.
+
+    - the first convolution (``pretrained_cfg['first_conv']``) of another input-channel count is converted with
+      timm's ``adapt_input_conv``, from the file's channel count to the model's;
+    - the classifier (``pretrained_cfg['classifier']``) is dropped when the model has none (``num_classes=0``),
+      and dropped with a warning, keeping the model's freshly initialised head, when its size differs;
+    - anything else that does not match is a :class:`DataError` naming the keys.
+
+    Args:
+        model: a timm model (with ``pretrained_cfg``), changed in place.
+        path: the weight file, see :func:`read_state_dict`.
+
+    Returns:
+        One line per adaptation made (empty when the file matched as is).
+
+    Raises:
+        DataError: the file cannot be read or does not match the model.
+
+    Examples:
+        >>> model = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=0)
+        >>> load_weights(model, "resnet18_rgb.safetensors")
+        ['adapted conv1.weight from 3 to 1 input channels', "dropped the file's classifier fc (the model has no head)"]
+    """
+    from timm.models._manipulate import adapt_input_conv
+
+    state = read_state_dict(path)
+    own = model.state_dict()
+    notes: list[str] = []
+    for conv in first_conv_names(model):
+        key = conv + ".weight"
+        if key not in state or key not in own or state[key].ndim != 4 or own[key].ndim != 4:
+            continue
+        file_chans, model_chans = state[key].shape[1], own[key].shape[1]
+        if file_chans != model_chans:
+            try:
+                state[key] = adapt_input_conv(model_chans, state[key], base_chans=file_chans)
+            except (NotImplementedError, AssertionError, ValueError) as err:
+                raise DataError(path, f"cannot adapt {key} from {file_chans} to {model_chans} input channels "
+                                      f"({_first_line(err)})") from None
+            notes.append(f"adapted {key} from {file_chans} to {model_chans} input channels")
+    classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    for head in (classifiers,) if isinstance(classifiers, str) else classifiers:
+        keys = [k for k in (head + ".weight", head + ".bias") if k in state]
+        if not keys:
+            continue
+        if not any(k in own for k in keys):
+            for k in keys:
+                del state[k]
+            notes.append(f"dropped the file's classifier {head} (the model has no head)")
+        elif any(k in own and own[k].shape != state[k].shape for k in keys):
+            shape = tuple(state[keys[0]].shape)
+            for k in keys:
+                if k in own:
+                    state[k] = own[k]
+                else:
+                    del state[k]
+            note = f"kept a fresh classifier {head}: the file's has shape {shape}, the model's another"
+            warnings.warn(f"{os.fspath(path)}: {note}", stacklevel=2)
+            notes.append(note)
+    problems = _mismatches(state, own)
+    if problems:
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        raise DataError(path, f"does not match {name}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+    return notes
+
+
+def _mismatches(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+        if items:
+            problems.append(f"{label} {_listed(items)}")
+    return problems
+
+
+def _listed(items: Iterable[str]) -> str:
+    items = list(items)
+    more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an exception's message (torch appends paragraphs of advice)."""
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0].split(". ")[0]
