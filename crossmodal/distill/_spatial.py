@@ -35,8 +35,3 @@ def default_inner_stages(depth: int) -> list[int]:
     """RepDistiller's ``feat[1:-1]`` in aligned-stage terms: every paired stage except the shallowest (the stem
     of a timm ResNet), or the only stage when just one is paired."""
     return list(range(1, depth)) or [0]
-
-
-def stage_key(student_stage: int, teacher_stage: int) -> str:
-    """The log name of one stage pair's loss term."""
-    return f"stage_s{student_stage}_t{teacher_stage}"

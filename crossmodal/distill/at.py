@@ -6,11 +6,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._spatial import default_inner_stages, match_spatial, stage_key
-from crossmodal.distill.base import DistillResult, Distiller, stage_pairs
+from crossmodal.distill._spatial import default_inner_stages, match_spatial
+from crossmodal.distill.base import StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
-from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
+from crossmodal.models.outputs import FeatureSpec
 
 
 def attention_map(feature_map: torch.Tensor, p: float) -> torch.Tensor:
@@ -25,7 +25,7 @@ def at_loss(student_map: torch.Tensor, teacher_map: torch.Tensor, p: float) -> t
 
 
 @register_distiller("at")
-class AT(Distiller):
+class AT(StagewiseDistiller):
     """Attention transfer [0] as in RepDistiller's ``Attention`` [1]: summed over stage pairs.
 
     Channel counts may differ freely (the attention map averages over channels); spatial sizes are matched by
@@ -57,12 +57,5 @@ class AT(Distiller):
         depth = min(student.num_stages, teacher.num_stages)
         self.pairs = stage_pairs(student, teacher, stages, default_inner_stages(depth), "at")
 
-    def teacher_needs(self) -> TeacherNeeds:
-        return TeacherNeeds(stages=frozenset(t for _, t in self.pairs))
-
-    def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> DistillResult:
-        parts = {stage_key(s, t): at_loss(student.features[s], teacher.features[t].detach(), self.p)
-                 for s, t in self.pairs}
-        loss = torch.stack(list(parts.values())).sum()
-        return DistillResult(loss, {key: part.detach() for key, part in parts.items()})
+    def pair_loss(self, position: int, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        return at_loss(student_map, teacher_map, self.p)

@@ -55,6 +55,30 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
 
+class StagewiseDistiller(Distiller):
+    """A distiller whose loss is computed per (student stage, teacher stage) pair and summed over the pairs.
+
+    Subclasses set ``self.pairs`` (from :func:`stage_pairs`) and implement :meth:`pair_loss`; every pair's term
+    is logged as ``stage_s<i>_t<j>``.
+    """
+
+    pairs: list[tuple[int, int]]
+
+    def teacher_needs(self) -> TeacherNeeds:
+        return TeacherNeeds(stages=frozenset(teacher_stage for _, teacher_stage in self.pairs))
+
+    def pair_loss(self, position: int, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        """The loss of the ``position``-th pair, given the two (detached teacher) maps."""
+        raise NotImplementedError
+
+    def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
+                labels: Optional[torch.Tensor] = None) -> DistillResult:
+        parts = {f"stage_s{s}_t{t}": self.pair_loss(position, student.features[s], teacher.features[t].detach())
+                 for position, (s, t) in enumerate(self.pairs)}
+        loss = torch.stack(list(parts.values())).sum()
+        return DistillResult(loss, {key: part.detach() for key, part in parts.items()})
+
+
 def stage_pairs(student: FeatureSpec, teacher: FeatureSpec, stages: Optional[Sequence[int]],
                 default: Sequence[int], method: str) -> list[tuple[int, int]]:
     """Pair student and teacher stages, aligned at the deepest stage.

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossmodal.distill._spatial import match_spatial, stage_key
-from crossmodal.distill.base import DistillResult, Distiller, stage_pairs
+from crossmodal.distill._spatial import match_spatial
+from crossmodal.distill.base import StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
-from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
+from crossmodal.models.outputs import FeatureSpec
 
 
 class ConvRegressor(nn.Module):
@@ -35,7 +35,7 @@ class ConvRegressor(nn.Module):
 
 
 @register_distiller("fitnet")
-class FitNet(Distiller):
+class FitNet(StagewiseDistiller):
     """Hint learning: MSE between a regressor of one student stage and the paired teacher stage [0].
 
     RepDistiller [1] regresses ``feat[hint_layer=2]`` with a ``ConvReg`` whose convolution's kernel or stride
@@ -60,16 +60,10 @@ class FitNet(Distiller):
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, num_samples: int,
                  labels: Optional[torch.Tensor] = None, stage: int = 2) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        (self.pair,) = stage_pairs(student, teacher, [stage], [2], "fitnet")
-        self.regressor = ConvRegressor(student.channels[self.pair[0]], teacher.channels[self.pair[1]])
+        self.pairs = stage_pairs(student, teacher, [stage], [2], "fitnet")
+        (student_stage, teacher_stage), = self.pairs
+        self.regressor = ConvRegressor(student.channels[student_stage], teacher.channels[teacher_stage])
 
-    def teacher_needs(self) -> TeacherNeeds:
-        return TeacherNeeds(stages=frozenset({self.pair[1]}))
-
-    def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> DistillResult:
-        student_stage, teacher_stage = self.pair
-        student_map, teacher_map = match_spatial(student.features[student_stage],
-                                                 teacher.features[teacher_stage].detach())
-        loss = F.mse_loss(self.regressor(student_map), teacher_map)
-        return DistillResult(loss, {stage_key(student_stage, teacher_stage): loss.detach()})
+    def pair_loss(self, position: int, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        student_map, teacher_map = match_spatial(student_map, teacher_map)
+        return F.mse_loss(self.regressor(student_map), teacher_map)

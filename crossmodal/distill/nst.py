@@ -6,10 +6,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._spatial import default_inner_stages, match_spatial, stage_key
-from crossmodal.distill.base import DistillResult, Distiller, stage_pairs
+from crossmodal.distill._spatial import default_inner_stages, match_spatial
+from crossmodal.distill.base import StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
-from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
+from crossmodal.models.outputs import FeatureSpec
 
 
 def poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def nst_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tens
 
 
 @register_distiller("nst")
-class NST(Distiller):
+class NST(StagewiseDistiller):
     """Neuron selectivity transfer [0] as RepDistiller's ``NSTLoss`` [1], summed over stage pairs.
 
     Channel counts may differ (the MMD compares sets of channel patterns); spatial sizes are matched by
@@ -59,12 +59,5 @@ class NST(Distiller):
         depth = min(student.num_stages, teacher.num_stages)
         self.pairs = stage_pairs(student, teacher, stages, default_inner_stages(depth), "nst")
 
-    def teacher_needs(self) -> TeacherNeeds:
-        return TeacherNeeds(stages=frozenset(t for _, t in self.pairs))
-
-    def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> DistillResult:
-        parts = {stage_key(s, t): nst_loss(student.features[s], teacher.features[t].detach())
-                 for s, t in self.pairs}
-        loss = torch.stack(list(parts.values())).sum()
-        return DistillResult(loss, {key: part.detach() for key, part in parts.items()})
+    def pair_loss(self, position: int, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        return nst_loss(student_map, teacher_map)

@@ -6,10 +6,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._spatial import stage_key
-from crossmodal.distill.base import DistillResult, Distiller, stage_pairs
+from crossmodal.distill.base import StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
-from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
+from crossmodal.models.outputs import FeatureSpec
 
 
 def similarity_matrix(feature_map: torch.Tensor) -> torch.Tensor:
@@ -25,7 +24,7 @@ def sp_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tenso
 
 
 @register_distiller("sp")
-class SP(Distiller):
+class SP(StagewiseDistiller):
     """Similarity-preserving KD [0] as RepDistiller's ``Similarity`` [1], on the last conv map (``feat[-2]``).
 
     The loss compares B x B matrices, so stages of any channels and size pair without adaptation.
@@ -49,12 +48,5 @@ class SP(Distiller):
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
         self.pairs = stage_pairs(student, teacher, stages, [-1], "sp")
 
-    def teacher_needs(self) -> TeacherNeeds:
-        return TeacherNeeds(stages=frozenset(t for _, t in self.pairs))
-
-    def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
-                labels: Optional[torch.Tensor] = None) -> DistillResult:
-        parts = {stage_key(s, t): sp_loss(student.features[s], teacher.features[t].detach())
-                 for s, t in self.pairs}
-        loss = torch.stack(list(parts.values())).sum()
-        return DistillResult(loss, {key: part.detach() for key, part in parts.items()})
+    def pair_loss(self, position: int, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        return sp_loss(student_map, teacher_map)

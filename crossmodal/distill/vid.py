@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossmodal.distill._spatial import default_inner_stages, match_spatial, stage_key
-from crossmodal.distill.base import DistillResult, Distiller, stage_pairs
+from crossmodal.distill._spatial import default_inner_stages, match_spatial
+from crossmodal.distill.base import DistillResult, StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
-from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec
 
 
 class VIDHead(nn.Module):
@@ -54,7 +54,7 @@ class VIDHead(nn.Module):
 
 
 @register_distiller("vid")
-class VID(Distiller):
+class VID(StagewiseDistiller):
     """Variational information distillation [0] as RepDistiller's ``VIDLoss`` [1], summed over stage pairs.
 
     The larger map of each pair is average-pooled to the smaller one's H x W (height and width separately)
@@ -92,14 +92,11 @@ class VID(Distiller):
             VIDHead(student.channels[s], teacher.channels[t], teacher.channels[t], float(init_pred_var), float(eps))
             for s, t in self.pairs)
 
-    def teacher_needs(self) -> TeacherNeeds:
-        return TeacherNeeds(stages=frozenset(t for _, t in self.pairs))
+    def pair_loss(self, position: int, student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+        return self.heads[position](student_map, teacher_map)
 
     def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
                 labels: Optional[torch.Tensor] = None) -> DistillResult:
-        parts = {stage_key(s, t): head(student.features[s], teacher.features[t].detach())
-                 for (s, t), head in zip(self.pairs, self.heads)}
-        loss = torch.stack(list(parts.values())).sum()
-        logs = {key: part.detach() for key, part in parts.items()}
-        logs["mean_variance"] = torch.cat([head.variance().detach() for head in self.heads]).mean()
-        return DistillResult(loss, logs)
+        result = super().forward(student, teacher, index, labels)
+        result.logs["mean_variance"] = torch.cat([head.variance().detach() for head in self.heads]).mean()
+        return result

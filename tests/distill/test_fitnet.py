@@ -43,10 +43,10 @@ def test_default_stage_is_the_third_aligned_stage():
     student = FeatureSpec((8, 16, 32, 64), (4, 8, 16, 32), 64)
     teacher = FeatureSpec((4, 8, 16, 24, 64), (2, 4, 8, 16, 32), 64)
     fitnet = FitNet(student, teacher, num_samples=4)
-    assert fitnet.pair == (2, 3)
+    assert fitnet.pairs == [(2, 3)]
     assert fitnet.teacher_needs().stages == frozenset({3})
     assert (fitnet.regressor.conv.in_channels, fitnet.regressor.conv.out_channels) == (32, 24)
-    assert FitNet(student, teacher, num_samples=4, stage=-1).pair == (3, 4)
+    assert FitNet(student, teacher, num_samples=4, stage=-1).pairs == [(3, 4)]
 
 
 def test_stage_out_of_range_is_a_config_error():
