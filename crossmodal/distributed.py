@@ -51,7 +51,8 @@ def all_reduce_mean(value: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     """Weighted mean of ``value`` over ranks (weight: e.g. the number of elements it averages)."""
     if not is_distributed():
         return value
-    packed = torch.stack([value.detach().double() * weight, torch.tensor(float(weight), dtype=torch.float64,
-                                                                          device=value.device)])
+    weighted = value.detach().double() * weight if weight else torch.zeros((), dtype=torch.float64,
+                                                                             device=value.device)
+    packed = torch.stack([weighted, torch.tensor(float(weight), dtype=torch.float64, device=value.device)])
     dist.all_reduce(packed)
     return (packed[0] / packed[1]).to(value.dtype)

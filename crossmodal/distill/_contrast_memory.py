@@ -38,9 +38,21 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
+        index, embeddings = _last_occurrences(index, embeddings)
         mixed = self.rows.index_select(0, index).mul_(self.momentum).add_(embeddings.to(self.rows.dtype),
                                                                           alpha=1.0 - self.momentum)
         self.rows.index_copy_(0, index, F.normalize(mixed, dim=1))
+
+
+def _last_occurrences(index: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep one row per repeated index (the last, as a sequential copy would), so that the update is
+    deterministic on every device (``index_copy_`` with repeated indices is not on CUDA)."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    if unique.numel() == index.numel():
+        return index, embeddings
+    positions = torch.arange(index.numel(), device=index.device)
+    last = torch.full_like(unique, -1).scatter_reduce_(0, inverse, positions, reduce="amax")
+    return unique, embeddings[last]
 
 
 class EmbeddingQueue(nn.Module):

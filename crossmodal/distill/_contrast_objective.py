@@ -148,5 +148,8 @@ class AttachGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: the closed form has no graph to differentiate again
+            raise RuntimeError("CRD's contrast gradient is computed in closed form and has no second "
+                               "derivative; double backward (create_graph=True) is not supported")
         (grad_anchor,) = ctx.saved_tensors
         return grad_output * grad_anchor, None, None

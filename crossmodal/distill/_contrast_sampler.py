@@ -78,11 +78,16 @@ class ContrastSampler:
         return self._generator
 
     @torch.no_grad()
-    def draw(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positives (B,) and negatives (B, K), or (K,) when shared, for the rows ``index`` (the global batch)."""
+    def draw(self, index: torch.Tensor, generator: Optional[torch.Generator] = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positives (B,) and negatives (B, K), or (K,) when shared, for the rows ``index`` (the global batch).
+
+        ``generator`` draws from another generator than the sampler's own, whose state then stays untouched.
+        """
         device = index.device
-        generator = self.generator(device)
-        self.draws += 1
+        if generator is None:
+            generator = self.generator(device)
+            self.draws += 1
         batch, k = index.shape[0], self.num_negatives
         positives = index
         if self.mode == "relax":
@@ -127,4 +132,6 @@ class ContrastSampler:
     def load_state(self, state: dict[str, Any]) -> None:
         self.draws = int(state["draws"])
         self._generator = None
-        self._pending_state = {"device": state["device"], "state": state["state"]} if "state" in state else None
+        # a checkpoint loaded with map_location may have moved the state tensor; set_state takes a CPU one
+        self._pending_state = ({"device": state["device"], "state": state["state"].cpu()} if "state" in state
+                               else None)

@@ -6,7 +6,8 @@
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import math
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,12 @@ class EmbedHead(nn.Module):
 @register_distiller("crd")
 class CRD(Distiller):
     """CRD between the student's and the teacher's pooled embeddings, faithful to RepDistiller by default.
+
+    The defaults are RepDistiller's CRD objective with negatives drawn uniformly over the transfer set (its
+    ``AliasMethod`` path), which needs no labels, as a cross-modal transfer set usually has none. RepDistiller's
+    published CIFAR-100 and ImageNet runs used labelled samplers that draw negatives from other classes only:
+    pass ``labels`` and ``negatives='other_classes'`` to reproduce those (drawn with replacement here; its
+    CIFAR sampler draws without replacement, which differs negligibly when K is well below N).
 
     Each embedding goes through its own trainable head (linear to ``feat_dim``, l2 normalised); the teacher's
     backbone stays frozen. Two memories hold past student and teacher embeddings. The student anchor is
@@ -85,15 +92,16 @@ class CRD(Distiller):
         _check_choice("normalization", normalization, ("first_batch", "ema"))
         _check_choice("memory", memory, ("bank", "queue"))
         _check_choice("scoring", scoring, ("auto", "dense", "gather"))
-        for name, value in (("feat_dim", feat_dim), ("num_negatives", num_negatives),
-                            ("num_samples", num_samples)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"crd: {name} must be a positive integer, not {value!r}")
-        if not temperature > 0:
-            raise ConfigError(f"crd: temperature must be positive, not {temperature!r}")
+        for name, value in (("feat_dim", feat_dim), ("num_negatives", num_negatives), ("num_samples", num_samples),
+                            ("queue_size", 1 if queue_size is None else queue_size)):
+            _check_integer(name, value, minimum=1)
+        _check_integer("seed", seed, minimum=0)
+        _check_number("temperature", temperature, lambda v: v > 0, "a positive number")
         for name, value in (("momentum", momentum), ("z_momentum", z_momentum)):
-            if not 0 <= value < 1:
-                raise ConfigError(f"crd: {name} must lie in [0, 1), not {value!r}")
+            _check_number(name, value, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        for name, value in (("shared_negatives", shared_negatives),):
+            if not isinstance(value, bool):
+                raise ConfigError(f"crd: {name} must be true or false, not {value!r}")
         if memory == "queue" and (mode != "exact" or negatives != "all"):
             raise ConfigError("crd: a queue has no row per sample; use mode='exact' and negatives='all' with it")
         self.num_negatives, self.temperature = num_negatives, float(temperature)
@@ -105,7 +113,7 @@ class CRD(Distiller):
             self.student_memory = MemoryBank(num_samples, feat_dim, momentum, seed=seed)
             self.teacher_memory = MemoryBank(num_samples, feat_dim, momentum, seed=seed + 1)
         else:
-            size = num_negatives if queue_size is None else int(queue_size)
+            size = num_negatives if queue_size is None else queue_size
             self.student_memory = EmbeddingQueue(size, feat_dim, seed=seed)
             self.teacher_memory = EmbeddingQueue(size, feat_dim, seed=seed + 1)
         self.sampler = ContrastSampler(self.student_memory.rows.shape[0], num_negatives, labels=labels, mode=mode,
@@ -123,6 +131,12 @@ class CRD(Distiller):
                 contrast_index: Optional[torch.Tensor] = None) -> DistillResult:
         """CRD loss of one batch.
 
+        In training mode with gradients enabled, a step also updates the memories (and Z, when it is not yet
+        set or is a moving average), gathering from all ranks under torch.distributed. In eval mode or under
+        ``torch.no_grad`` the loss is only evaluated: nothing changes, no collective runs, and the negatives
+        come from a side generator, so evaluating on a validation split leaves training untouched. (Do not
+        wrap CRD in activation checkpointing: a recomputed forward would draw and update again.)
+
         Args:
             student, teacher: the encoders' outputs on the paired views.
             index: (B,) each sample's row in the transfer set.
@@ -134,36 +148,46 @@ class CRD(Distiller):
         teacher_anchor = self.embed_teacher(teacher.embedding.detach())
         index = index.to(student_anchor.device).long()
         self._check_index(index)
+        update = self.training and torch.is_grad_enabled()
         with torch.autocast(student_anchor.device.type, enabled=False):
-            sizes = distributed.gather_sizes(index.shape[0], index.device) if distributed.is_distributed() else None
-            global_index = distributed.all_gather_rows(index, sizes)
-            positives, negatives = self._draw(index, global_index, sizes, contrast_index)
+            sizes = None
+            if update and distributed.is_distributed():
+                sizes = distributed.gather_sizes(index.shape[0], index.device)
+            global_index = distributed.all_gather_rows(index, sizes) if sizes else index
+            positives, negatives = self._draw(index, global_index, sizes, contrast_index, update)
             per_sample = self.student_memory.per_sample
-            loss_s, logs_s = self._contrast(student_anchor, self.teacher_memory,
-                                            positives if per_sample else teacher_anchor.detach(),
-                                            negatives, self.z_student)
-            loss_t, logs_t = self._contrast(teacher_anchor, self.student_memory,
-                                            positives if per_sample else student_anchor.detach(),
-                                            negatives, self.z_teacher)
-            self.student_memory.update(global_index, distributed.all_gather_rows(student_anchor.detach(), sizes))
-            self.teacher_memory.update(global_index, distributed.all_gather_rows(teacher_anchor.detach(), sizes))
+            loss_s, positive_score = self._contrast(student_anchor, self.teacher_memory,
+                                                    positives if per_sample else teacher_anchor.detach(),
+                                                    negatives, self.z_student, update)
+            loss_t, _ = self._contrast(teacher_anchor, self.student_memory,
+                                       positives if per_sample else student_anchor.detach(),
+                                       negatives, self.z_teacher, update)
+            if update:
+                gather = (lambda rows: distributed.all_gather_rows(rows, sizes)) if sizes else (lambda rows: rows)
+                self.student_memory.update(global_index, gather(student_anchor.detach()))
+                self.teacher_memory.update(global_index, gather(teacher_anchor.detach()))
         logs = {"loss_student_anchor": loss_s.detach(), "loss_teacher_anchor": loss_t.detach(),
-                "positive_score": logs_s["positive_score"]}
+                "positive_score": positive_score}
         if self.objective == "nce":
             logs.update(z_student=self.z_student.detach().float(), z_teacher=self.z_teacher.detach().float())
         return DistillResult(loss_s + loss_t, logs)
 
     def _check_index(self, index: torch.Tensor) -> None:
+        """Indices on the CPU are checked (one line instead of an indexing error); checking device tensors would
+        synchronise every step."""
         if index.device.type == "cpu" and index.numel() and not (
                 0 <= int(index.min()) and int(index.max()) < self.num_samples):
             raise ConfigError(f"crd: sample index {int(index.max())} lies outside the transfer set of "
                               f"{self.num_samples} samples (is num_samples the size of the training split?)")
 
     def _draw(self, index: torch.Tensor, global_index: torch.Tensor, sizes: Optional[list[int]],
-              contrast_index: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+              contrast_index: Optional[torch.Tensor], update: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if contrast_index is not None:
             contrast_index = contrast_index.to(index.device).long()
             return contrast_index[:, 0], contrast_index[:, 1:]
+        if not update:  # evaluation: the same side draws every call, the training generator untouched
+            side = torch.Generator(device=index.device).manual_seed(self.sampler.seed + 1)
+            return self.sampler.draw(index, generator=side)
         positives, negatives = self.sampler.draw(global_index)
         if sizes is not None:  # keep this rank's slice of the draws made for the whole batch
             start = sum(sizes[: distributed.rank()])
@@ -173,41 +197,59 @@ class CRD(Distiller):
         return positives, negatives
 
     def _contrast(self, anchor: torch.Tensor, memory: nn.Module, positives: torch.Tensor,
-                  negatives: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One direction: ``anchor`` against ``memory``. ``positives`` are row indices or, for a queue, rows."""
-        rows = memory.rows
+                  negatives: torch.Tensor, z: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One direction: ``anchor`` against ``memory``. ``positives`` are row indices or, for a queue, rows.
+
+        Returns the loss and the mean positive score.
+        """
+        rows = memory.rows.float()  # the memory stays float32 even if the module is cast to another dtype
         positive_rows = rows.index_select(0, positives) if positives.dim() == 1 else positives.float()
         scoring = choose_scoring(self.scoring, anchor.shape[0], rows.shape[0], self.num_negatives)
         positive, negative, scores_backward = contrast_scores(anchor.detach(), positive_rows, rows, negatives,
                                                               scoring)
         if self.objective == "nce":
-            self._estimate_z(z, positive, negative)
-            loss, grad_positive, grad_negative = nce_objective(positive, negative, self.temperature, float(z),
+            z_value = self._normalizer(z, positive, negative, update)
+            loss, grad_positive, grad_negative = nce_objective(positive, negative, self.temperature, z_value,
                                                                self.num_samples)
         else:
             loss, grad_positive, grad_negative = info_nce_objective(positive, negative, self.temperature)
-        if anchor.requires_grad:
+        if anchor.requires_grad and torch.is_grad_enabled():
             grad_anchor = scores_backward(grad_positive, grad_negative)
             loss = AttachGradient.apply(anchor, loss, grad_anchor.to(anchor.dtype))
-        return loss, {"positive_score": positive.mean()}
+        return loss, positive.mean()
 
     @torch.no_grad()
-    def _estimate_z(self, z: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> None:
-        if float(z) > 0 and self.normalization == "first_batch":
-            return
-        batch_mean = distributed.all_reduce_mean(mean_exp_score(positive, negative, self.temperature),
-                                                 positive.numel() + negative.numel())
-        estimate = batch_mean * self.num_samples
-        if float(z) <= 0:
-            z.copy_(estimate)
-        else:
-            z.mul_(self.z_momentum).add_(estimate, alpha=1.0 - self.z_momentum)
+    def _normalizer(self, z: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, update: bool) -> float:
+        """Z: estimated from the first batch (all ranks), then fixed or moved as an average; evaluation before
+        any training step uses the batch's own estimate without storing it."""
+        current = float(z)
+        if current > 0 and (self.normalization == "first_batch" or not update):
+            return current
+        count = positive.numel() + negative.numel()
+        batch_mean = mean_exp_score(positive, negative, self.temperature)
+        if update:
+            batch_mean = distributed.all_reduce_mean(batch_mean, count)
+        estimate = float(batch_mean) * self.num_samples
+        if not update:
+            return estimate
+        z.fill_(estimate if current <= 0 else self.z_momentum * current + (1.0 - self.z_momentum) * estimate)
+        return float(z)
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state()}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.sampler.load_state(state["sampler"])
+
+
+def _check_integer(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"crd: {name} must be an integer >= {minimum}, not {value!r}")
+
+
+def _check_number(name: str, value: Any, valid: Callable[[float], bool], what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+        raise ConfigError(f"crd: {name} must be {what}, not {value!r}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -286,7 +286,7 @@ def test_every_option_trains(options):
         optimiser.zero_grad()
         result.loss.backward()
         optimiser.step()
-        losses.append(float(result.loss))
+        losses.append(float(result.loss.detach()))
         assert all(torch.isfinite(v) for v in result.logs.values())
     assert sum(losses[-10:]) < sum(losses[:10])
 
@@ -310,8 +310,15 @@ def test_queue_enqueues_the_gathered_batch():
     ({"mode": "relax"}, "needs class labels"),
     ({"mode": "relax", "labels": torch.full((N,), -1)}, "are unlabelled"),
     ({"memory": "queue", "mode": "relax", "labels": torch.arange(N) % 2}, "queue has no row per sample"),
-    ({"temperature": 0}, "temperature must be positive"),
-    ({"num_negatives": 0}, "num_negatives must be a positive integer"),
+    ({"temperature": 0}, "temperature must be a positive number"),
+    ({"num_negatives": 0}, "num_negatives must be an integer >= 1"),
+    ({"queue_size": 0, "memory": "queue"}, "queue_size must be an integer >= 1"),
+    ({"queue_size": 2.5, "memory": "queue"}, "queue_size must be an integer"),
+    ({"momentum": "0.5"}, "momentum must be a number in"),
+    ({"temperature": float("nan")}, "temperature must be a positive number"),
+    ({"z_momentum": None}, "z_momentum must be a number"),
+    ({"seed": "a"}, "seed must be an integer"),
+    ({"shared_negatives": "yes"}, "shared_negatives must be true or false"),
     ({"negatives_from": "all"}, "has no option 'negatives_from'"),
 ])
 def test_bad_options_are_one_line_config_errors(options, message):
@@ -334,5 +341,102 @@ def test_crd_plus_kd_weights_its_parts():
     student = EncoderOutput([], torch.randn(B, 12, generator=generator), torch.randn(B, 5, generator=generator))
     teacher = EncoderOutput([], torch.randn(B, 10, generator=generator), torch.randn(B, 5, generator=generator))
     result = both(student, teacher, torch.arange(B))
-    assert float(result.loss) == pytest.approx(0.8 * float(result.logs["crd"]) + float(result.logs["kd"]), rel=1e-6)
+    assert float(result.loss.detach()) == pytest.approx(0.8 * float(result.logs["crd"]) + float(result.logs["kd"]), rel=1e-6)
     assert both.teacher_needs().embedding and both.teacher_needs().logits
+
+
+def test_a_weighted_loss_scales_every_gradient():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = outputs(generator)
+    grads = []
+    for weight in (1.0, 0.8):
+        crd = make_crd()
+        leaf = student.embedding.detach().clone().requires_grad_()
+        (weight * crd(EncoderOutput([], leaf), teacher, torch.arange(B)).loss).backward()
+        grads.append((leaf.grad, crd.embed_student.linear.weight.grad))
+    for unweighted, weighted in zip(*grads):
+        torch.testing.assert_close(weighted, 0.8 * unweighted)
+
+
+def test_double_backward_is_refused_rather_than_wrong():
+    crd = make_crd()
+    student, teacher = outputs(torch.Generator().manual_seed(0))
+    loss = crd(student, teacher, torch.arange(B)).loss
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(loss, student.embedding, create_graph=True)
+
+
+def test_bank_momentum_is_the_weight_of_the_old_row():
+    crd = make_crd(momentum=0.9)
+    before = crd.student_memory.rows.clone()
+    student, teacher = outputs(torch.Generator().manual_seed(0))
+    index = torch.arange(B)
+    crd(student, teacher, index)
+    embed_s = crd.embed_student(student.embedding).detach()
+    torch.testing.assert_close(crd.student_memory.rows[index], F.normalize(0.9 * before[index] + 0.1 * embed_s))
+
+
+def test_repeated_indices_keep_the_last_embedding():
+    crd = make_crd(momentum=0.0)
+    student, teacher = outputs(torch.Generator().manual_seed(0))
+    crd(student, teacher, torch.tensor([5, 5, 6, 5, 7, 8]))
+    embed_s = crd.embed_student(student.embedding).detach()
+    torch.testing.assert_close(crd.student_memory.rows[5], embed_s[3])
+
+
+def test_queue_positive_is_the_other_modality_now_and_large_batches_keep_their_newest_rows():
+    crd = make_crd(memory="queue", queue_size=4, objective="info_nce")
+    student, teacher = outputs(torch.Generator().manual_seed(0))
+    result = crd(student, teacher, torch.arange(B))
+    embed_s = crd.embed_student(student.embedding).detach()
+    embed_t = crd.embed_teacher(teacher.embedding).detach()
+    assert float(result.logs["positive_score"]) == pytest.approx(float((embed_s * embed_t).sum(1).mean()), rel=1e-5)
+    # a batch of 6 into a queue of 4: the last 4 embeddings, in order from the head
+    torch.testing.assert_close(crd.student_memory.rows, embed_s[-4:])
+
+
+def test_evaluation_changes_nothing_and_is_repeatable():
+    crd = make_crd(normalization="ema")
+    generator = torch.Generator().manual_seed(0)
+    crd(*outputs(generator), torch.arange(B))
+    state = {k: v.clone() for k, v in crd.state_dict().items() if torch.is_tensor(v)}
+    draws = crd.sampler.draws
+    batch = outputs(generator)
+    crd.eval()
+    first = crd(*batch, torch.arange(B) + 10).loss
+    with torch.no_grad():
+        crd.train()
+        second = crd(*batch, torch.arange(B) + 10).loss
+    assert float(first) == pytest.approx(float(second))
+    assert crd.sampler.draws == draws
+    for key, value in crd.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, state[key]), key
+
+
+def test_evaluation_before_any_training_step_estimates_z_without_storing_it():
+    crd = make_crd().eval()
+    loss = crd(*outputs(torch.Generator().manual_seed(0)), torch.arange(B)).loss
+    assert torch.isfinite(loss) and float(crd.z_student) == -1.0
+
+
+def test_memory_stays_float32_when_the_module_is_cast():
+    crd = make_crd().to(torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    student = EncoderOutput([], torch.randn(B, 12, generator=generator, dtype=torch.float64))
+    teacher = EncoderOutput([], torch.randn(B, 10, generator=generator, dtype=torch.float64))
+    assert torch.isfinite(crd(student, teacher, torch.arange(B)).loss)
+
+
+def test_sampler_state_saved_on_another_device_is_moved_to_the_cpu_on_load():
+    sampler = ContrastSampler(N, K, seed=3)
+    sampler.draw(torch.arange(B))
+    state = sampler.state()
+
+    class Elsewhere(torch.Tensor):  # stands for a CUDA tensor produced by torch.load(map_location=...)
+        def cpu(self):
+            return torch.Tensor(self).clone()
+
+    restored = ContrastSampler(N, K, seed=3)
+    restored.load_state({**state, "state": state["state"].as_subclass(Elsewhere)})
+    assert torch.equal(restored.draw(torch.arange(B))[1], sampler.draw(torch.arange(B))[1])
