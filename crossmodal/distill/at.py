@@ -8,13 +8,19 @@ import torch.nn.functional as F
 
 from crossmodal.distill._spatial import default_inner_stages, match_spatial
 from crossmodal.distill.base import StagewiseDistiller, stage_pairs
+from crossmodal.distill._options import is_finite_number
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import FeatureSpec
 
 
 def attention_map(feature_map: torch.Tensor, p: float) -> torch.Tensor:
-    """B x (H W) l2-normalised attention: the mean over channels of |f|^p (``f.pow(p)`` as in [0, 1])."""
+    """B x (H W) l2-normalised attention: the mean over channels of f^p (``f.pow(p)``, as RepDistiller [1]).
+
+    This equals the paper's |f|^p [0] for an even ``p`` (the default 2) or non-negative maps (after a ReLU); for a
+    backbone with negative activations (GELU, no final ReLU) and an odd ``p`` the map is signed, and a
+    non-integer ``p`` gives NaN at negative activations.
+    """
     return F.normalize(feature_map.pow(p).mean(1).reshape(feature_map.shape[0], -1))
 
 
@@ -36,7 +42,7 @@ class AT(StagewiseDistiller):
         teacher: the teacher encoder's sizes.
         num_samples: size of the transfer set (unused).
         labels: unused.
-        p: exponent of the attention map.
+        p: exponent of the attention map, a finite positive number (see :func:`attention_map` for odd values).
         stages: indices into the deepest-aligned stage list (:func:`~crossmodal.distill.base.stage_pairs`);
             None means every paired stage except the shallowest, RepDistiller's ``feat[1:-1]`` (with a timm
             ResNet, stage 0 is the stride-2 stem).
@@ -51,8 +57,8 @@ class AT(StagewiseDistiller):
                  labels: Optional[torch.Tensor] = None, p: float = 2.0,
                  stages: Optional[Sequence[int]] = None) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 0:
-            raise ConfigError(f"at: 'p' must be a positive number, got {p!r}")
+        if not is_finite_number(p) or not p > 0:
+            raise ConfigError(f"at: 'p' must be a finite positive number, got {p!r}")
         self.p = float(p)
         depth = min(student.num_stages, teacher.num_stages)
         self.pairs = stage_pairs(student, teacher, stages, default_inner_stages(depth), "at")

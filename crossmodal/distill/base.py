@@ -86,9 +86,15 @@ def stage_pairs(student: FeatureSpec, teacher: FeatureSpec, stages: Optional[Seq
     The two encoders may have different numbers of stages; the deepest ``min`` stages of each are paired,
     deepest with deepest. ``stages`` (or ``default``) index that aligned list like a Python list (0 is the
     shallowest paired stage, -1 the deepest). Returns (student_stage, teacher_stage) non-negative indices.
+
+    Raises:
+        ConfigError: ``stages`` is not a list of indices, is empty, holds an index out of range, or names one
+            stage twice (``[0, 0]``, or ``[0, -depth]``).
     """
     depth = min(student.num_stages, teacher.num_stages)
     s_offset, t_offset = student.num_stages - depth, teacher.num_stages - depth
+    if stages is not None and (isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence)):
+        raise ConfigError(f"{method}: 'stages' must be a list of stage indices, got {stages!r}")
     chosen = list(default if stages is None else stages)
     if not chosen:
         raise ConfigError(f"{method}: 'stages' is empty; give at least one stage index")
@@ -98,5 +104,8 @@ def stage_pairs(student: FeatureSpec, teacher: FeatureSpec, stages: Optional[Seq
             raise ConfigError(f"{method}: stage {position!r} is out of range; the paired encoders have "
                               f"{depth} stages (indices {-depth}..{depth - 1})")
         aligned = position % depth
-        pairs.append((s_offset + aligned, t_offset + aligned))
+        pair = (s_offset + aligned, t_offset + aligned)
+        if pair in pairs:
+            raise ConfigError(f"{method}: 'stages' {chosen!r} names paired stage {aligned} twice; give each once")
+        pairs.append(pair)
     return pairs

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -18,6 +17,7 @@ from crossmodal.distill._contrast_memory import EmbeddingQueue, MemoryBank
 from crossmodal.distill._contrast_objective import (AttachGradient, choose_scoring, contrast_scores,
                                                     info_nce_objective, mean_exp_score, nce_objective)
 from crossmodal.distill._contrast_sampler import ContrastSampler
+from crossmodal.distill._options import is_finite_number
 from crossmodal.distill.base import DistillResult, Distiller
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
@@ -248,7 +248,7 @@ def _check_integer(name: str, value: Any, minimum: int) -> None:
 
 
 def _check_number(name: str, value: Any, valid: Callable[[float], bool], what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+    if not is_finite_number(value) or not valid(value):
         raise ConfigError(f"crd: {name} must be {what}, not {value!r}")
 
 

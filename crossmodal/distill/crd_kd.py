@@ -4,12 +4,14 @@
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from crossmodal.distill.base import DistillResult, Distiller
+from crossmodal.distill._options import is_finite_number
 from crossmodal.distill.registry import create_distiller, register_distiller
+from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 
 
@@ -18,10 +20,14 @@ class CRDPlusKD(Distiller):
     """``crd_weight`` x CRD + ``kd_weight`` x KD (RepDistiller's CRD+KD run: 0.8 and 1).
 
     Args:
-        crd_weight: weight of the CRD loss (0.8).
-        kd_weight: weight of the KD loss (1.0).
-        crd: options of the CRD part (see :class:`~crossmodal.distill.crd.CRD`).
-        kd: options of the KD part (see :class:`~crossmodal.distill.kd.KD`).
+        crd_weight: weight of the CRD loss (0.8), a finite number >= 0.
+        kd_weight: weight of the KD loss (1.0), a finite number >= 0.
+        crd: options of the CRD part (see :class:`~crossmodal.distill.crd.CRD`), a mapping or None.
+        kd: options of the KD part (see :class:`~crossmodal.distill.kd.KD`), a mapping or None.
+
+    Raises:
+        ConfigError: a weight that is not a finite non-negative number, part options that are not a mapping, or
+            anything CRD or KD refuses.
     """
 
     default_weight = 1.0
@@ -30,6 +36,13 @@ class CRDPlusKD(Distiller):
                  labels: Optional[torch.Tensor] = None, crd_weight: float = 0.8, kd_weight: float = 1.0,
                  crd: Optional[dict[str, Any]] = None, kd: Optional[dict[str, Any]] = None) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
+        for name, weight in (("crd_weight", crd_weight), ("kd_weight", kd_weight)):
+            if not is_finite_number(weight) or weight < 0:
+                raise ConfigError(f"crd+kd: '{name}' must be a finite number >= 0, got {weight!r}")
+        for name, options in (("crd", crd), ("kd", kd)):
+            if options is not None and (not isinstance(options, Mapping)
+                                        or not all(isinstance(key, str) for key in options)):
+                raise ConfigError(f"crd+kd: '{name}' must be a mapping of {name} options or None, got {options!r}")
         self.crd_weight, self.kd_weight = float(crd_weight), float(kd_weight)
         self.crd = create_distiller("crd", student, teacher, num_samples=num_samples, labels=labels, **(crd or {}))
         self.kd = create_distiller("kd", student, teacher, num_samples=num_samples, labels=labels, **(kd or {}))

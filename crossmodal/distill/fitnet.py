@@ -12,6 +12,9 @@ from crossmodal.distill.base import StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
 from crossmodal.models.outputs import FeatureSpec
 
+# RepDistiller's default hint layer, an index into the paired stages.
+HINT_LAYER = 2
+
 
 class ConvRegressor(nn.Module):
     """RepDistiller's ``ConvReg`` [0] for maps already brought to the teacher's size: 1x1 conv to the teacher's
@@ -49,7 +52,9 @@ class FitNet(StagewiseDistiller):
         num_samples: size of the transfer set (unused).
         labels: unused.
         stage: which paired stage carries the hint, an index into the deepest-aligned stage list of
-            :func:`~crossmodal.distill.base.stage_pairs` (default 2, RepDistiller's ``hint_layer``).
+            :func:`~crossmodal.distill.base.stage_pairs`; None means RepDistiller's ``hint_layer`` 2 when the two
+            encoders pair at least 3 stages, else the deepest paired stage. An explicit index out of range is a
+            :class:`~crossmodal.errors.ConfigError`.
 
     - [0] FitNets: Hints for Thin Deep Nets, Romero et al., 2015, https://arxiv.org/abs/1412.6550
     - [1] RepDistiller (CRD), Tian et al., 2020, https://github.com/HobbitLong/RepDistiller
@@ -58,9 +63,11 @@ class FitNet(StagewiseDistiller):
     default_weight = 100.0
 
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, num_samples: int,
-                 labels: Optional[torch.Tensor] = None, stage: int = 2) -> None:
+                 labels: Optional[torch.Tensor] = None, stage: Optional[int] = None) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        self.pairs = stage_pairs(student, teacher, [stage], [2], "fitnet")
+        depth = min(student.num_stages, teacher.num_stages)
+        default = HINT_LAYER if depth > HINT_LAYER else -1
+        self.pairs = stage_pairs(student, teacher, None if stage is None else [stage], [default], "fitnet")
         (student_stage, teacher_stage), = self.pairs
         self.regressor = ConvRegressor(student.channels[student_stage], teacher.channels[teacher_stage])
 

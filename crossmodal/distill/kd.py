@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from crossmodal.distill._options import is_finite_number
 from crossmodal.distill.base import DistillResult, Distiller
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
@@ -32,7 +33,8 @@ class KD(Distiller):
         teacher: the teacher encoder's sizes.
         num_samples: size of the transfer set (unused).
         labels: unused.
-        temperature: T, the softmax temperature; the loss is scaled by T^2 so that its gradients keep their size.
+        temperature: T, the softmax temperature, a finite positive number; the loss is scaled by T^2 so that its
+            gradients keep their size.
 
     Examples:
         >>> kd = KD(student_spec, teacher_spec, num_samples=1000, temperature=4.0)
@@ -50,8 +52,8 @@ class KD(Distiller):
         if student.num_classes <= 0 or student.num_classes != teacher.num_classes:
             raise ConfigError(f"kd needs classifier heads with the same number of classes on student "
                               f"({student.num_classes}) and teacher ({teacher.num_classes})")
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-            raise ConfigError(f"kd: 'temperature' must be a positive number, got {temperature!r}")
+        if not is_finite_number(temperature) or not temperature > 0:
+            raise ConfigError(f"kd: 'temperature' must be a finite positive number, got {temperature!r}")
         self.temperature = float(temperature)
 
     def teacher_needs(self) -> TeacherNeeds:

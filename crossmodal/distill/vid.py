@@ -10,6 +10,7 @@ from torch import nn
 
 from crossmodal.distill._spatial import default_inner_stages, match_spatial
 from crossmodal.distill.base import DistillResult, StagewiseDistiller, stage_pairs
+from crossmodal.distill._options import is_finite_number
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
@@ -67,8 +68,8 @@ class VID(StagewiseDistiller):
         labels: unused.
         stages: indices into the deepest-aligned stage list (:func:`~crossmodal.distill.base.stage_pairs`);
             None means every paired stage except the shallowest (RepDistiller's ``feat[1:-1]``).
-        init_pred_var: the predicted variance at initialisation.
-        eps: the variance's floor.
+        init_pred_var: the predicted variance at initialisation, a finite number above ``eps``.
+        eps: the variance's floor, a finite positive number.
 
     - [0] Variational Information Distillation for Knowledge Transfer, Ahn et al., 2019,
       https://arxiv.org/abs/1904.05835
@@ -82,8 +83,8 @@ class VID(StagewiseDistiller):
                  init_pred_var: float = 5.0, eps: float = 1e-5) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
         for name, value in (("init_pred_var", init_pred_var), ("eps", eps)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"vid: '{name}' must be a positive number, got {value!r}")
+            if not is_finite_number(value) or not value > 0:
+                raise ConfigError(f"vid: '{name}' must be a finite positive number, got {value!r}")
         if not init_pred_var > eps:
             raise ConfigError(f"vid: 'init_pred_var' ({init_pred_var}) must exceed 'eps' ({eps})")
         depth = min(student.num_stages, teacher.num_stages)

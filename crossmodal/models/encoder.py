@@ -28,6 +28,12 @@ class Encoder(nn.Module):
     parameter shape: re-apply :func:`~crossmodal.models.small_input.apply_small_input_stem` to that model for
     small images.
 
+    The logits are the classifier (``model.get_classifier()``) applied to the embedding itself, so that with
+    ``drop_rate > 0`` in training both see the same dropout mask. On the first batch this is checked once, in
+    eval mode, to equal timm's ``forward_head``; where it does not (a head that adds an auxiliary term, as volo's,
+    a 1x1-conv classifier on the unflattened pooled map, as dla, dpn and resnetv2 have, or the two heads of a
+    distilled model), the logits come from a second ``forward_head`` call, whose dropout mask is drawn anew.
+
     Args:
         name: a timm model name (``resnet18``, ``resnet10t``, ``test_resnet``, ``efficientnet_b0`` ...).
         in_chans: input channels of the modality (1 for depth, 3 for RGB ...).
@@ -83,6 +89,8 @@ class Encoder(nn.Module):
         if weights is not None:
             load_weights(self.model, weights)
         self.spec = self._measure_spec()
+        # Whether get_classifier() turns the embedding into forward_head's logits; checked on the first batch.
+        self._classifier_is_head: Optional[bool] = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -125,8 +133,39 @@ class Encoder(nn.Module):
         final, features = self.model.forward_intermediates(x, intermediates_only=False)
         self._check_stages(features, self.spec.channels)
         embedding = self.model.forward_head(final, pre_logits=True)
-        logits: Optional[torch.Tensor] = self.model.forward_head(final) if self.num_classes > 0 else None
-        return EncoderOutput(list(features), embedding, logits)
+        return EncoderOutput(list(features), embedding, self._logits(final, embedding))
+
+    def _logits(self, final: torch.Tensor, embedding: torch.Tensor) -> Optional[torch.Tensor]:
+        """The classifier applied to ``embedding`` itself, so that both see one dropout mask; ``forward_head`` run
+        again for the models where that is not what ``forward_head`` computes (see the class docstring)."""
+        if self.num_classes == 0:
+            return None
+        if self._classifier_is_head is None:
+            self._classifier_is_head = self._classifier_reproduces_head(final)
+        if self._classifier_is_head:
+            return self.model.get_classifier()(embedding)
+        return self.model.forward_head(final)
+
+    def _classifier_reproduces_head(self, final: torch.Tensor) -> bool:
+        """Whether ``get_classifier()(forward_head(final, pre_logits=True))`` equals ``forward_head(final)``,
+        compared without gradients in eval mode (no dropout, BatchNorm statistics untouched), every module's
+        mode restored afterwards."""
+        classifier = self.model.get_classifier()
+        if not isinstance(classifier, nn.Module):  # distilled models: a (head, head_dist) pair
+            return False
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                expected = self.model.forward_head(final)
+                got = classifier(self.model.forward_head(final, pre_logits=True))
+        except Exception:  # e.g. a 1x1-conv classifier (dla, dpn, resnetv2) refuses the flattened embedding
+            return False
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        return (isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor) and got.shape == expected.shape
+                and torch.allclose(got, expected, rtol=1e-4, atol=1e-5, equal_nan=True))
 
 
 def create_encoder(config: dict[str, Any]) -> Encoder:

@@ -15,7 +15,8 @@ class FrozenTeacher(nn.Module):
     """Wraps an :class:`Encoder` so that it stays fixed during distillation.
 
     Its parameters do not require gradients, it is always in eval mode (``parent.train()`` leaves it in eval,
-    so BatchNorm running statistics and dropout never change), and its forward runs under ``torch.no_grad()``.
+    so BatchNorm running statistics and dropout never change; an encoder put in train mode directly, bypassing
+    the wrapper, is put back in eval by :meth:`forward`), and its forward runs under ``torch.no_grad()``.
     The encoder's input normalisation (``input_norm``) applies as usual.
 
     Args:
@@ -43,6 +44,10 @@ class FrozenTeacher(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
+        """The encoder's outputs without gradients, in eval mode: a module of the encoder put in train mode
+        directly (``teacher.encoder.train()``) is put back in eval first."""
+        if any(module.training for module in self.encoder.modules()):
+            self.encoder.eval()
         with torch.no_grad():
             return self.encoder(x)
 

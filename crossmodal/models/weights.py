@@ -2,8 +2,9 @@
 
 The rules follow timm's ``load_pretrained``: a first convolution with another input-channel count is adapted
 with ``adapt_input_conv`` (summed for 1 channel, repeated and rescaled otherwise), and a classifier of another
-size is dropped in favour of the model's fresh head. Unlike a ``strict=False`` load, every other missing,
-unexpected or mis-shaped key is an error that names the keys.
+size is dropped in favour of the model's fresh head (kept too when the file is a headless backbone). BatchNorm
+``num_batches_tracked`` counters a file lacks are taken from the model. Unlike a ``strict=False`` load, every
+other missing, unexpected or mis-shaped key is an error that names the keys.
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from crossmodal.models.small_input import first_conv_names
 # Containers that training scripts wrap a state dict in, unwrapped in this order.
 CONTAINER_KEYS = ("state_dict", "model")
 MAX_LISTED = 5
+# The global torch's weights_only unpickler refused, in both of its phrasings: "Unsupported global: GLOBAL x.y
+# was not an allowed global by default" and "Trying to load unsupported GLOBAL posix.system whose module ...".
+REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
+# BatchNorm's batch counter: only read when momentum=None, and often left out of published checkpoints.
+BATCH_COUNTER = "num_batches_tracked"
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -51,11 +57,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            unsafe = REFUSED_GLOBAL.search(str(err))
             if unsafe:
-                raise DataError(path, f"refused: it holds {unsafe.group(1)}, which only unsafe unpickling "
-                                      f"(weights_only=False) would load; save a state dict of tensors or a "
-                                      f".safetensors file instead") from None
+                name = unsafe.group(1).rstrip(".,;:")
+                raise DataError(path, f"refused: it holds {name}, which only unsafe unpickling (weights_only=False) "
+                                      f"would load; save a state dict of tensors or a .safetensors file instead"
+                                ) from None
             raise DataError(path, "not a PyTorch weights file (its pickle cannot be read)") from None
         except Exception as err:  # zip/pickle corruption surfaces as RuntimeError, EOFError, KeyError...
             raise DataError(path, f"not a readable PyTorch weights file ({type(err).__name__}: "
@@ -80,6 +87,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
       timm's ``adapt_input_conv``, from the file's channel count to the model's;
     - the classifier (``pretrained_cfg['classifier']``) is dropped when the model has none (``num_classes=0``),
       and dropped with a warning, keeping the model's freshly initialised head, when its size differs;
+    - a file without any classifier (a backbone saved with ``num_classes=0``) keeps the model's freshly
+      initialised head, with a warning;
+    - BatchNorm ``num_batches_tracked`` counters the file lacks are taken from the model;
     - anything else that does not match is a :class:`DataError` naming the keys.
 
     Args:
@@ -114,10 +124,34 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
                 raise DataError(path, f"cannot adapt {key} from {file_chans} to {model_chans} input channels "
                                       f"({_first_line(err)})") from None
             notes.append(f"adapted {key} from {file_chans} to {model_chans} input channels")
+    fresh_heads = _adapt_classifiers(model, state, own, notes)
+    _fill_batch_counters(state, own, notes)
+    problems = _mismatches(state, own)
+    if problems:
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+        raise DataError(path, f"does not match {name}: {'; '.join(problems)}")
+    for note in fresh_heads:
+        warnings.warn(f"{os.fspath(path)}: {note}", stacklevel=2)
+    model.load_state_dict(state, strict=True)
+    return notes
+
+
+def _adapt_classifiers(model: nn.Module, state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+                       notes: list[str]) -> list[str]:
+    """Drop or replace the file's classifier (``pretrained_cfg['classifier']``) in ``state`` as timm does, and keep
+    the model's fresh head when the file has none (a backbone saved with ``num_classes=0``).
+
+    Appends one note per change to ``notes``; returns the notes about fresh heads, which deserve a warning.
+    """
     classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    fresh = []
     for head in (classifiers,) if isinstance(classifiers, str) else classifiers:
         keys = [k for k in (head + ".weight", head + ".bias") if k in state]
         if not keys:
+            own_keys = [k for k in (head + ".weight", head + ".bias") if k in own]
+            if own_keys:
+                state.update({k: own[k] for k in own_keys})
+                fresh.append(f"kept a fresh classifier {head}: the file has none (a headless backbone)")
             continue
         if not any(k in own for k in keys):
             for k in keys:
@@ -130,15 +164,18 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
                     state[k] = own[k]
                 else:
                     del state[k]
-            note = f"kept a fresh classifier {head}: the file's has shape {shape}, the model's another"
-            warnings.warn(f"{os.fspath(path)}: {note}", stacklevel=2)
-            notes.append(note)
-    problems = _mismatches(state, own)
-    if problems:
-        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-        raise DataError(path, f"does not match {name}: {'; '.join(problems)}")
-    model.load_state_dict(state, strict=True)
-    return notes
+            fresh.append(f"kept a fresh classifier {head}: the file's has shape {shape}, the model's another")
+    notes.extend(fresh)
+    return fresh
+
+
+def _fill_batch_counters(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], notes: list[str]) -> None:
+    """Take BatchNorm ``num_batches_tracked`` counters the file lacks from the model (timm checkpoints often
+    omit them; they only matter with ``momentum=None``)."""
+    counters = [k for k in own if k.rsplit(".", 1)[-1] == BATCH_COUNTER and k not in state]
+    if counters:
+        state.update({k: own[k] for k in counters})
+        notes.append(f"took {len(counters)} BatchNorm {BATCH_COUNTER} counters the file lacks from the model")
 
 
 def _mismatches(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from crossmodal.distill._spatial import match_spatial
-from crossmodal.distill.at import AT, at_loss
+from crossmodal.distill.at import AT, at_loss, attention_map
+from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
 
 
@@ -70,3 +71,20 @@ def test_gradcheck_float64():
     student = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     teacher = torch.rand(2, 2, 2, 2, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda s: at_loss(s, teacher, 2.0), (student,))
+
+
+def test_attention_map_is_f_to_the_p_signed_for_odd_p():
+    # RepDistiller's f.pow(p): |f|^p for even p, signed for odd p on negative activations
+    feature_map = torch.tensor([[[[-2.0, 1.0]], [[-2.0, 3.0]]]])  # B=1, C=2, H=1, W=2
+    even = attention_map(feature_map, 2)
+    odd = attention_map(feature_map, 3)
+    torch.testing.assert_close(even, F.normalize(torch.tensor([[4.0, 5.0]])))
+    torch.testing.assert_close(odd, F.normalize(torch.tensor([[-8.0, 14.0]])))
+    assert odd[0, 0] < 0
+
+
+@pytest.mark.parametrize("p", [0, -1.0, float("inf"), float("nan"), "2", None])
+def test_rejects_bad_p(p):
+    spec = FeatureSpec((4,), (32,), 4)
+    with pytest.raises(ConfigError, match="at: 'p' must be a finite positive number"):
+        AT(spec, spec, num_samples=2, p=p)

@@ -158,7 +158,7 @@ def test_default_weight_is_repdistillers(name):
 
 
 def test_options_and_defaults():
-    expected = {"kd": {"temperature": 4.0}, "fitnet": {"stage": 2}, "at": {"p": 2.0, "stages": None},
+    expected = {"kd": {"temperature": 4.0}, "fitnet": {"stage": None}, "at": {"p": 2.0, "stages": None},
                 "sp": {"stages": None}, "cc": {"feat_dim": 128}, "vid": {"stages": None, "init_pred_var": 5.0,
                                                                           "eps": 1e-5},
                 "rkd": {"distance_weight": 25.0, "angle_weight": 50.0}, "pkt": {}, "nst": {"stages": None}}

@@ -49,10 +49,24 @@ def test_default_stage_is_the_third_aligned_stage():
     assert FitNet(student, teacher, num_samples=4, stage=-1).pairs == [(3, 4)]
 
 
-def test_stage_out_of_range_is_a_config_error():
+@pytest.mark.parametrize("student_stages, teacher_stages, expected", [
+    (2, 2, [(1, 1)]), (1, 3, [(0, 2)]), (2, 5, [(1, 4)]), (3, 3, [(2, 2)]), (5, 3, [(4, 2)])])
+def test_default_stage_falls_back_to_the_deepest_when_fewer_than_three_stages_pair(student_stages, teacher_stages,
+                                                                                     expected):
+    student = FeatureSpec(tuple(range(4, 4 + student_stages)), tuple(2 ** i for i in range(1, student_stages + 1)), 8)
+    teacher = FeatureSpec(tuple(range(8, 8 + teacher_stages)), tuple(2 ** i for i in range(1, teacher_stages + 1)), 8)
+    fitnet = FitNet(student, teacher, num_samples=4)
+    assert fitnet.pairs == expected
+    (s, t), = expected
+    assert (fitnet.regressor.conv.in_channels, fitnet.regressor.conv.out_channels) == (student.channels[s],
+                                                                                        teacher.channels[t])
+
+
+@pytest.mark.parametrize("stage", [2, -3, 1.0, True, [0]])
+def test_an_explicit_stage_out_of_range_is_a_config_error(stage):
     spec = FeatureSpec((8, 16), (16, 32), 16)
-    with pytest.raises(ConfigError, match="fitnet: stage 2 is out of range"):
-        FitNet(spec, spec, num_samples=4)
+    with pytest.raises(ConfigError, match=r"fitnet: stage .* is out of range; the paired encoders have 2 stages"):
+        FitNet(spec, spec, num_samples=4, stage=stage)
 
 
 def test_student_smaller_teacher_and_mixed_sizes_are_pooled():

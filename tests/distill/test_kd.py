@@ -65,7 +65,8 @@ def test_needs_matching_classifier_heads(student_classes, teacher_classes):
         KD(student, teacher, num_samples=10)
 
 
-@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), "4"])
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), pytest.param(10 ** 400, id="10**400"),
+                                         "4", None, [4.0]])
 def test_rejects_bad_temperature(temperature):
     with pytest.raises(ConfigError, match="temperature"):
         KD(SPEC, SPEC, num_samples=10, temperature=temperature)
@@ -74,3 +75,9 @@ def test_rejects_bad_temperature(temperature):
 def test_needs_teacher_logits_only():
     needs = KD(SPEC, SPEC, num_samples=10).teacher_needs()
     assert needs.logits and not needs.embedding and not needs.stages
+
+
+def test_numpy_and_integer_temperatures_are_accepted():
+    np = pytest.importorskip("numpy")
+    for temperature in (np.float32(2.0), np.int64(2), 2):
+        assert KD(SPEC, SPEC, num_samples=10, temperature=temperature).temperature == 2.0

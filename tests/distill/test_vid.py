@@ -76,8 +76,12 @@ def test_matches_the_reference_formula_with_a_trained_variance():
     assert torch.allclose(vid(output([student]), output([teacher]), torch.arange(2)).loss, expected)
 
 
-@pytest.mark.parametrize("options", [{"init_pred_var": 0.0}, {"eps": -1.0}, {"init_pred_var": 1e-6}])
+@pytest.mark.parametrize("options", [{"init_pred_var": 0.0}, {"eps": -1.0}, {"init_pred_var": 1e-6},
+                                     {"init_pred_var": float("inf")}, {"init_pred_var": float("nan")},
+                                     {"eps": float("inf")}, {"eps": float("nan")}, {"init_pred_var": "5"},
+                                     {"eps": "1e-5"}, {"init_pred_var": None}])
 def test_rejects_bad_variance_options(options):
     spec = FeatureSpec((3,), (8,), 3)
-    with pytest.raises(ConfigError, match="vid"):
+    with pytest.raises(ConfigError, match="vid: '(init_pred_var|eps)'") as info:
         VID(spec, spec, num_samples=2, **options)
+    assert "\n" not in str(info.value)

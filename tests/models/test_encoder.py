@@ -127,3 +127,43 @@ def test_a_model_without_forward_intermediates_is_refused(monkeypatch):
     monkeypatch.setattr(timm, "create_model", lambda *args, **kwargs: Plain())
     with pytest.raises(ConfigError, match="forward_intermediates"):
         Encoder("test_resnet", in_chans=3)
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_convnext"])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_logits_are_the_classifier_on_the_embedding_and_equal_forward_head_in_eval(name):
+    torch.manual_seed(0)
+    encoder = Encoder(name, in_chans=3, num_classes=4, drop_rate=0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = encoder(x)
+    final = encoder.model.forward_intermediates(x, intermediates_only=False)[0]
+    torch.testing.assert_close(out.logits, encoder.model.forward_head(final), rtol=0, atol=0)
+    torch.testing.assert_close(out.logits, encoder.model(x), rtol=0, atol=0)
+    assert encoder._classifier_is_head is True and encoder.model.training is False
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet", "test_convnext"])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_embedding_and_logits_share_one_dropout_mask_in_training(name):
+    torch.manual_seed(0)
+    encoder = Encoder(name, in_chans=3, num_classes=4, drop_rate=0.5).train()
+    out = encoder(torch.randn(4, 3, 32, 32))
+    assert (out.embedding == 0).any()  # dropout is active
+    torch.testing.assert_close(out.logits, encoder.model.get_classifier()(out.embedding), rtol=0, atol=0)
+    assert all(module.training for module in encoder.modules())  # the first-batch check restored train mode
+
+
+def test_a_head_the_classifier_does_not_reproduce_falls_back_to_forward_head():
+    # dla's classifier is a 1x1 conv on the unflattened pooled map; the flattened embedding does not fit it
+    encoder = Encoder("dla46_c", in_chans=3, num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = encoder(x)
+    assert encoder._classifier_is_head is False
+    torch.testing.assert_close(out.logits, encoder.model(x))
+    # a head that adds a term after the classifier (as volo's auxiliary head does) is detected too
+    patched = Encoder("test_resnet", in_chans=3, num_classes=4).eval()
+    forward_head = patched.model.forward_head
+    patched.model.forward_head = lambda x, pre_logits=False: forward_head(x, pre_logits) + (0 if pre_logits else 1)
+    out = patched(x)
+    assert patched._classifier_is_head is False
+    torch.testing.assert_close(out.logits, patched.model.get_classifier()(out.embedding) + 1)

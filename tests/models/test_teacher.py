@@ -79,3 +79,18 @@ def test_fingerprint_hashes_any_dtype(dtype):
     full = teacher.fingerprint()
     teacher.encoder.to(dtype)
     assert teacher.fingerprint() != full
+
+
+def test_an_encoder_put_in_train_mode_directly_is_put_back_in_eval():
+    teacher = make_teacher(drop_rate=0.5)
+    x = torch.randn(2, 3, 32, 32) * 3 + 1
+    expected = teacher(x)
+    before = {name: b.clone() for name, b in teacher.named_buffers()}
+    for bypass in (lambda: teacher.encoder.train(), lambda: teacher.encoder.model.layer1.train()):
+        bypass()
+        out = teacher(x)
+        assert not any(module.training for module in teacher.modules())
+        for name, buffer in teacher.named_buffers():
+            assert torch.equal(buffer, before[name]), name
+        torch.testing.assert_close(out.logits, expected.logits, rtol=0, atol=0)
+        torch.testing.assert_close(out.embedding, expected.embedding, rtol=0, atol=0)

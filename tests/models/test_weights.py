@@ -1,6 +1,10 @@
 """Weight files: safe reading, timm-compatible adaptation of the stem and head, strict errors that name keys."""
 from __future__ import annotations
 
+import os
+import pickle
+import warnings
+
 import pytest
 import timm
 import torch
@@ -119,3 +123,64 @@ def test_unsafe_corrupt_and_missing_files_are_one_line_errors(files, tmp_path):
         with pytest.raises(DataError, match=message) as info:
             read_state_dict(path)
         assert str(info.value).startswith(str(path) + ": ") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("make", ["torch.save", "pickle.dump"])
+def test_a_blocked_global_is_named(tmp_path, make):
+    # torch words this "Trying to load unsupported GLOBAL posix.system whose module posix is blocked", not
+    # "Unsupported global: GLOBAL ..." as for a class it merely does not allow.
+    path = tmp_path / "system.pth"
+    if make == "torch.save":
+        torch.save({"x": os.system}, path)
+    else:
+        with open(path, "wb") as file:
+            pickle.dump(os.system, file, protocol=2)
+    with pytest.raises(DataError, match=rf"refused: it holds {os.system.__module__}\.system, which only unsafe") \
+            as info:
+        read_state_dict(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_headless_backbone_file_keeps_the_models_fresh_head(source, tmp_path):
+    torch.manual_seed(1)
+    backbone = timm.create_model(NAME, pretrained=False, num_classes=0).state_dict()
+    assert "fc.weight" not in backbone
+    path = tmp_path / "backbone.safetensors"
+    save_file(backbone, str(path))
+    model = timm.create_model(NAME, pretrained=False, num_classes=CLASSES)
+    fresh = {k: v.clone() for k, v in model.fc.state_dict().items()}
+    with pytest.warns(UserWarning, match="kept a fresh classifier fc: the file has none"):
+        notes = load_weights(model, path)
+    assert notes == ["kept a fresh classifier fc: the file has none (a headless backbone)"]
+    assert all(torch.equal(model.fc.state_dict()[k], fresh[k]) for k in fresh)
+    assert all(torch.equal(model.state_dict()[k], backbone[k]) for k in backbone)
+    with pytest.warns(UserWarning, match="the file has none"):
+        Encoder(NAME, in_chans=1, num_classes=3, weights=path)
+
+
+def test_a_file_with_half_a_classifier_is_still_an_error(source, tmp_path):
+    path = tmp_path / "no_bias.safetensors"
+    save_file({k: v for k, v in source.items() if k != "fc.bias"}, str(path))
+    with pytest.raises(DataError, match=r"missing keys fc\.bias$"):
+        Encoder(NAME, in_chans=3, num_classes=CLASSES, weights=path)
+
+
+def test_missing_batchnorm_counters_are_taken_from_the_model(source, tmp_path):
+    counters = [k for k in source if k.endswith(".num_batches_tracked")]
+    assert counters
+    path = tmp_path / "no_counters.safetensors"
+    save_file({k: v for k, v in source.items() if k not in counters}, str(path))
+    model = timm.create_model(NAME, pretrained=False, num_classes=CLASSES)
+    before = {k: model.state_dict()[k].clone() for k in counters}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        notes = load_weights(model, path)
+    assert notes == [f"took {len(counters)} BatchNorm num_batches_tracked counters the file lacks from the model"]
+    state = model.state_dict()
+    assert all(torch.equal(state[k], before[k]) for k in counters)
+    assert all(torch.equal(state[k], source[k]) for k in source if k not in counters)
+    # any other missing BatchNorm buffer is still an error
+    partial = tmp_path / "no_running_mean.safetensors"
+    save_file({k: v for k, v in source.items() if k not in counters and k != "bn1.running_mean"}, str(partial))
+    with pytest.raises(DataError, match=r"missing keys bn1\.running_mean$"):
+        load_weights(timm.create_model(NAME, pretrained=False, num_classes=CLASSES), partial)
