@@ -30,6 +30,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py
+	$(PY) experiments/bench_crd.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
