@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from crossmodal.errors import DataError
+from crossmodal.files import temporary_name
 
 FORMAT_NAME = "crossmodal-paired"
 FORMAT_VERSION = 1
@@ -242,7 +243,7 @@ class PairedWriter:
         self._filters = COMPRESSIONS[compression]
         self.out = Path(out)
         self.num_samples = int(num_samples)
-        self.tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
+        self.tmp = Path(temporary_name(self.out))
         if self.out.is_dir():
             raise DataError(self.out, "is a folder; --out takes the path of the .h5 file to write")
         if self.out.exists() and not overwrite:

@@ -10,6 +10,7 @@ import numpy as np
 from crossmodal.data.format import read_layout
 from crossmodal.data.summary import DEPTH_KINDS, sample_rows
 from crossmodal.errors import DataError
+from crossmodal.files import atomic_output
 
 TILE = 160  # longest side of one tile in pixels
 HEADER = 22
@@ -93,14 +94,9 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
         raise DataError(layout.path, f"cannot read the data (truncated or damaged file): {err}") from None
     header = np.concatenate([_text_bar(name, width) for name, width in zip(columns, widths)], axis=1)
     grid = np.concatenate([header] + grid_rows, axis=0)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(out)}.tmp-{os.getpid()}.png")
-    try:
+    with atomic_output(out, suffix=".png") as tmp:
         if not cv2.imwrite(tmp, grid[..., ::-1]):
             raise DataError(out, "cannot write the preview PNG there")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out
 
 

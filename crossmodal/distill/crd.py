@@ -162,10 +162,9 @@ class CRD(Distiller):
             loss_t, _ = self._contrast(teacher_anchor, self.student_memory,
                                        positives if per_sample else student_anchor.detach(),
                                        negatives, self.z_teacher, update)
-            if update:
-                gather = (lambda rows: distributed.all_gather_rows(rows, sizes)) if sizes else (lambda rows: rows)
-                self.student_memory.update(global_index, gather(student_anchor.detach()))
-                self.teacher_memory.update(global_index, gather(teacher_anchor.detach()))
+            if update:  # sizes is None exactly when not distributed, where all_gather_rows returns its input
+                self.student_memory.update(global_index, distributed.all_gather_rows(student_anchor.detach(), sizes))
+                self.teacher_memory.update(global_index, distributed.all_gather_rows(teacher_anchor.detach(), sizes))
         logs = {"loss_student_anchor": loss_s.detach(), "loss_teacher_anchor": loss_t.detach(),
                 "positive_score": positive_score}
         if self.objective == "nce":

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.errors import ConfigError
+from crossmodal.files import atomic_output
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 from crossmodal.models.teacher import FrozenTeacher
 
@@ -61,8 +62,7 @@ class TeacherFeatureCache:
         self.needs = needs
         self.num_stages = int(num_stages)
         self.key = key
-        self.names = ["embedding"] + (["logits"] if needs.logits else []) + [
-            f"stage_{s}" for s in sorted(needs.stages)]
+        self.names = _array_names(needs)
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._memory: dict[str, torch.Tensor] | None = None
@@ -117,7 +117,7 @@ class TeacherFeatureCache:
                 try:
                     return cls(path, needs, teacher.spec.num_stages, key, memory_limit_bytes)
                 except OSError as err:  # the header reads but the data does not
-                    reason = f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                    reason = _unreadable(err)
             if stored is not None:
                 build_needs = needs | stored
             print(f"teacher cache {path} is stale ({reason}), rebuilding", file=sys.stderr)
@@ -191,6 +191,15 @@ def _check_needs(needs: TeacherNeeds, spec: FeatureSpec) -> None:
         raise ConfigError("teacher cache: logits are needed but the teacher has no classifier (num_classes=0)")
 
 
+def _array_names(needs: TeacherNeeds) -> list[str]:
+    """The stored arrays that serve ``needs`` (the embedding always)."""
+    return ["embedding"] + (["logits"] if needs.logits else []) + [f"stage_{s}" for s in sorted(needs.stages)]
+
+
+def _unreadable(err: BaseException) -> str:
+    return f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+
 def _needs_to_attrs(needs: TeacherNeeds) -> str:
     return json.dumps({"stages": sorted(needs.stages), "embedding": True, "logits": needs.logits})
 
@@ -213,28 +222,25 @@ def _stale_reason(path: str, parts: Mapping[str, Any], key: str, needs: TeacherN
             lacking += ["logits"] if needs.logits and not stored.logits else []
             if lacking:
                 return f"it lacks {', '.join(lacking)}", stored
-            names = ["embedding"] + (["logits"] if needs.logits else []) + [f"stage_{s}" for s in needs.stages]
-            for name in names:
+            for name in _array_names(needs):
                 if name not in handle or handle[name].shape[0] != num_samples:
                     return f"'{name}' is missing or does not hold {num_samples} rows", None
     except (OSError, KeyError, ValueError, TypeError) as err:
-        return f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}", None
+        return _unreadable(err), None
     return None, None
 
 
 def _build(path: str, teacher: FrozenTeacher, dataset: PairedDataset, modality: str, needs: TeacherNeeds,
            parts: Mapping[str, Any], key: str, batch_size: int, num_workers: int, progress: bool,
            stage_dtype: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     bar = tqdm(total=len(dataset), desc="teacher cache", unit="sample", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
     written = 0
     try:
-        with h5py.File(temporary, "w") as handle:
+        with atomic_output(path) as temporary, h5py.File(temporary, "w") as handle:
             for batch in loader:
                 rows = batch["index"].numpy()
                 out = teacher(batch[modality].to(device))
@@ -261,8 +267,5 @@ def _build(path: str, teacher: FrozenTeacher, dataset: PairedDataset, modality: 
                 raise RuntimeError(f"teacher cache: wrote {written} of {len(dataset)} samples")
             handle.attrs.update(format=FORMAT, key=key, key_parts=json.dumps(parts, sort_keys=True),
                                 needs=_needs_to_attrs(needs))
-        os.replace(temporary, path)
     finally:
         bar.close()
-        if os.path.exists(temporary):
-            os.remove(temporary)
