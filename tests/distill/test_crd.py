@@ -1,5 +1,5 @@
-"""CRD: the loss against hand computations and against RepDistiller's per-sample gather, the memory, Z, sampling,
-gradients, autocast, checkpoints and every option."""
+"""The CRD distiller: against RepDistiller's per-sample gather, its memory, Z, gradients, autocast, evaluation,
+checkpoints and every option. (Its objective and sampler have files of their own.)"""
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from crossmodal.distill import create_distiller
-from crossmodal.distill._contrast_objective import contrast_scores, info_nce_objective, nce_objective
-from crossmodal.distill._contrast_sampler import ContrastSampler
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
 
@@ -40,51 +38,6 @@ def outputs(generator, batch=B, student_grad=True):
     student = torch.randn(batch, STUDENT.embed_dim, generator=generator).requires_grad_(student_grad)
     teacher = torch.randn(batch, TEACHER.embed_dim, generator=generator)
     return EncoderOutput([], student), EncoderOutput([], teacher)
-
-
-def test_nce_objective_matches_the_formula_by_hand():
-    scores = torch.tensor([[0.5, 0.1, -0.3], [0.2, 0.4, 0.0]])
-    temperature, z, n = 0.1, 7.0, 5
-    loss, grad_positive, grad_negative = nce_objective(scores[:, 0], scores[:, 1:], temperature, z, n)
-    grad = torch.cat([grad_positive.unsqueeze(1), grad_negative], 1)
-    noise, eps, expected = 2 / 5, 1e-7, 0.0
-    for row in scores.tolist():
-        p = [math.exp(s / temperature) / z for s in row]
-        expected -= math.log(p[0] / (p[0] + noise + eps))
-        expected -= sum(math.log(noise / (pk + noise + eps)) for pk in p[1:])
-    assert float(loss) == pytest.approx(expected / 2, rel=1e-6)
-    autograd_scores = scores.double().requires_grad_()
-    p = torch.exp(autograd_scores / temperature) / z
-    reference = -(torch.log(p[:, 0] / (p[:, 0] + noise + eps)).sum()
-                  + torch.log(noise / (p[:, 1:] + noise + eps)).sum()) / 2
-    reference.backward()
-    torch.testing.assert_close(grad.double(), autograd_scores.grad, rtol=1e-5, atol=1e-7)
-
-
-def test_info_nce_objective_is_softmax_cross_entropy():
-    scores = torch.tensor([[0.5, 0.1, -0.3], [0.2, 0.4, 0.0]])
-    loss, grad_positive, grad_negative = info_nce_objective(scores[:, 0], scores[:, 1:], 0.5)
-    grad = torch.cat([grad_positive.unsqueeze(1), grad_negative], 1)
-    by_hand = sum(-math.log(math.exp(r[0] / 0.5) / sum(math.exp(s / 0.5) for s in r)) for r in scores.tolist()) / 2
-    assert float(loss) == pytest.approx(by_hand, rel=1e-6)
-    leaf = scores.clone().requires_grad_()
-    F.cross_entropy(leaf / 0.5, torch.zeros(2, dtype=torch.long)).backward()
-    torch.testing.assert_close(grad, leaf.grad)
-
-
-@pytest.mark.parametrize("scoring", ["dense", "gather"])
-def test_scores_and_their_backward_equal_a_plain_gather(scoring):
-    generator = torch.Generator().manual_seed(0)
-    bank = F.normalize(torch.randn(N, 8, generator=generator), dim=1)
-    anchor = F.normalize(torch.randn(B, 8, generator=generator), dim=1)
-    rows = torch.randint(N, (B, K + 1), generator=generator)
-    positive, negative, backward = contrast_scores(anchor, bank[rows[:, 0]], bank, rows[:, 1:], scoring)
-    leaf = anchor.clone().requires_grad_()
-    plain = torch.bmm(bank[rows], leaf.unsqueeze(2)).squeeze(2)
-    torch.testing.assert_close(torch.cat([positive.unsqueeze(1), negative], 1), plain.detach())
-    weights = torch.randn(B, K + 1, generator=generator)
-    (plain * weights).sum().backward()
-    torch.testing.assert_close(backward(weights[:, 0], weights[:, 1:].contiguous()), leaf.grad)
 
 
 @pytest.mark.parametrize("scoring", ["dense", "gather"])
@@ -189,51 +142,6 @@ def test_z_as_moving_average():
     assert float(crd.z_student) == pytest.approx(0.9 * first + 0.1 * estimate, rel=1e-6)
 
 
-def test_exact_relax_and_other_class_sampling():
-    labels = torch.arange(N) % 4
-    index = torch.arange(0, N, 3)
-    positives, negatives = ContrastSampler(N, 500, seed=1).draw(index)
-    assert torch.equal(positives, index) and negatives.shape == (len(index), 500)
-    assert len(torch.unique(negatives)) == N  # uniform over the whole set
-    positives, negatives = ContrastSampler(N, 500, labels=labels, mode="relax", other_classes=True,
-                                           seed=1).draw(index)
-    assert torch.equal(labels[positives], labels[index]) and not torch.equal(positives, index)
-    assert (labels[negatives] != labels[index].unsqueeze(1)).all()
-    for row, anchor in zip(negatives, index):  # every sample of the other classes can be drawn
-        assert set(row.tolist()) == set(torch.nonzero(labels != labels[anchor]).flatten().tolist())
-    positives, negatives = ContrastSampler(N, 500, shared=True, seed=1).draw(index)
-    assert negatives.shape == (500,)
-
-
-def test_shared_negatives_equal_per_sample_negatives_in_expectation():
-    generator = torch.Generator().manual_seed(0)
-    bank = F.normalize(torch.randn(N, 8, generator=generator), dim=1)
-    anchor = F.normalize(torch.randn(B, 8, generator=generator), dim=1)
-    index = torch.arange(B)
-    z, temperature = 30.0, 0.2
-    # exact expectation: the positive term plus K times the mean negative term over the bank
-    positive, negative, _ = contrast_scores(anchor, bank[index], bank, torch.arange(N).expand(B, N).contiguous())
-    p = torch.exp(torch.cat([positive.unsqueeze(1), negative], 1).double() / temperature) / z
-    noise, eps = K / N, 1e-7
-    expected = float((-torch.log(p[:, 0] / (p[:, 0] + noise + eps))
-                      - K * torch.log(noise / (p[:, 1:] + noise + eps)).mean(1)).mean())
-    draws = 1500
-    per_sample = ContrastSampler(N, K, seed=5)  # one draw for `draws` copies of the batch at once
-    positives, negatives = per_sample.draw(index.repeat(draws))
-    positive, negative, _ = contrast_scores(anchor.repeat(draws, 1), bank[positives], bank, negatives, "dense")
-    q = torch.exp(torch.cat([positive.unsqueeze(1), negative], 1).double() / temperature) / z
-    per_anchor = -torch.log(q[:, 0] / (q[:, 0] + noise + eps)) - torch.log(noise / (q[:, 1:] + noise + eps)).sum(1)
-    per_sample_losses = per_anchor.view(draws, B).mean(1)
-    shared = ContrastSampler(N, K, shared=True, seed=5)
-    shared_losses = []
-    for _ in range(draws):
-        positives, negatives = shared.draw(index)
-        positive, negative, _ = contrast_scores(anchor, bank[positives], bank, negatives)
-        shared_losses.append(float(nce_objective(positive, negative, temperature, z, N)[0]))
-    for losses in (per_sample_losses, torch.tensor(shared_losses, dtype=torch.float64)):
-        assert abs(float(losses.mean()) - expected) < 4 * float(losses.std()) / math.sqrt(draws)
-
-
 def test_finite_and_close_under_bfloat16_autocast():
     generator = torch.Generator().manual_seed(0)
     student, teacher = outputs(generator)
@@ -332,19 +240,6 @@ def test_an_index_outside_the_transfer_set_is_a_clear_error():
         crd(*outputs(torch.Generator().manual_seed(0)), torch.arange(B) + N - 2)
 
 
-def test_crd_plus_kd_weights_its_parts():
-    spec_s = FeatureSpec((4, 12), (2, 4), 12, num_classes=5)
-    spec_t = FeatureSpec((6, 10), (2, 4), 10, num_classes=5)
-    torch.manual_seed(0)
-    both = create_distiller("crd+kd", spec_s, spec_t, num_samples=N, crd={"num_negatives": K, "feat_dim": 8})
-    generator = torch.Generator().manual_seed(0)
-    student = EncoderOutput([], torch.randn(B, 12, generator=generator), torch.randn(B, 5, generator=generator))
-    teacher = EncoderOutput([], torch.randn(B, 10, generator=generator), torch.randn(B, 5, generator=generator))
-    result = both(student, teacher, torch.arange(B))
-    assert float(result.loss.detach()) == pytest.approx(0.8 * float(result.logs["crd"]) + float(result.logs["kd"]), rel=1e-6)
-    assert both.teacher_needs().embedding and both.teacher_needs().logits
-
-
 def test_a_weighted_loss_scales_every_gradient():
     generator = torch.Generator().manual_seed(0)
     student, teacher = outputs(generator)
@@ -426,17 +321,3 @@ def test_memory_stays_float32_when_the_module_is_cast():
     student = EncoderOutput([], torch.randn(B, 12, generator=generator, dtype=torch.float64))
     teacher = EncoderOutput([], torch.randn(B, 10, generator=generator, dtype=torch.float64))
     assert torch.isfinite(crd(student, teacher, torch.arange(B)).loss)
-
-
-def test_sampler_state_saved_on_another_device_is_moved_to_the_cpu_on_load():
-    sampler = ContrastSampler(N, K, seed=3)
-    sampler.draw(torch.arange(B))
-    state = sampler.state()
-
-    class Elsewhere(torch.Tensor):  # stands for a CUDA tensor produced by torch.load(map_location=...)
-        def cpu(self):
-            return torch.Tensor(self).clone()
-
-    restored = ContrastSampler(N, K, seed=3)
-    restored.load_state({**state, "state": state["state"].as_subclass(Elsewhere)})
-    assert torch.equal(restored.draw(torch.arange(B))[1], sampler.draw(torch.arange(B))[1])

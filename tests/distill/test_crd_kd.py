@@ -1,11 +1,12 @@
-"""CRD+KD: its own options (the part weights and the part option mappings) are checked as one-line ConfigErrors."""
+"""CRD+KD: its parts weighted as RepDistiller's run, and its own options checked as one-line ConfigErrors."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from crossmodal.distill import create_distiller
 from crossmodal.errors import ConfigError
-from crossmodal.models.outputs import FeatureSpec
+from crossmodal.models.outputs import EncoderOutput, FeatureSpec
 
 STUDENT = FeatureSpec((4, 12), (2, 4), 12, num_classes=5)
 TEACHER = FeatureSpec((6, 10), (2, 4), 10, num_classes=5)
@@ -35,3 +36,17 @@ def test_valid_weights_and_options_build_both_parts():
     both = build(crd_weight=0, kd_weight=2, crd={"num_negatives": 8, "feat_dim": 8}, kd={"temperature": 2})
     assert (both.crd_weight, both.kd_weight) == (0.0, 2.0) and both.kd.temperature == 2.0
     assert isinstance(build(crd={"feat_dim": 8}).crd_weight, float)
+
+
+def test_crd_plus_kd_weights_its_parts():
+    spec_s = FeatureSpec((4, 12), (2, 4), 12, num_classes=5)
+    spec_t = FeatureSpec((6, 10), (2, 4), 10, num_classes=5)
+    torch.manual_seed(0)
+    both = create_distiller("crd+kd", spec_s, spec_t, num_samples=40, crd={"num_negatives": 16, "feat_dim": 8})
+    generator = torch.Generator().manual_seed(0)
+    student = EncoderOutput([], torch.randn(6, 12, generator=generator), torch.randn(6, 5, generator=generator))
+    teacher = EncoderOutput([], torch.randn(6, 10, generator=generator), torch.randn(6, 5, generator=generator))
+    result = both(student, teacher, torch.arange(6))
+    expected = 0.8 * float(result.logs["crd"]) + float(result.logs["kd"])
+    assert float(result.loss.detach()) == pytest.approx(expected, rel=1e-6)
+    assert both.teacher_needs().embedding and both.teacher_needs().logits
