@@ -56,3 +56,12 @@ def all_reduce_mean(value: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     packed = torch.stack([weighted, torch.tensor(float(weight), dtype=torch.float64, device=value.device)])
     dist.all_reduce(packed)
     return (packed[0] / packed[1]).to(value.dtype)
+
+
+@torch.no_grad()
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of ``value`` over ranks (a new tensor; counts and confusion matrices)."""
+    value = value.detach().clone()
+    if is_distributed():
+        dist.all_reduce(value)
+    return value

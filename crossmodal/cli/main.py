@@ -7,10 +7,10 @@ import sys
 from typing import Sequence
 
 from crossmodal import __version__
-from crossmodal.cli import distill_verb, inspect_verb, prepare_verb
+from crossmodal.cli import inspect_verb, prepare_verb, train_verbs
 from crossmodal.errors import CrossmodalError
 
-VERBS = (prepare_verb, inspect_verb, distill_verb)
+VERBS = (prepare_verb, inspect_verb, train_verbs)
 EXIT_USER_ERROR = 2
 
 
@@ -28,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # config overrides may follow options: `distill CFG --out RUN optim.lr=0.1`
+        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args) or 0
     except CrossmodalError as err:

@@ -107,4 +107,4 @@ def test_hdf5_that_is_not_ours(tmp_path):
 def test_distill_lists_the_registered_distillers():
     names = run_cli("distill", "--list-distillers", check=True).stdout.split()
     assert names == ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "crd+kd"]
-    assert "--list-distillers" in error_line(run_cli("distill"))
+    assert "give a config file (or --resume RUN_DIR)" in error_line(run_cli("distill"))

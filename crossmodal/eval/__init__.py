@@ -1,0 +1,1 @@
+"""Evaluation: metrics, linear probes, kNN and segmentation transfer."""

@@ -1,0 +1,36 @@
+"""Classification and segmentation metrics from accumulated counts (exact under any batching or sharding)."""
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int | None = None) -> torch.Tensor:
+    """(num_classes x num_classes) int64 counts, rows = true class, columns = predicted; targets equal to
+    ``ignore_index`` (or outside [0, num_classes)) are left out."""
+    target = target.reshape(-1).long()
+    predicted = predicted.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        keep &= target != ignore_index
+    flat = target[keep] * num_classes + predicted[keep].clamp(0, num_classes - 1)
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_scores(confusion: torch.Tensor) -> dict[str, float]:
+    """Pixel accuracy, mean class accuracy and mIoU over the classes present in the ground truth.
+
+    A class absent from the ground truth has no defined accuracy or IoU and is left out of the means.
+    """
+    confusion = confusion.double()
+    true_pixels = confusion.sum(1)
+    predicted_pixels = confusion.sum(0)
+    correct = confusion.diagonal()
+    present = true_pixels > 0
+    total = float(true_pixels.sum())
+    union = true_pixels + predicted_pixels - correct
+    iou = correct[present] / union[present]
+    accuracy = correct[present] / true_pixels[present]
+    return {"pixel_acc": float(correct.sum()) / total if total else float("nan"),
+            "mean_class_acc": float(accuracy.mean()) if present.any() else float("nan"),
+            "miou": float(iou.mean()) if present.any() else float("nan")}

@@ -1,0 +1,55 @@
+"""The end products of a run: the encoder as a plain-timm ``.safetensors`` file and a JSON model card."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import save_file
+
+from crossmodal.files import atomic_output
+from crossmodal.models.encoder import Encoder
+
+MODEL_CARD = "model_card.json"
+
+
+def export_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
+    """Save ``encoder.model``'s state (plain timm keys, contiguous CPU tensors) as safetensors, atomically.
+
+    The metadata records the timm name and input channels. Load it with
+    ``timm.create_model(name, pretrained=True, in_chans=C, num_classes=K,
+    pretrained_cfg_overlay=dict(file=path, num_classes=K))``, or with ``Encoder(..., weights=path)``.
+    """
+    state = {key: value.detach().to("cpu").contiguous().clone() for key, value in encoder.model.state_dict().items()}
+    metadata = {"timm_name": encoder.name, "in_chans": str(encoder.in_chans),
+                "num_classes": str(encoder.num_classes), "small_input": str(encoder.small_input).lower()}
+    with atomic_output(path, suffix=".safetensors") as temporary:
+        save_file(state, temporary, metadata=metadata)
+
+
+def write_model_card(path: str | os.PathLike, card: Mapping[str, Any]) -> None:
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(card, handle, indent=2, default=_jsonable)
+            handle.write("\n")
+
+
+def load_snippet(encoder: Encoder, weights_name: str) -> str:
+    """Python that loads the exported file with plain timm (for the model card and the log)."""
+    lines = ["import timm",
+             f"model = timm.create_model({encoder.name!r}, pretrained=True, in_chans={encoder.in_chans}, "
+             f"num_classes={encoder.num_classes}, pretrained_cfg_overlay=dict(file={weights_name!r}, "
+             f"num_classes={encoder.num_classes}))"]
+    if encoder.small_input:
+        lines += ["from crossmodal.models import apply_small_input_stem",
+                  "apply_small_input_stem(model)  # this encoder was trained with the small-input stem"]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
