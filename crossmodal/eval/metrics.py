@@ -7,13 +7,25 @@ import torch
 def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int | None = None) -> torch.Tensor:
     """(num_classes x num_classes) int64 counts, rows = true class, columns = predicted; targets equal to
-    ``ignore_index`` (or outside [0, num_classes)) are left out."""
+    ``ignore_index`` (or outside [0, num_classes)) are left out.
+
+    Raises:
+        ValueError: shapes that differ, or a prediction outside [0, num_classes) at a counted pixel (it fits
+            no column).
+    """
+    if predicted.shape != target.shape:
+        raise ValueError(f"confusion_matrix: predictions {tuple(predicted.shape)} and targets "
+                         f"{tuple(target.shape)} differ in shape")
     target = target.reshape(-1).long()
     predicted = predicted.reshape(-1).long()
     keep = (target >= 0) & (target < num_classes)
     if ignore_index is not None:
         keep &= target != ignore_index
-    flat = target[keep] * num_classes + predicted[keep].clamp(0, num_classes - 1)
+    predicted = predicted[keep]
+    if predicted.numel() and (predicted.min() < 0 or predicted.max() >= num_classes):
+        raise ValueError(f"confusion_matrix: predictions must lie in [0, {num_classes}), got values from "
+                         f"{int(predicted.min())} to {int(predicted.max())}")
+    flat = target[keep] * num_classes + predicted
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

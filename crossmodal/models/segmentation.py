@@ -43,8 +43,9 @@ class SegmentationHead(nn.Module):
         depth = spec.num_stages
         chosen = list(range(max(0, depth - 3), depth)) if stages is None else [s % depth for s in stages
                                                                                if -depth <= s < depth]
-        if stages is not None and len(chosen) != len(stages):
-            raise ConfigError(f"segmentation head: stages {list(stages)} out of range for {depth} stages")
+        if stages is not None and (not chosen or len(chosen) != len(stages)):
+            raise ConfigError(f"segmentation head: stages {list(stages)} must name at least one of the encoder's "
+                              f"{depth} stages (0..{depth - 1}, or -{depth}..-1 from the deepest)")
         self.stages = sorted(set(chosen))
         self.lateral = nn.ModuleList(
             nn.Sequential(nn.Conv2d(spec.channels[s], channels, 1, bias=False), nn.BatchNorm2d(channels),

@@ -22,7 +22,8 @@ from crossmodal.models.teacher import FrozenTeacher
 from crossmodal.train.distillation import DistillTask, TeacherView
 from crossmodal.train.engine import TrainSetup
 from crossmodal.train.export import MODEL_CARD, export_encoder, load_snippet, write_model_card
-from crossmodal.train.run import encoder_config, ensure_data, modality_channels, open_dataset, transforms
+from crossmodal.train.run import (check_batch_size, encoder_config, ensure_data, modality_channels,
+                                  modality_channels_in, open_dataset, transforms)
 from crossmodal.train.supervised import SupervisedTask
 
 TEACHER_WEIGHTS = "teacher.safetensors"
@@ -38,8 +39,10 @@ def build_teacher_training(config: Mapping[str, Any], run_dir: str, device: torc
         raise ConfigError("task: set task.classes and/or task.segmentation (the label sets to train on)")
     ensure_data(data)
     train_transform, eval_transform = transforms(data)
+    modality_channels_in(data, {"model.modality": model["modality"]})
     train = open_dataset(data, data["split"], [model["modality"]], [classes, segmentation], train_transform,
                          config["seed"])
+    check_batch_size(config["train"]["batch_size"], len(train))
     layout = train.layout
     for name, kind in ((classes, "class"), (segmentation, "segmentation")):
         if name and layout.labels[name].type != kind:
@@ -77,14 +80,16 @@ def build_distillation(config: Mapping[str, Any], run_dir: str, device: torch.de
     train_transform, eval_transform = transforms(data)
     use_cache = _use_cache(teacher_cfg["cache"], data["augment"])
     tm, sm = teacher_cfg["modality"], student_cfg["modality"]
+    channels = modality_channels_in(data, {"teacher.modality": tm, "student.modality": sm})
     train = open_dataset(data, data["split"], [sm] + ([] if use_cache else [tm]), [class_labels], train_transform,
                          config["seed"])
+    check_batch_size(config["train"]["batch_size"], len(train))
     num_classes = train.layout.labels[class_labels].num_classes if class_labels else None
     if class_labels and train.layout.labels[class_labels].type != "class":
         raise ConfigError(f"loss.class_labels: '{class_labels}' is not an image-level class label set")
 
     teacher_encoder_cfg, teacher_weights = _teacher_source(teacher_cfg)
-    teacher_channels = _channels_of(data, tm, train)
+    teacher_channels = channels["teacher.modality"]
     teacher = FrozenTeacher(create_encoder({**encoder_config(teacher_encoder_cfg, teacher_channels, "teacher"),
                                             "weights": teacher_weights})).to(device)
     if teacher_weights is None and distributed.rank() == 0:
@@ -96,8 +101,14 @@ def build_distillation(config: Mapping[str, Any], run_dir: str, device: torch.de
     student = create_encoder({**student_config, "weights": student_cfg["weights"]})
 
     labels = (torch.from_numpy(train.class_values[class_labels][train.rows]).long() if class_labels else None)
-    distillers = {name: create_distiller(name, student.spec, teacher.spec, num_samples=len(train), labels=labels,
-                                         **options) for name, (_, options) in distillers_cfg.items()}
+    distillers = {}
+    for name, (_, options) in distillers_cfg.items():
+        try:
+            distillers[name] = create_distiller(name, student.spec, teacher.spec, num_samples=len(train),
+                                                labels=labels, **options)
+        except ConfigError as err:  # name the config key that leads to it
+            key = "loss.kd" if name == "kd" and loss_cfg["kd"] > 0 else f"distill.options.{name}"
+            raise ConfigError(f"{key}: {err}") from None
     weights = {name: weight for name, (weight, _) in distillers_cfg.items()}
     needs = TeacherNeeds()
     for distiller in distillers.values():
@@ -133,9 +144,12 @@ def _distiller_plan(config: Mapping[str, Any]) -> dict[str, tuple[float, dict[st
     names = list(section["name"])
     if len(set(names)) != len(names):
         raise ConfigError(f"distill.name lists a distiller twice: {names}")
-    for key in ("weights", "options"):
-        for name in section[key]:
-            get_distiller(name)  # an unknown name is a one-line error naming the registered ones
+    for key, listed in (("name", names), ("weights", section["weights"]), ("options", section["options"])):
+        for name in listed:
+            try:
+                get_distiller(name)
+            except ConfigError as err:  # unknown: one line naming the key and the registered names
+                raise ConfigError(f"distill.{key}{'' if key == 'name' else '.' + str(name)}: {err}") from None
     for name, options in section["options"].items():
         if not isinstance(options, Mapping):
             raise ConfigError(f"distill.options.{name} must be a mapping of option: value, got {options!r}")
@@ -162,11 +176,12 @@ def _distiller_plan(config: Mapping[str, Any]) -> dict[str, tuple[float, dict[st
     return plan
 
 
-def _use_cache(mode: str, augment: bool) -> bool:
-    if mode == "on" and augment:
-        raise ConfigError("teacher.cache=on needs an unaugmented teacher view; set data.augment=false or "
+def _use_cache(mode: str | bool, augment: bool) -> bool:
+    """``teacher.cache``: auto (on when the data are not augmented), true or false."""
+    if mode is True and augment:
+        raise ConfigError("teacher.cache=true needs an unaugmented teacher view; set data.augment=false or "
                           "teacher.cache=auto")
-    return mode == "on" or (mode == "auto" and not augment)
+    return mode is True or (mode == "auto" and not augment)
 
 
 def _teacher_source(teacher_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Optional[str]]:
@@ -190,15 +205,6 @@ def _teacher_source(teacher_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], Opt
         raise ConfigError("teacher.encoder is missing (it may be omitted only when teacher.weights is a "
                           "train-teacher run folder)")
     return dict(encoder), weights
-
-
-def _channels_of(data: Mapping[str, Any], modality: str, train) -> int:
-    """Channels of ``modality``, also when the training set does not read it (the cache serves the teacher)."""
-    from crossmodal.data.modalities import resolve_modality
-    try:
-        return resolve_modality(modality, train.layout).channels
-    except KeyError as err:
-        raise DataError(data["path"], err.args[0]) from None
 
 
 def _teacher_cache(config: Mapping[str, Any], run_dir: str, teacher: FrozenTeacher, modality: str,

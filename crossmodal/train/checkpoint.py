@@ -74,7 +74,10 @@ def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
         raise DataError(path, f"not a crossmodal checkpoint (expected format {FORMAT})")
     if payload.get("verb") != verb:
         raise DataError(path, f"written by 'crossmodal {payload.get('verb')}', not 'crossmodal {verb}'")
-    differences = config_differences(payload["config"], config, may_change)
+    saved_config = payload.get("config")
+    if not isinstance(saved_config, dict):
+        raise DataError(path, "a damaged checkpoint: it holds no config")
+    differences = config_differences(saved_config, config, may_change)
     if differences:
         raise ConfigError(f"{path}: written for another config: {'; '.join(differences[:3])}"
                           + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""))
@@ -85,8 +88,14 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                        may_change: tuple[str, ...] = ()) -> list[str]:
     """``'key: saved -> current'`` for every flattened key that differs, except those in ``may_change``."""
     old, new = flatten(saved), flatten(current)
-    return [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
-            for key in sorted(set(old) | set(new)) if key not in may_change and old.get(key) != new.get(key)]
+    absent = object()  # unlike None, which is a value
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is absent else repr(value)
+
+    return [f"{key}: {shown(old.get(key, absent))} -> {shown(new.get(key, absent))}"
+            for key in sorted(set(old) | set(new))
+            if key not in may_change and (key not in old or key not in new or old[key] != new[key])]
 
 
 def load_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:

@@ -25,7 +25,7 @@ class Field:
     """One config value.
 
     Args:
-        kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"path"``, ``"mapping"`` (free keys), or
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"auto_bool"`` (true, false or ``auto``), ``"str"``, ``"path"``, ``"mapping"`` (free keys), or
             ``"list:int"`` / ``"list:float"`` / ``"list:str"``.
         default: the value when absent; leave unset for a required key.
         nullable: whether ``null`` is allowed.
@@ -60,6 +60,7 @@ def non_negative(kind: str, default: Any = _REQUIRED, **kw: Any) -> Field:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``'optim.lr=0.01'`` -> (['optim', 'lr'], 0.01); the value is read as YAML (``null``, ``[1, 2]``, ``crd``)."""
     key, sep, value = text.partition("=")
+    key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' is not of the form key.sub=value")
     try:
@@ -79,6 +80,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (it is not UTF-8)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({_first_line(err)})") from None
     if data is None:
@@ -123,7 +126,8 @@ def validate(data: Mapping[str, Any], schema: Schema, where: str, prefix: str = 
             else:
                 out[key] = _check_value(data[key], spec, where, name)
         else:
-            out[key] = validate(data.get(key) or {}, spec, where, name + ".")
+            section = data.get(key)  # absent or empty (``optim:``) -> all defaults; 0, [] or '' are errors
+            out[key] = validate({} if section is None else section, spec, where, name + ".")
     return out
 
 
@@ -157,6 +161,10 @@ def _convert(value: Any, spec: Field, where: str, name: str) -> Any:
     bad = ConfigError(f"{where}: '{name}' must be {_expected(spec)}, got {_describe(value)}")
     if kind == "bool":
         if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind == "auto_bool":
+        if not isinstance(value, bool) and value != "auto":
             raise bad
         return value
     if kind == "int":
@@ -227,7 +235,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _expected(spec: Field) -> str:
     names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
              "path": "a file path", "mapping": "a mapping of keys", "list:int": "a list of integers",
-             "list:float": "a list of numbers", "list:str": "a list of strings"}
+             "list:float": "a list of numbers", "list:str": "a list of strings",
+             "auto_bool": "true, false or auto"}
     text = names.get(spec.kind, spec.kind)
     return text + (" or null" if spec.nullable else "")
 

@@ -103,6 +103,9 @@ class Trainer:
         self.lr = 0.0
         self.epoch_sums: dict[str, torch.Tensor] = {}
         self.epoch_batches = 0
+        # Sums since the last step record; checkpointed, so that a resumed run logs the same records.
+        self.window_sums: dict[str, torch.Tensor] = {}
+        self.window_steps = 0
         self._checkpoint_requested = threading.Event()
 
     # ----------------------------------------------------------------------------------------- public
@@ -110,10 +113,17 @@ class Trainer:
         """Train to the last epoch; returns the last epoch's record."""
         if resume and os.path.exists(self.checkpoint_path):
             self._restore()
-        self._install_signal()
+        elif resume:  # killed before its first checkpoint: it starts again, so its records go
+            self.metrics.rewind(0)
+        previous_handler = self._install_signal()
         record: dict[str, Any] = {}
-        while self.epoch < self.epochs:
-            record = self._run_epoch()
+        try:
+            with torch.enable_grad():  # also when called under torch.no_grad() (a notebook, an eval script)
+                while self.epoch < self.epochs:
+                    record = self._run_epoch()
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGUSR1, previous_handler)
         if not record:  # resumed a finished run: report its last epoch again
             record = next((r for r in reversed(self.metrics.records()) if r.get("scope") == "epoch"), {})
         self._check_replicas()
@@ -146,22 +156,22 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/"
                    f"{self.epochs}", disable=not (self.is_main and self.train_cfg["progress"]), leave=False,
                    dynamic_ncols=True, unit="step")
-        window_start, window_samples, window_steps = time.perf_counter(), 0, 0
-        window: dict[str, torch.Tensor] = {}
+        window_start, window_samples = time.perf_counter(), 0
         epoch_start = time.perf_counter()
         for batch in self._loader(data, self.sampler):
             logs, samples = self._step(batch)
-            window_samples, window_steps = window_samples + samples, window_steps + 1
+            window_samples += samples
+            self.window_steps += 1
             for key, value in logs.items():
-                window[key] = window[key] + value if key in window else value
+                self.window_sums[key] = self.window_sums[key] + value if key in self.window_sums else value
                 self.epoch_sums[key] = self.epoch_sums[key] + value if key in self.epoch_sums else value
             self.epoch_batches += 1
             bar.update(1)
             if self.step % self.train_cfg["log_every"] == 0 or self.batch_in_epoch == self.steps_per_epoch:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = self._log_steps(window, window_steps, window_samples * self.world / elapsed)
+                record = self._log_steps(window_samples * self.world / elapsed)
                 bar.set_postfix(loss=f"{record['loss']:.4g}", samples_s=f"{record['samples_per_s']:.0f}")
-                window_start, window_samples, window_steps, window = time.perf_counter(), 0, 0, {}
+                window_start, window_samples = time.perf_counter(), 0
             if self._checkpoint_due():
                 self._save()
             for hook in self.setup.hooks:
@@ -190,10 +200,11 @@ class Trainer:
         self.lr = lr
         return logs, len(batch["index"])
 
-    def _log_steps(self, window: Mapping[str, torch.Tensor], steps: int, samples_per_s: float) -> dict[str, Any]:
+    def _log_steps(self, samples_per_s: float) -> dict[str, Any]:
         """One record of the means over the steps since the last one (converting the tensors only here keeps
         the steps free of device synchronisation)."""
-        values = {key: float(value) / steps for key, value in window.items()}
+        values = self._mean_over_ranks({key: value / self.window_steps for key, value in self.window_sums.items()})
+        self.window_sums, self.window_steps = {}, 0
         self._check_finite(values)
         record = {"scope": "step", "step": self.step, "epoch": self.step / self.steps_per_epoch, "lr": self.lr,
                   **values, "samples_per_s": samples_per_s}
@@ -201,7 +212,8 @@ class Trainer:
         return record
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
-        means = {f"train_{k}": float(v) / max(1, self.epoch_batches) for k, v in self.epoch_sums.items()}
+        means = {f"train_{k}": v for k, v in self._mean_over_ranks(
+            {k: v / max(1, self.epoch_batches) for k, v in self.epoch_sums.items()}).items()}
         self._check_finite(means)
         self._sync_batchnorm_statistics()
         record = {"scope": "epoch", "step": self.step, "epoch": self.epoch + 1, **means, "time_s": seconds}
@@ -249,7 +261,9 @@ class Trainer:
         save_checkpoint(self.checkpoint_path, verb=self.setup.verb, config=self.config, module=self.task,
                         optimizer=self.optimizer, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
                         step=self.step, extra={"epoch_sums": {k: v.cpu() for k, v in self.epoch_sums.items()},
-                                               "epoch_batches": self.epoch_batches})
+                                               "epoch_batches": self.epoch_batches,
+                                               "window_sums": {k: v.cpu() for k, v in self.window_sums.items()},
+                                               "window_steps": self.window_steps})
 
     def _restore(self) -> None:
         payload = load_checkpoint(self.checkpoint_path, verb=self.setup.verb, config=self.config,
@@ -261,13 +275,21 @@ class Trainer:
         extra = payload["extra"]
         self.epoch_sums = {k: v.to(self.device) for k, v in extra["epoch_sums"].items()}
         self.epoch_batches = extra["epoch_batches"]
+        self.window_sums = {k: v.to(self.device) for k, v in extra.get("window_sums", {}).items()}
+        self.window_steps = extra.get("window_steps", 0)
         self.metrics.rewind(self.step)
-        if self.is_main:
+        if self.is_main and self.epoch >= self.epochs:
+            tqdm.write(f"{self.checkpoint_path}: the run has finished ({self.epochs} epochs, step {self.step}); "
+                       f"writing its exports again")
+        elif self.is_main:
             tqdm.write(f"resumed {self.checkpoint_path} at epoch {self.epoch + 1}, step {self.step}")
 
-    def _install_signal(self) -> None:
+    def _install_signal(self) -> Any:
+        """Make SIGUSR1 request a checkpoint; returns the handler it replaces (None: nothing installed)."""
         if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGUSR1, lambda signum, frame: self.request_checkpoint())
+            previous = signal.signal(signal.SIGUSR1, lambda signum, frame: self.request_checkpoint())
+            return signal.SIG_DFL if previous is None else previous
+        return None
 
     # ----------------------------------------------------------------------------------------- helpers
     def _to_device(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,6 +307,18 @@ class Trainer:
         if bad:
             raise TrainingDiverged(f"step {self.step}: {', '.join(bad)} became {values[bad[0]]}; lower optim.lr, "
                                    f"set train.clip_grad_norm, or check the data for NaNs")
+
+    def _mean_over_ranks(self, values: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Logged means as Python floats, averaged over ranks (every rank takes as many steps, so the plain
+        mean of the per-rank means is the mean over all samples' batches)."""
+        if not values:
+            return {}
+        keys = sorted(values)
+        packed = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).to(self.device) for k in keys])
+        if self.world > 1:
+            dist.all_reduce(packed)
+            packed /= self.world
+        return dict(zip(keys, packed.tolist()))
 
     def _sync_batchnorm_statistics(self) -> None:
         """Average BatchNorm running statistics over ranks once per epoch (each rank saw its own batches)."""

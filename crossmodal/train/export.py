@@ -26,6 +26,7 @@ def export_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
                 "num_classes": str(encoder.num_classes), "small_input": str(encoder.small_input).lower()}
     with atomic_output(path, suffix=".safetensors") as temporary:
         save_file(state, temporary, metadata=metadata)
+        os.chmod(temporary, 0o666 & ~_umask())  # safetensors creates its files private (0600)
 
 
 def write_model_card(path: str | os.PathLike, card: Mapping[str, Any]) -> None:
@@ -36,15 +37,33 @@ def write_model_card(path: str | os.PathLike, card: Mapping[str, Any]) -> None:
 
 
 def load_snippet(encoder: Encoder, weights_name: str) -> str:
-    """Python that loads the exported file with plain timm (for the model card and the log)."""
+    """Python that loads the exported file with plain timm (for the model card and the log).
+
+    The encoder's timm options (``drop_rate``, ``img_size`` ...) are passed on, as some change the architecture;
+    an ``input_norm`` the encoder applied inside its forward is spelled out as ``mean`` / ``std`` to apply to
+    the input, since a plain timm model does not.
+    """
+    options = "".join(f", {key}={value!r}" for key, value in encoder.timm_kwargs.items())
     lines = ["import timm",
              f"model = timm.create_model({encoder.name!r}, pretrained=True, in_chans={encoder.in_chans}, "
-             f"num_classes={encoder.num_classes}, pretrained_cfg_overlay=dict(file={weights_name!r}, "
+             f"num_classes={encoder.num_classes}{options}, pretrained_cfg_overlay=dict(file={weights_name!r}, "
              f"num_classes={encoder.num_classes}))"]
     if encoder.small_input:
         lines += ["from crossmodal.models import apply_small_input_stem",
                   "apply_small_input_stem(model)  # this encoder was trained with the small-input stem"]
+    if encoder.input_norm is not None:
+        mean, std = ([float(v) for v in values] for values in encoder.input_norm)
+        lines += ["import torch",
+                  "# this encoder normalised its input itself: feed model((x - mean) / std)",
+                  f"mean = torch.tensor({mean}).view(1, -1, 1, 1)",
+                  f"std = torch.tensor({std}).view(1, -1, 1, 1)"]
     return "\n".join(lines)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _jsonable(value: Any) -> Any:

@@ -27,11 +27,18 @@ class MetricsLog:
         self.path = os.path.join(run_dir, JSONL)
         self.run_dir = run_dir
         self.enabled = enabled
+        self._tail_checked = False
 
     def log(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
+            if not self._tail_checked:
+                # A line cut short by a kill has no newline: start a new line, or this record would be lost
+                # with it.
+                self._tail_checked = True
+                if _ends_without_newline(self.path):
+                    handle.write("\n")
             handle.write(json.dumps(_plain(record)) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
@@ -42,9 +49,11 @@ class MetricsLog:
         out = []
         for line in lines:
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
+            if isinstance(record, dict):
+                out.append(record)
         return out
 
     def rewind(self, step: int) -> None:
@@ -109,6 +118,14 @@ def plot_curves(path: str, records: Iterable[Mapping[str, Any]]) -> None:
     with atomic_output(path, suffix=".png") as temporary:
         figure.savefig(temporary, dpi=90, format="png")
     plt.close(figure)
+
+
+def _ends_without_newline(path: str) -> bool:
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def _finite(value: Any) -> bool:

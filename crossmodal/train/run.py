@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import shutil
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -19,6 +20,8 @@ import torch.distributed as dist
 
 from crossmodal import distributed
 from crossmodal.data.dataset import PairedDataset
+from crossmodal.data.format import read_layout
+from crossmodal.data.modalities import resolve_modality
 from crossmodal.data.transforms import PairedTransform
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import atomic_output
@@ -47,9 +50,22 @@ def run_training(verb: str, build: Builder, config_path: Optional[str], override
         config, run_dir = _resolve_run(verb, config_path, overrides, out, resume)
         device = _device(config["device"])
         _seed_everything(config["seed"], config["deterministic"])
-        setup = build(config, run_dir, device)
-        setup.hooks.extend(hooks)
-        record = Trainer(setup).run(resume=resume is not None)
+        created = _make_run_dir(run_dir)
+        try:
+            setup = build(config, run_dir, device)
+            setup.hooks.extend(hooks)
+            trainer = Trainer(setup)
+        except BaseException:
+            # A config rejected before training must not leave a run folder behind: the same command,
+            # corrected, would then be refused as "already holds a run".
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        _write_config(config, run_dir)
+        # Training's random stream must not depend on what building drew from it: a teacher cache is built
+        # (drawing) on a first start and on rank 0, but only loaded on a restart and on the other ranks.
+        _seed_random(config["seed"] + 1)
+        record = trainer.run(resume=resume is not None)
         return run_dir, record
     finally:
         if owns_group and dist.is_initialized():
@@ -58,14 +74,14 @@ def run_training(verb: str, build: Builder, config_path: Optional[str], override
 
 def _resolve_run(verb: str, config_path: Optional[str], overrides: Sequence[str], out: Optional[str],
                  resume: Optional[str]) -> tuple[dict[str, Any], str]:
-    """The validated config and the run folder (created, with its config.yaml, on rank 0)."""
+    """The validated config and the run folder (the same on every rank); nothing is written yet."""
     schema = SCHEMAS[verb]
     if resume is not None:
         run_dir = os.path.abspath(resume)
         saved_path = os.path.join(run_dir, CONFIG_NAME)
         if not os.path.isfile(saved_path):
             raise ConfigError(f"{run_dir}: not a run folder (it has no {CONFIG_NAME})")
-        saved = load_config(saved_path, schema)
+        saved = _load_saved_config(verb, saved_path)
         config = load_config(config_path or saved_path, schema, overrides)
         differences = config_differences(saved, config, RESUME_MAY_CHANGE)
         if differences:
@@ -76,6 +92,8 @@ def _resolve_run(verb: str, config_path: Optional[str], overrides: Sequence[str]
             raise ConfigError("give a config file, or --resume RUN_DIR")
         config = load_config(config_path, schema, overrides)
         run_dir = os.path.abspath(out) if out else _default_run_dir(verb, config_path)
+        if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+            raise ConfigError(f"--out {run_dir} is a file, not a folder")
         if os.path.exists(os.path.join(run_dir, CONFIG_NAME)):
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                               f"or choose another --out")
@@ -83,12 +101,41 @@ def _resolve_run(verb: str, config_path: Optional[str], overrides: Sequence[str]
         holder = [run_dir]
         dist.broadcast_object_list(holder, src=0)
         run_dir = holder[0]
+    return config, run_dir
+
+
+def _load_saved_config(verb: str, path: str) -> dict[str, Any]:
+    """A run folder's config.yaml; one made by the other verb is named as such, not as a pile of unknown keys."""
+    try:
+        return load_config(path, SCHEMAS[verb])
+    except ConfigError:
+        for other, schema in SCHEMAS.items():
+            if other == verb:
+                continue
+            try:
+                load_config(path, schema)
+            except ConfigError:
+                continue
+            run_dir = os.path.dirname(path)
+            raise ConfigError(f"{run_dir} is a 'crossmodal {other}' run; continue it with "
+                              f"crossmodal {other} --resume {run_dir}") from None
+        raise
+
+
+def _make_run_dir(run_dir: str) -> bool:
+    """Create the run folder on rank 0; whether this call created it."""
+    if distributed.rank() != 0 or os.path.isdir(run_dir):
+        return False
+    os.makedirs(run_dir)
+    return True
+
+
+def _write_config(config: Mapping[str, Any], run_dir: str) -> None:
+    """RUN_DIR/config.yaml, on rank 0, once the builder has accepted the config: it marks the folder a run."""
     if distributed.rank() == 0:
-        os.makedirs(run_dir, exist_ok=True)
         with atomic_output(os.path.join(run_dir, CONFIG_NAME)) as temporary:
             with open(temporary, "w", encoding="utf-8") as handle:
                 handle.write(dump_config(config))
-    return config, run_dir
 
 
 def _default_run_dir(verb: str, config_path: str) -> str:
@@ -107,6 +154,12 @@ def _init_distributed() -> bool:
     return True
 
 
+def _seed_random(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -122,9 +175,7 @@ def _device(name: str) -> torch.device:
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    _seed_random(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
@@ -139,7 +190,8 @@ def ensure_data(data: Mapping[str, Any]) -> None:
     options = dict(data["generate"] or {})
     unknown = sorted(set(options) - GENERATE_OPTIONS)
     if unknown:
-        raise ConfigError(f"data.generate: unknown option '{unknown[0]}'; options: {', '.join(sorted(GENERATE_OPTIONS))}")
+        raise ConfigError(f"data.generate: unknown option '{unknown[0]}'; options: "
+                          f"{', '.join(sorted(GENERATE_OPTIONS))}")
     if not os.path.exists(path) and data["generate"] is not None:
         if distributed.rank() == 0:
             from data_prep.synthetic import generate
@@ -150,6 +202,14 @@ def ensure_data(data: Mapping[str, Any]) -> None:
             dist.barrier()
     if not os.path.exists(path):
         raise DataError(path, "no such data file (data.path)")
+
+
+def check_batch_size(batch_size: int, num_samples: int) -> None:
+    """Every process needs at least one full batch per epoch; checked before any expensive set-up."""
+    world = distributed.world_size()
+    if -(-num_samples // world) < batch_size:
+        raise ConfigError(f"train.batch_size {batch_size} x {world} process(es) exceeds the {num_samples} "
+                          f"training samples; lower it")
 
 
 def transforms(data: Mapping[str, Any]) -> tuple[Optional[PairedTransform], Optional[PairedTransform]]:
@@ -193,6 +253,19 @@ def encoder_config(encoder: Mapping[str, Any], channels: int, section: str,
             raise ConfigError(f"{section}.encoder.num_classes is {config['num_classes']} but the labels have "
                               f"{num_classes} classes")
     return config
+
+
+def modality_channels_in(data: Mapping[str, Any], modalities: Mapping[str, str]) -> dict[str, int]:
+    """The channel count of each configured modality (by config key), from the file's layout alone; a modality
+    the file can neither read nor derive is a one-line error naming the key."""
+    layout = read_layout(data["path"])
+    channels = {}
+    for key, name in modalities.items():
+        try:
+            channels[key] = resolve_modality(name, layout).channels
+        except KeyError as err:
+            raise DataError(data["path"], f"{key}: {err.args[0]}") from None
+    return channels
 
 
 def modality_channels(dataset: PairedDataset, name: str) -> int:

@@ -32,6 +32,8 @@ class EpochBatchSampler(Sampler[list[int]]):
                  world_size: int = 1, drop_last: bool = True, pad: bool = True) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"need num_samples >= 1 and batch_size >= 1, got {num_samples}, {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -71,7 +73,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         if not self.pad:
             return order[self.rank::self.world_size]
         total = self.per_rank * self.world_size
-        order += order[: total - len(order)]  # pad by wrapping: every rank gets as many samples
+        # Pad by wrapping (as often as needed when world_size > num_samples): every rank gets as many samples.
+        order = (order * -(-total // len(order)))[:total]
         return order[self.rank:total:self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -47,7 +47,8 @@ class SupervisedTask(nn.Module):
         self.segmentation = segmentation
         self.ignore_index = ignore_index
         self.segmentation_weight = segmentation_weight
-        self.may_leave_parameters_unused = False  # for DDP: every parameter is in the loss
+        # for DDP: a classifier that no loss term reads (num_classes set without task.classes) gets no gradient
+        self.may_leave_parameters_unused = encoder.num_classes > 0 and not classes
         self.head = (SegmentationHead(encoder.spec, num_segmentation_classes, decoder_channels)
                      if segmentation else None)
 

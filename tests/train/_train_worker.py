@@ -1,0 +1,67 @@
+"""A training run driven by the tests, in its own process (plain ``python`` or under ``torchrun``).
+
+    python _train_worker.py VERB CFG --out RUN_DIR [--kill-at STEP] [--dump DIR] [key=value ...]
+
+``--kill-at STEP`` SIGKILLs this process right after optimizer step STEP (what a node failure does: no
+cleanup, no last checkpoint). ``--dump DIR`` saves this rank's distiller state (CRD's memory banks and
+normalisation constants) before and after training, and its final student, to ``DIR/rank{RANK}.pt``, for
+comparing the ranks of a multi-process run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import torch
+
+from crossmodal.train.builders import build_distillation, build_teacher_training
+from crossmodal.train.run import run_training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("verb", choices=("distill", "train-teacher"))
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--dump")
+    args = parser.parse_args()
+
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+
+    def kill(trainer) -> None:
+        if trainer.step == args.kill_at:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def distiller_state(task) -> dict[str, torch.Tensor]:
+        return {key: value.detach().cpu().clone() for key, value in task.distillers.state_dict().items()
+                if isinstance(value, torch.Tensor)}
+
+    def build(config, run_dir, device):
+        setup = (build_distillation if args.verb == "distill" else build_teacher_training)(config, run_dir, device)
+        if args.dump:
+            captured["initial"] = distiller_state(setup.task)
+        return setup
+
+    trainers = []
+
+    def capture(trainer) -> None:
+        if not trainers:
+            trainers.append(trainer)
+
+    hooks = ([kill] if args.kill_at is not None else []) + ([capture] if args.dump else [])
+    run_training(args.verb, build, args.config, args.overrides, out=args.out, hooks=hooks)
+    if args.dump:  # after the run: the epoch's end averages BatchNorm statistics over the ranks
+        captured["final"] = distiller_state(trainers[0].task)
+        captured["student"] = {key: value.detach().cpu().clone()
+                               for key, value in trainers[0].task.student.state_dict().items()}
+        os.makedirs(args.dump, exist_ok=True)
+        torch.save(captured, os.path.join(args.dump, f"rank{os.environ.get('RANK', '0')}.pt"))
+
+
+if __name__ == "__main__":
+    main()
