@@ -31,6 +31,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py
 	$(PY) experiments/bench_crd.py
+	$(PY) experiments/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

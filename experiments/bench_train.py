@@ -1,0 +1,273 @@
+"""Samples/s of a CRD distillation training step against a plain supervised step of the same student.
+
+Three training steps of one student architecture on the same batch, each a full step of the training engine
+(``Trainer._step`` itself: move the batch, set the learning rate, forward the task, ``zero_grad``, backward,
+SGD with momentum 0.9 and weight decay 5e-4, the config defaults):
+
+- ``supervised``: :class:`SupervisedTask`, the student with a 10-class classifier and cross-entropy on the
+  labels. No distillation can be cheaper than this: it is the lower bound.
+- ``distill cached``: :class:`DistillTask` with CRD at RepDistiller's defaults (128-d, K = 16384, N rows per
+  memory bank), the teacher's embeddings looked up by sample index in a :class:`TeacherFeatureCache` of N rows.
+- ``distill uncached``: the same task with the frozen teacher run on the batch's RGB view every step.
+
+The student is a depth (1-channel) ResNet-18 and the teacher an RGB (3-channel) ResNet-18, both CIFAR-style
+(``small_input=True``: stride-1 stem, no max-pool) at 32 x 32 and, by default, at 64 x 64 too. The batch is
+real synthetic RGB-D scenes from the built-in generator; each step draws fresh sample indices in [0, N), as a
+shuffled epoch over an N-sample transfer set would. The cache goes through the product's own build path
+(``TeacherFeatureCache.build_or_load`` over a small synthetic split); its rows are then repeated to N rows in
+a file of the same format, so every lookup indexes a cache of N rows (held in memory, as any cache under
+1 GB is).
+
+The steps are timed in interleaved rounds (the order rotates every round), after warm-up rounds; the table
+reports the median step, and a ratio is the median distillation step over the median supervised step. Its
+``spread`` column gives the quartiles of the per-round ratios (each distillation step over the supervised
+step of the same round), a measure of the noise. To show where the distillation's extra time goes, the same
+rounds also time the parts on their own: the cache lookup, the CRD distiller's forward and backward on
+random 512-d embeddings (heads, negative draw, scores, loss, bank update), and the teacher's forward. With
+``--device cuda`` every timed call is bracketed by ``torch.cuda.synchronize``. The defaults take about 3 to
+4 minutes on 2 quiet CPU cores; ``--quick`` (tiny ``test_resnet`` models) a few seconds.
+
+Usage: python experiments/bench_train.py [--rounds 10] [--rounds-64 5] [--batch-size 64] [--samples 50000]
+                                         [--sizes 32 64] [--stem-64 cifar|imagenet] [--device cpu] [--quick]
+Ends with: distill-vs-supervised cached=<ratio>x uncached=<ratio>x   (the ratios of step times at 32 x 32)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from crossmodal.data import PairedDataset  # noqa: E402
+from crossmodal.distill import create_distiller  # noqa: E402
+from crossmodal.distill.teacher_cache import TeacherFeatureCache  # noqa: E402
+from crossmodal.models import Encoder, FrozenTeacher  # noqa: E402
+from crossmodal.models.outputs import EncoderOutput, TeacherNeeds  # noqa: E402
+from crossmodal.train.config import validate  # noqa: E402
+from crossmodal.train.distillation import DistillTask, TeacherView  # noqa: E402
+from crossmodal.train.engine import Trainer, TrainSetup  # noqa: E402
+from crossmodal.train.schemas import COMMON  # noqa: E402
+from crossmodal.train.supervised import SupervisedTask  # noqa: E402
+from data_prep.synthetic import generate  # noqa: E402
+
+STUDENT, TEACHER = "depth", "rgb"
+CLASSES = "label"
+STEPS = ("supervised", "distill cached", "distill uncached")
+PARTS = ("cache lookup", "crd fwd+bwd", "teacher forward")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds at 32 x 32 (default 10)")
+    parser.add_argument("--rounds-64", type=int, default=5, help="timed rounds at 64 x 64 (default 5; a step "
+                        "there costs about 5x one at 32 x 32)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default 1)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=50_000, help="N, the transfer set's size (default 50,000)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64], choices=(32, 64))
+    parser.add_argument("--stem-64", choices=("cifar", "imagenet"), default="cifar",
+                        help="ResNet-18 stem at 64 x 64: cifar (small_input, the default) or imagenet (stride-2 "
+                             "stem and max-pool: 16x less compute, so CRD's fixed cost weighs more)")
+    parser.add_argument("--model", default="resnet18", help="timm encoder of student and teacher")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke check in seconds: test_resnet, batch 32, N=4096, K=1024, 2 rounds")
+    args = parser.parse_args()
+    if args.quick:
+        args.model, args.samples, args.rounds, args.rounds_64, args.batch_size = "test_resnet", 4096, 2, 2, 32
+    negatives = 1024 if args.quick else 16384
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    print(f"training step, batch {args.batch_size}, {args.model} student (depth, 1 channel) and teacher (rgb, 3 "
+          f"channels), CRD 128-d K={negatives} N={args.samples}, SGD momentum 0.9, float32, "
+          f"{torch.get_num_threads()} threads, {device}, torch {torch.__version__}")
+    results: dict[int, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
+        for size in args.sizes:
+            small_input = size == 32 or args.stem_64 == "cifar"
+            rounds = args.rounds if size == 32 else args.rounds_64
+            bench = SizeBench(args, size, small_input, negatives, device, os.path.join(workdir, str(size)))
+            results[size] = bench.time(rounds, args.warmup)
+            print(f"  {size} x {size} done: {rounds} rounds, {time.perf_counter() - started:.0f} s so far",
+                  flush=True)
+            del bench
+    report(args, results)
+    print(f"total {time.perf_counter() - started:.0f} s")
+    size = 32 if 32 in results else args.sizes[0]  # 32 x 32 unless --sizes leaves it out
+    ratio = ratios(medians(results[size]))
+    print(f"distill-vs-supervised cached={ratio['distill cached']:.2f}x uncached={ratio['distill uncached']:.2f}x"
+          + ("" if size == 32 else f" (at {size}x{size})"))
+
+
+class SizeBench:
+    """The three training steps and the timed parts at one image size."""
+
+    def __init__(self, args: argparse.Namespace, size: int, small_input: bool, negatives: int,
+                 device: torch.device, workdir: str) -> None:
+        os.makedirs(workdir)
+        self.size, self.small_input, self.device = size, small_input, device
+        self.batch_size, self.num_samples = args.batch_size, args.samples
+        self.generator = torch.Generator().manual_seed(size)
+        data_path = os.path.join(workdir, "synthetic.h5")
+        # enough scenes for one batch in the train split (a fifth goes to test)
+        with contextlib.redirect_stderr(io.StringIO()):  # the generator's progress bar
+            generate(data_path, num=int(np.ceil(args.batch_size / 0.8)) + 8, size=size, seed=0, workers=1)
+        train = PairedDataset(data_path, "train", modalities=[STUDENT, TEACHER], labels=[CLASSES])
+        self.batch = default_collate([train[i] for i in range(args.batch_size)])
+        del self.batch["row"]
+        if device.type == "cuda":
+            self.batch = {k: v.pin_memory() for k, v in self.batch.items()}
+
+        def encoder(in_chans: int, num_classes: int = 0) -> Encoder:
+            torch.manual_seed(0)
+            return Encoder(args.model, in_chans=in_chans, num_classes=num_classes, small_input=small_input)
+
+        self.teacher = FrozenTeacher(encoder(3)).to(device)
+
+        def crd() -> torch.nn.Module:
+            return create_distiller("crd", encoder(1).spec, self.teacher.spec, num_samples=args.samples,
+                                    num_negatives=negatives)
+
+        self.cache = _cache_of_n_rows(self.teacher, data_path, workdir, args.samples, crd().teacher_needs())
+        config = validate({"data": {"path": data_path}, "train": {"epochs": 1, "batch_size": args.batch_size,
+                                                                  "progress": False}}, COMMON, "bench_train")
+        num_classes = train.layout.labels[CLASSES].num_classes
+        tasks = {
+            "supervised": SupervisedTask(encoder(1, num_classes), STUDENT, classes=CLASSES),
+            "distill cached": DistillTask(encoder(1), STUDENT, TeacherView(self.teacher, TEACHER, self.cache),
+                                          {"crd": crd()}, {"crd": 0.8}),
+            "distill uncached": DistillTask(encoder(1), STUDENT, TeacherView(self.teacher, TEACHER, None),
+                                            {"crd": crd()}, {"crd": 0.8}),
+        }
+        self.trainers = {name: Trainer(TrainSetup("distill", config, workdir, task, range(args.samples), None,
+                                                  device)) for name, task in tasks.items()}
+        for trainer in self.trainers.values():
+            trainer.model.train()
+        self.crd_alone = crd().to(device).train()
+
+    def time(self, rounds: int, warmup: int) -> dict[str, list[float]]:
+        """Seconds of each step and part in each of ``rounds`` interleaved rounds, after ``warmup`` rounds."""
+        jobs: dict[str, Callable[[torch.Tensor], Any]] = {name: self._train_step(name) for name in STEPS}
+        jobs.update(zip(PARTS, (self._lookup, self._crd, self._teacher)))
+        names = list(jobs)
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for round_index in range(warmup + rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                seconds = self._timed(jobs[name])
+                if round_index >= warmup:
+                    times[name].append(seconds)
+        return times
+
+    def _timed(self, job: Callable[[torch.Tensor], Any]) -> float:
+        index = torch.randperm(self.num_samples, generator=self.generator)[:self.batch_size]
+        self._sync()
+        start = time.perf_counter()
+        job(index)
+        self._sync()
+        return time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _train_step(self, name: str) -> Callable[[torch.Tensor], Any]:
+        trainer = self.trainers[name]
+        # the real builder does not read the teacher's modality when the cache serves the teacher
+        keys = [k for k in self.batch if not (name == "distill cached" and k == TEACHER)]
+
+        def step(index: torch.Tensor) -> None:
+            trainer._step({**{k: self.batch[k] for k in keys}, "index": index})
+        return step
+
+    def _lookup(self, index: torch.Tensor) -> EncoderOutput:
+        return self.cache.lookup(index.to(self.device))
+
+    def _teacher(self, index: torch.Tensor) -> EncoderOutput:
+        return self.teacher(self.batch[TEACHER].to(self.device, non_blocking=True))
+
+    def _crd(self, index: torch.Tensor) -> None:
+        """The distiller alone, on random 512-d embeddings: forward, bank update, backward to the embedding."""
+        dim = self.crd_alone.embed_student.linear.in_features
+        student = torch.randn(self.batch_size, dim, generator=self.generator).to(self.device).requires_grad_()
+        teacher = torch.randn(self.batch_size, dim, generator=self.generator).to(self.device)
+        result = self.crd_alone(EncoderOutput([], student), EncoderOutput([], teacher), index.to(self.device))
+        (0.8 * result.loss).backward()
+
+
+def _cache_of_n_rows(teacher: FrozenTeacher, data_path: str, workdir: str, num_samples: int,
+                     needs: TeacherNeeds) -> TeacherFeatureCache:
+    """A teacher cache built by the product over the small synthetic split, then its rows repeated to
+    ``num_samples`` in a file of the same format (attributes and chunking copied), opened as the product does."""
+    view = PairedDataset(data_path, "train", modalities=[TEACHER])
+    small_path = os.path.join(workdir, "teacher_cache_small.h5")
+    small = TeacherFeatureCache.build_or_load(small_path, teacher, view, TEACHER, needs, progress=False)
+    path = os.path.join(workdir, "teacher_cache.h5")
+    with h5py.File(small_path, "r") as source, h5py.File(path, "w") as target:
+        target.attrs.update(dict(source.attrs))
+        for name in source:
+            rows = source[name][()]
+            array = rows[np.arange(num_samples) % len(rows)]
+            target.create_dataset(name, data=array, chunks=(min(64, num_samples),) + array.shape[1:])
+    return TeacherFeatureCache(path, needs, teacher.spec.num_stages, small.key)
+
+
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def ratios(times: dict[str, float]) -> dict[str, float]:
+    return {name: times[name] / times["supervised"] for name in STEPS}
+
+
+def round_ratio_spread(times: dict[str, list[float]], name: str) -> str:
+    """Quartiles of the per-round ratios of ``name`` to the supervised step of the same round (the noise)."""
+    per_round = sorted(a / b for a, b in zip(times[name], times["supervised"]))
+    if len(per_round) < 4:
+        return f"{per_round[0]:.2f}-{per_round[-1]:.2f}"
+    low, _, high = statistics.quantiles(per_round, n=4)
+    return f"{low:.2f}-{high:.2f}"
+
+
+def report(args: argparse.Namespace, results: dict[int, dict[str, list[float]]]) -> None:
+    print(f"\nmedian training step, batch {args.batch_size} (the last line's ratios are the 32 x 32 ones; "
+          f"spread: quartiles of the per-round ratios, or their range under 4 rounds)")
+    print(f"{'size':<9}{'step':<19}{'ms/step':>10}{'samples/s':>11}{'vs supervised':>15}{'spread':>12}")
+    for size, all_times in results.items():
+        times = medians(all_times)
+        label = f"{size}x{size}" + ("" if size == 32 or args.stem_64 == "cifar" else "*")
+        for name, ratio in ratios(times).items():
+            spread = "" if name == "supervised" else round_ratio_spread(all_times, name)
+            print(f"{label:<9}{name:<19}{times[name] * 1e3:>10.1f}{args.batch_size / times[name]:>11.1f}"
+                  f"{ratio:>14.2f}x{spread:>12}")
+    if args.stem_64 == "imagenet" and 64 in results:
+        print("* 64 x 64 with the ImageNet stem (stride 2 and max-pool), not small_input")
+    print("\nwhere the extra time goes (median ms of each part timed alone, in the same rounds)")
+    print(f"{'size':<9}{'extra cached':>13}{'cache lookup':>13}{'crd fwd+bwd':>12}{'rest':>8}"
+          f"{'extra uncached':>16}{'teacher fwd':>12}")
+    for size, all_times in results.items():
+        times = medians(all_times)
+        extra_cached = times["distill cached"] - times["supervised"]
+        extra_uncached = times["distill uncached"] - times["supervised"]
+        rest = extra_cached - times["cache lookup"] - times["crd fwd+bwd"]
+        print(f"{f'{size}x{size}':<9}{extra_cached * 1e3:>13.1f}{times['cache lookup'] * 1e3:>13.2f}"
+              f"{times['crd fwd+bwd'] * 1e3:>12.1f}{rest * 1e3:>8.1f}{extra_uncached * 1e3:>16.1f}"
+              f"{times['teacher forward'] * 1e3:>12.1f}")
+    print("(extra = distill step - supervised step; rest = extra cached - lookup - crd: the CRD gradient "
+          "through the student, the heads' optimizer update, and noise)")
+
+
+if __name__ == "__main__":
+    main()
