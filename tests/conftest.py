@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# One OpenMP thread for the whole session, set before torch is first imported: the training tests compare runs
+# in this process with runs in fresh ones bit for bit, which holds only when both start with equal thread pools
+# (torch.set_num_threads(1) after a 2-thread start is not the same numerics). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
