@@ -1,6 +1,8 @@
 """Small torch.distributed helpers that degrade to no-ops in a single process."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -56,6 +58,15 @@ def all_reduce_mean(value: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     packed = torch.stack([weighted, torch.tensor(float(weight), dtype=torch.float64, device=value.device)])
     dist.all_reduce(packed)
     return (packed[0] / packed[1]).to(value.dtype)
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's picklable ``value``, in rank order (a one-element list in a single process)."""
+    if not is_distributed():
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 @torch.no_grad()

@@ -61,9 +61,14 @@ class DistillTask(nn.Module):
         self.weights = dict(weights)
         self.ce_weight = ce_weight
         self.class_labels = class_labels
-        # For DDP: a student classifier that no loss term reads gets no gradient.
-        reads_logits = ce_weight > 0 or any(d.teacher_needs().logits for d in self.distillers.values())
-        self.may_leave_parameters_unused = student.num_classes > 0 and not reads_logits
+        # For DDP: a student classifier that no loss term reads gets no gradient, nor do the stages past the
+        # deepest one a term reads when none reads the embedding or logits (FitNet's hint at stage 2).
+        needs = [d.teacher_needs() for d in self.distillers.values()]
+        reads_logits = ce_weight > 0 or any(n.logits for n in needs)
+        last_stage = student.spec.num_stages - 1
+        paired = [student_stage for d in self.distillers.values() for student_stage, _ in getattr(d, "pairs", ())]
+        reads_last_stage = reads_logits or any(n.embedding for n in needs) or last_stage in paired
+        self.may_leave_parameters_unused = (student.num_classes > 0 and not reads_logits) or not reads_last_stage
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         student = self.student(batch[self.modality])
@@ -94,4 +99,4 @@ class DistillTask(nn.Module):
             predicted = self.student(batch[self.modality]).logits.argmax(1)
             counts += torch.stack([((predicted == target) & labelled).sum(), labelled.sum()])
         counts = all_reduce_sum(counts)
-        return {"student_top1": float(counts[0]) / max(1, int(counts[1]))}
+        return {"student_top1": float(counts[0]) / int(counts[1])} if int(counts[1]) > 0 else {}

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from crossmodal import distributed
-from crossmodal.errors import CrossmodalError
-from crossmodal.train.checkpoint import load_checkpoint, load_module_state, save_checkpoint, set_rng_state
+from crossmodal.errors import ConfigError, CrossmodalError
+from crossmodal.train.checkpoint import (load_checkpoint, load_module_state, rng_state, save_checkpoint,
+                                         set_rng_state)
 from crossmodal.train.metrics import MetricsLog
 from crossmodal.train.sampler import EpochBatchSampler
 from crossmodal.train.schedule import learning_rate
@@ -246,16 +247,26 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _checkpoint_due(self) -> bool:
+        """Every ``checkpoint_every_steps`` steps (the same on every rank), or after a SIGUSR1 request. Under
+        DDP the signal may reach only some ranks, so a request is agreed on at logging steps only: no extra
+        collective, and no host synchronisation, on the other steps."""
         every = self.train_cfg["checkpoint_every_steps"]
-        due = (every is not None and self.step % every == 0) or self._checkpoint_requested.is_set()
-        if self.world > 1:  # every rank must agree (the signal may reach only some)
-            flag = torch.tensor([int(due)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            due = bool(flag.item())
-        return due and self.batch_in_epoch < self.steps_per_epoch  # the epoch's end saves anyway
+        scheduled = every is not None and self.step % every == 0
+        requested = self._checkpoint_requested.is_set()
+        if self.world > 1:
+            if self.step % self.train_cfg["log_every"] == 0:
+                flag = torch.tensor([int(requested)], device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                requested = bool(flag.item())
+            else:
+                requested = False
+        return (scheduled or requested) and self.batch_in_epoch < self.steps_per_epoch  # the epoch's end saves
 
     def _save(self) -> None:
         self._checkpoint_requested.clear()
+        self._check_savable()
+        # Every rank's random state (dropout and drop-path masks differ by rank), so that each resumes its own.
+        rng_per_rank = distributed.gather_objects(rng_state())
         if not self.is_main:
             return
         save_checkpoint(self.checkpoint_path, verb=self.setup.verb, config=self.config, module=self.task,
@@ -263,14 +274,17 @@ class Trainer:
                         step=self.step, extra={"epoch_sums": {k: v.cpu() for k, v in self.epoch_sums.items()},
                                                "epoch_batches": self.epoch_batches,
                                                "window_sums": {k: v.cpu() for k, v in self.window_sums.items()},
-                                               "window_steps": self.window_steps})
+                                               "window_steps": self.window_steps,
+                                               "rng_per_rank": rng_per_rank})
 
     def _restore(self) -> None:
         payload = load_checkpoint(self.checkpoint_path, verb=self.setup.verb, config=self.config,
                                   may_change=RESUME_MAY_CHANGE)
         load_module_state(self.task, payload["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(payload["optimizer"])
-        set_rng_state(payload["rng"])
+        per_rank = payload["extra"].get("rng_per_rank") or [payload["rng"]]
+        # a run resumed on another number of processes: every rank continues rank 0's stream
+        set_rng_state(per_rank[self.rank] if len(per_rank) == self.world else payload["rng"])
         self.epoch, self.batch_in_epoch, self.step = payload["epoch"], payload["batch_in_epoch"], payload["step"]
         extra = payload["extra"]
         self.epoch_sums = {k: v.to(self.device) for k, v in extra["epoch_sums"].items()}
@@ -307,6 +321,17 @@ class Trainer:
         if bad:
             raise TrainingDiverged(f"step {self.step}: {', '.join(bad)} became {values[bad[0]]}; lower optim.lr, "
                                    f"set train.clip_grad_norm, or check the data for NaNs")
+
+    def _check_savable(self) -> None:
+        """Refuse to overwrite the last good checkpoint with a run that diverged since its last record: a loss
+        of this epoch or a weight that is NaN or infinite (all ranks call this, and agree)."""
+        values = {f"train_{k}": v / max(1, self.epoch_batches) for k, v in self.epoch_sums.items()}
+        values["nonfinite_weights"] = sum((~torch.isfinite(p.detach())).sum() for p in self.parameters)
+        values = self._mean_over_ranks(values)
+        if values.pop("nonfinite_weights"):
+            raise TrainingDiverged(f"step {self.step}: some weights became NaN or infinite; lower optim.lr, set "
+                                   f"train.clip_grad_norm, or check the data for NaNs")
+        self._check_finite(values)
 
     def _mean_over_ranks(self, values: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Logged means as Python floats, averaged over ranks (every rank takes as many steps, so the plain
@@ -357,6 +382,11 @@ def _data_parallel(task: nn.Module, device: torch.device) -> nn.Module:
 
 def _optimizer(config: Mapping[str, Any], parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     parameters = list(parameters)
+    # What torch would refuse with a traceback (or an IndexError), as one line naming the key.
+    if config["name"] == "adamw" and (len(config["betas"]) != 2 or not all(0 <= b < 1 for b in config["betas"])):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {config['betas']}")
+    if config["name"] == "sgd" and config["nesterov"] and config["momentum"] == 0:
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
     if config["name"] == "adamw":
         return torch.optim.AdamW(parameters, lr=config["lr"], betas=tuple(config["betas"]),
                                  weight_decay=config["weight_decay"])

@@ -46,11 +46,14 @@ def run_training(verb: str, build: Builder, config_path: Optional[str], override
     and torn down at the end; only rank 0 writes to the run folder.
     """
     owns_group = _init_distributed()
+    # restored at the end, so that a caller in the same process keeps its own setting
+    deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                            torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         config, run_dir = _resolve_run(verb, config_path, overrides, out, resume)
         device = _device(config["device"])
         _seed_everything(config["seed"], config["deterministic"])
-        created = _make_run_dir(run_dir)
+        run_dir, created = _make_run_dir(run_dir, claim=not out and resume is None)
         try:
             setup = build(config, run_dir, device)
             setup.hooks.extend(hooks)
@@ -63,11 +66,13 @@ def run_training(verb: str, build: Builder, config_path: Optional[str], override
             raise
         _write_config(config, run_dir)
         # Training's random stream must not depend on what building drew from it: a teacher cache is built
-        # (drawing) on a first start and on rank 0, but only loaded on a restart and on the other ranks.
-        _seed_random(config["seed"] + 1)
+        # (drawing) on a first start and on rank 0, but only loaded on a restart and on the other ranks. Each
+        # rank gets its own stream (its own dropout and drop-path masks), as in timm's seed + rank.
+        _seed_random(config["seed"] + 1 + distributed.rank())
         record = trainer.run(resume=resume is not None)
         return run_dir, record
     finally:
+        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -94,7 +99,7 @@ def _resolve_run(verb: str, config_path: Optional[str], overrides: Sequence[str]
         run_dir = os.path.abspath(out) if out else _default_run_dir(verb, config_path)
         if os.path.exists(run_dir) and not os.path.isdir(run_dir):
             raise ConfigError(f"--out {run_dir} is a file, not a folder")
-        if os.path.exists(os.path.join(run_dir, CONFIG_NAME)):
+        if out and os.path.exists(os.path.join(run_dir, CONFIG_NAME)):
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
                               f"or choose another --out")
     if distributed.is_distributed():  # every rank must use rank 0's folder (default names hold a time stamp)
@@ -122,12 +127,32 @@ def _load_saved_config(verb: str, path: str) -> dict[str, Any]:
         raise
 
 
-def _make_run_dir(run_dir: str) -> bool:
-    """Create the run folder on rank 0; whether this call created it."""
-    if distributed.rank() != 0 or os.path.isdir(run_dir):
-        return False
-    os.makedirs(run_dir)
-    return True
+def _make_run_dir(run_dir: str, claim: bool = False) -> tuple[str, bool]:
+    """Create the run folder on rank 0; (the folder, whether this call created it).
+
+    With ``claim`` (a default name) the folder is claimed atomically: runs of one config started in the same
+    second (a sweep) get ``NAME-2``, ``NAME-3`` ... instead of training into one folder together.
+    """
+    created = False
+    if distributed.rank() == 0 and claim:
+        os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+        base, number = run_dir, 1
+        while True:
+            try:
+                os.mkdir(run_dir)
+                break
+            except FileExistsError:
+                number += 1
+                run_dir = f"{base}-{number}"
+        created = True
+    elif distributed.rank() == 0 and not os.path.isdir(run_dir):
+        os.makedirs(run_dir)
+        created = True
+    if claim and distributed.is_distributed():
+        holder = [run_dir]
+        dist.broadcast_object_list(holder, src=0)
+        run_dir = holder[0]
+    return run_dir, created
 
 
 def _write_config(config: Mapping[str, Any], run_dir: str) -> None:

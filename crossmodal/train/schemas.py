@@ -4,7 +4,8 @@ from __future__ import annotations
 from crossmodal.train.config import Field, non_negative, positive
 
 COMMON = {
-    "seed": Field("int", 0, help="seed of model initialisation, data order, augmentation and every sampler"),
+    "seed": Field("int", 0, check=(lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
+                  help="seed of model initialisation, data order, augmentation and every sampler"),
     "deterministic": Field("bool", False, help="deterministic algorithms (slower on GPU)"),
     "device": Field("str", "auto", help="auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda, cuda:N"),
     "data": {

@@ -89,7 +89,8 @@ class SupervisedTask(nn.Module):
         if self.classes:
             counts = all_reduce_sum(torch.stack([torch.as_tensor(correct or 0, device=device),
                                                  torch.as_tensor(counted or 0, device=device)]).long())
-            metrics["top1"] = float(counts[0]) / max(1, int(counts[1]))
+            if int(counts[1]) > 0:  # an evaluation split without class labels has no top-1
+                metrics["top1"] = float(counts[0]) / int(counts[1])
         if self.head is not None:
             if confusion is None:
                 confusion = torch.zeros(self.head.num_classes, self.head.num_classes, dtype=torch.long,

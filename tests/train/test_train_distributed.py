@@ -53,7 +53,12 @@ def test_two_process_distillation_keeps_banks_equal_across_ranks(synthetic_file,
     # rank 0's checkpoint holds the very same banks
     state = load_checkpoint(run)["model"]
     assert state["distillers.crd.student_memory.rows"].equal(ranks[1]["final"]["crd.student_memory.rows"])
-    assert load_checkpoint(run)["step"] == 2 * STEPS_PER_EPOCH
+    checkpoint = load_checkpoint(run)
+    assert checkpoint["step"] == 2 * STEPS_PER_EPOCH
+    # every rank's random state is kept, and they differ (each rank draws its own masks: seed + rank)
+    per_rank = checkpoint["extra"]["rng_per_rank"]
+    assert len(per_rank) == 2 and per_rank[0]["torch"].equal(checkpoint["rng"]["torch"])
+    assert not per_rank[0]["torch"].equal(per_rank[1]["torch"])
 
 
 def test_cli_under_torchrun_writes_the_run_folder_once(synthetic_file, tmp_path):
