@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from crossmodal import interrupts
 from crossmodal.errors import DataError
 
 T = TypeVar("T")
@@ -103,6 +104,20 @@ def to_rgb8(image: np.ndarray, origin: str) -> np.ndarray:
     return image
 
 
+class _InterruptibleBar(tqdm):
+    """A tqdm bar whose every step re-raises a Ctrl-C that was swallowed (see crossmodal.interrupts)."""
+
+    def update(self, n: float | None = 1) -> bool | None:
+        interrupts.check()
+        return super().update(n)
+
+    def __iter__(self):
+        for item in super().__iter__():
+            interrupts.check()
+            yield item
+
+
 def progress(items: Iterable[T] | None, total: int, desc: str) -> tqdm:
     """A progress bar on stderr: iterate over it, or call ``update(n)`` when ``items`` is None."""
-    return tqdm(items, total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    return _InterruptibleBar(items, total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True,
+                             mininterval=0.5)

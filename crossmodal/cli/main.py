@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Sequence
 
-from crossmodal import __version__
+from crossmodal import __version__, interrupts
 from crossmodal.cli import inspect_verb, prepare_verb, train_verbs
 from crossmodal.errors import CrossmodalError
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interrupts.install()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # config overrides may follow options: `distill CFG --out RUN optim.lr=0.1`

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from crossmodal import distributed
+from crossmodal import distributed, interrupts
 from crossmodal.errors import ConfigError, CrossmodalError
 from crossmodal.train.checkpoint import (load_checkpoint, load_module_state, rng_state, save_checkpoint,
                                          set_rng_state)
@@ -160,6 +160,7 @@ class Trainer:
         window_start, window_samples = time.perf_counter(), 0
         epoch_start = time.perf_counter()
         for batch in self._loader(data, self.sampler):
+            interrupts.check()  # a Ctrl-C swallowed inside a callback still stops the run
             logs, samples = self._step(batch)
             window_samples += samples
             self.window_steps += 1
