@@ -23,7 +23,8 @@ def export_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
     """
     state = {key: value.detach().to("cpu").contiguous().clone() for key, value in encoder.model.state_dict().items()}
     metadata = {"timm_name": encoder.name, "in_chans": str(encoder.in_chans),
-                "num_classes": str(encoder.num_classes), "small_input": str(encoder.small_input).lower()}
+                "num_classes": str(encoder.num_classes), "small_input": str(encoder.small_input).lower(),
+                "encoder": json.dumps(encoder.config, sort_keys=True)}  # rebuilds it: Encoder(**config)
     with atomic_output(path, suffix=".safetensors") as temporary:
         save_file(state, temporary, metadata=metadata)
         os.chmod(temporary, 0o666 & ~_umask())  # safetensors creates its files private (0600)

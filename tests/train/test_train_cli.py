@@ -110,7 +110,10 @@ def test_smoke_run_metrics_have_step_and_epoch_records(smoke):
 def test_smoke_run_exports_student_and_model_card(smoke):
     run, data, _, _ = smoke
     weights, metadata = load_exported(run / "student.safetensors")
+    encoder = json.loads(metadata.pop("encoder"))
     assert metadata == {"timm_name": "test_resnet", "in_chans": "1", "num_classes": "0", "small_input": "true"}
+    assert encoder == {"name": "test_resnet", "in_chans": 1, "num_classes": 0, "small_input": True,
+                       "input_norm": None}
     assert not any(key.startswith(("student.", "model.")) for key in weights)  # plain timm keys
     state = load_checkpoint(run)["model"]
     assert all(torch.equal(value, state[f"student.model.{key}"]) for key, value in weights.items())

@@ -1,0 +1,81 @@
+"""Load the encoder to evaluate: from a run folder, an exported ``.safetensors`` file, or freshly initialised."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from safetensors import safe_open
+
+from crossmodal.errors import DataError
+from crossmodal.models.encoder import Encoder
+from crossmodal.train.export import MODEL_CARD
+
+
+@dataclass
+class LoadedEncoder:
+    """An encoder to evaluate and what is known about it.
+
+    Attributes:
+        encoder: the network (in eval mode).
+        modality: the modality it was trained on, or None when the file does not say (a bare weights file).
+        source: the checkpoint path, for reports.
+        weights: the weight file it was loaded from, or None for ``random_init``.
+        card: the run's model card, when there is one.
+    """
+
+    encoder: Encoder
+    modality: Optional[str]
+    source: str
+    weights: Optional[str]
+    card: Optional[dict[str, Any]]
+
+
+def load_encoder(checkpoint: str | os.PathLike, random_init: bool = False, seed: int = 0) -> LoadedEncoder:
+    """The encoder of ``checkpoint``: a run folder (``model_card.json`` names its weights and encoder config)
+    or a ``.safetensors`` file exported by crossmodal (its metadata holds the encoder config).
+
+    With ``random_init`` the same architecture is built with fresh weights (seeded by ``seed``) and nothing is
+    loaded: the scratch baseline.
+
+    Raises:
+        DataError: a missing path, a folder that is not a finished run, or a file without crossmodal metadata.
+    """
+    path = os.path.abspath(os.fspath(checkpoint))
+    card = None
+    if os.path.isdir(path):
+        card_path = os.path.join(path, MODEL_CARD)
+        try:
+            with open(card_path, encoding="utf-8") as handle:
+                card = json.load(handle)
+            weights, config, modality = os.path.join(path, card["weights"]), dict(card["encoder"]), card["modality"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DataError(path, f"not a finished run folder (no readable {MODEL_CARD})") from None
+    elif os.path.isfile(path):
+        weights, config, modality = path, _config_from_metadata(path), None
+    else:
+        raise DataError(path, "no such run folder or weight file (--checkpoint)")
+    torch.manual_seed(seed)
+    encoder = Encoder(**config, weights=None if random_init else weights)
+    return LoadedEncoder(encoder.eval(), modality, path, None if random_init else weights, card)
+
+
+def _config_from_metadata(path: str) -> dict[str, Any]:
+    try:
+        with safe_open(path, "pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for a file that is not one
+        raise DataError(path, f"not a .safetensors file ({' '.join(str(err).split())[:120]})") from None
+    if "encoder" in metadata:
+        try:
+            return dict(json.loads(metadata["encoder"]))
+        except (ValueError, TypeError):
+            raise DataError(path, "its 'encoder' metadata is not valid JSON") from None
+    if "timm_name" in metadata and "in_chans" in metadata:  # written before the full config was recorded
+        return {"name": metadata["timm_name"], "in_chans": int(metadata["in_chans"]),
+                "num_classes": int(metadata.get("num_classes", 0)),
+                "small_input": metadata.get("small_input") == "true"}
+    raise DataError(path, "no crossmodal metadata (timm_name, in_chans); give a run folder or a file exported by "
+                          "crossmodal train-teacher / distill")
