@@ -1,9 +1,10 @@
 """Writing outputs atomically: to a hidden temporary name beside the target, renamed into place when complete."""
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 
 def temporary_name(path: str | os.PathLike, suffix: str = "") -> str:
@@ -25,3 +26,13 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """``value`` as indented JSON at ``path``, atomically; the parent folders are created."""
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=2)
+            handle.write("\n")

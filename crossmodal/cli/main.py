@@ -7,10 +7,10 @@ import sys
 from typing import Sequence
 
 from crossmodal import __version__, interrupts
-from crossmodal.cli import inspect_verb, prepare_verb, train_verbs
+from crossmodal.cli import inspect_verb, prepare_verb, train_verbs, probe_verb, report_verb, segment_verb
 from crossmodal.errors import CrossmodalError
 
-VERBS = (prepare_verb, inspect_verb, train_verbs)
+VERBS = (prepare_verb, inspect_verb, train_verbs, probe_verb, report_verb, segment_verb)
 EXIT_USER_ERROR = 2
 
 

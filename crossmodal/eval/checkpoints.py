@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from safetensors import safe_open
@@ -79,3 +79,32 @@ def _config_from_metadata(path: str) -> dict[str, Any]:
                 "small_input": metadata.get("small_input") == "true"}
     raise DataError(path, "no crossmodal metadata (timm_name, in_chans); give a run folder or a file exported by "
                           "crossmodal train-teacher / distill")
+
+
+def method_name(card: Optional[Mapping[str, Any]], random_init: bool) -> str:
+    """How reports name an evaluated encoder: ``scratch`` (a random initialisation), ``supervised`` (a
+    train-teacher run), the distillers joined by ``+`` with ``ce`` when the student also had cross-entropy (a
+    distill run), or ``unknown`` (a bare weights file).
+
+    Examples:
+        >>> method_name({"verb": "distill", "distillers": {"crd": {}, "kd": {}}, "loss": {"ce": 1.0}}, False)
+        'crd+kd+ce'
+    """
+    if random_init:
+        return "scratch"
+    if not card:
+        return "unknown"
+    if card.get("verb") == "train-teacher":
+        return "supervised"
+    names = list(card.get("distillers") or {})
+    if float((card.get("loss") or {}).get("ce") or 0) > 0:
+        names.append("ce")
+    return "+".join(names) or str(card.get("verb", "unknown"))
+
+
+def recorded_seed(card: Optional[Mapping[str, Any]], random_init: bool, seed: int) -> int:
+    """The seed that tells runs of one method apart in reports: the training run's seed, or ``seed`` for a
+    random initialisation (which it seeds) and for a bare weights file."""
+    if card and not random_init:
+        return int((card.get("config") or {}).get("seed", seed))
+    return seed

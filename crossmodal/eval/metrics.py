@@ -46,3 +46,17 @@ def segmentation_scores(confusion: torch.Tensor) -> dict[str, float]:
     return {"pixel_acc": float(correct.sum()) / total if total else float("nan"),
             "mean_class_acc": float(accuracy.mean()) if present.any() else float("nan"),
             "miou": float(iou.mean()) if present.any() else float("nan")}
+
+
+def per_class_iou(confusion: torch.Tensor) -> list[float | None]:
+    """IoU of each class (true positives over the union of true and predicted pixels), None for a class absent
+    from the ground truth (its IoU is undefined; a prediction of it elsewhere still lowers the other classes').
+
+    Examples:
+        >>> per_class_iou(torch.tensor([[2, 1, 0], [1, 3, 0], [0, 0, 0]]))
+        [0.5, 0.6, None]
+    """
+    confusion = confusion.double()
+    true_pixels = confusion.sum(1)
+    union = true_pixels + confusion.sum(0) - confusion.diagonal()
+    return [float(confusion[c, c] / union[c]) if true_pixels[c] > 0 else None for c in range(len(confusion))]

@@ -51,7 +51,7 @@ def run_training(verb: str, build: Builder, config_path: Optional[str], override
                             torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         config, run_dir = _resolve_run(verb, config_path, overrides, out, resume)
-        device = _device(config["device"])
+        device = resolve_device(config["device"])
         _seed_everything(config["seed"], config["deterministic"])
         run_dir, created = _make_run_dir(run_dir, claim=not out and resume is None)
         try:
@@ -64,7 +64,7 @@ def run_training(verb: str, build: Builder, config_path: Optional[str], override
             if created:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        _write_config(config, run_dir)
+        write_config(config, run_dir)
         # Training's random stream must not depend on what building drew from it: a teacher cache is built
         # (drawing) on a first start and on rank 0, but only loaded on a restart and on the other ranks. Each
         # rank gets its own stream (its own dropout and drop-path masks), as in timm's seed + rank.
@@ -155,7 +155,7 @@ def _make_run_dir(run_dir: str, claim: bool = False) -> tuple[str, bool]:
     return run_dir, created
 
 
-def _write_config(config: Mapping[str, Any], run_dir: str) -> None:
+def write_config(config: Mapping[str, Any], run_dir: str) -> None:
     """RUN_DIR/config.yaml, on rank 0, once the builder has accepted the config: it marks the folder a run."""
     if distributed.rank() == 0:
         with atomic_output(os.path.join(run_dir, CONFIG_NAME)) as temporary:
@@ -185,7 +185,7 @@ def _seed_random(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -1,0 +1,247 @@
+"""Segmentation transfer: train a light decoder over a student encoder, fine-tuned or frozen, and score it.
+
+Each protocol is one run of the training engine (:class:`~crossmodal.train.engine.Trainer`) on the train split,
+from the same initial weights: ``finetune`` trains encoder and decoder, ``frozen`` only the decoder, with the
+encoder's parameters fixed and its BatchNorm statistics kept (eval mode). The test split is then scored once,
+after the last epoch, from a confusion matrix accumulated over the whole split: pixel accuracy, mean class
+accuracy, mIoU over the classes present in the ground truth, and per-class IoU. Nothing is chosen on it.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from crossmodal.data.format import LabelInfo, read_layout
+from crossmodal.errors import ConfigError, DataError
+from crossmodal.eval.checkpoints import LoadedEncoder, load_encoder, method_name, recorded_seed
+from crossmodal.eval.metrics import confusion_matrix, per_class_iou, segmentation_scores
+from crossmodal.eval.preview_segmentation import write_segmentation_preview
+from crossmodal.files import write_json
+from crossmodal.train.config import validate
+from crossmodal.train.engine import Trainer, TrainSetup
+from crossmodal.train.run import modality_channels_in, open_dataset, resolve_device, transforms, write_config
+from crossmodal.train.schemas import COMMON
+from crossmodal.train.supervised import SupervisedTask
+
+FORMAT = "crossmodal-segment/1"
+PROTOCOLS = ("finetune", "frozen")
+JSON_NAME = "segment.json"
+PREVIEW_SAMPLES = 4
+
+
+@dataclass
+class SegmentOptions:
+    """What ``crossmodal segment`` is asked to do (the CLI's flags).
+
+    Args:
+        checkpoint: a run folder or an exported ``.safetensors`` student.
+        data: the paired ``.h5`` file.
+        labels: its segmentation label set.
+        modality: the input modality; default: the student's (required for a bare weights file).
+        protocols: ``finetune`` and/or ``frozen``.
+        random_init: train the same architecture from random weights (the scratch baseline).
+        epochs, lr, batch_size: the training schedule (SGD, cosine, the engine's defaults otherwise).
+        size: (height, width) to resize/crop to, or None for the stored size.
+        augment: random resized crop and flip (paired with the labels) during training.
+        seed: seed of the decoder's and the random encoder's initialisation, data order and augmentation.
+        out: the output folder; default beside the checkpoint (see :func:`default_out`).
+        json_path: an extra copy of the result JSON.
+        num_workers: DataLoader workers.
+        decoder_channels: width of the segmentation decoder.
+        train_split, test_split: the splits to train and score on.
+        method: the method name recorded in the JSON; default from the model card.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        progress: tqdm progress bars.
+    """
+
+    checkpoint: str
+    data: str
+    labels: str
+    modality: Optional[str] = None
+    protocols: Sequence[str] = PROTOCOLS
+    random_init: bool = False
+    epochs: int = 30
+    lr: float = 0.01
+    batch_size: int = 16
+    size: Optional[Sequence[int]] = None
+    augment: bool = True
+    seed: int = 0
+    out: Optional[str] = None
+    json_path: Optional[str] = None
+    num_workers: int = 0
+    decoder_channels: int = 64
+    train_split: str = "train"
+    test_split: str = "test"
+    method: Optional[str] = None
+    device: str = "auto"
+    progress: bool = False
+
+
+class FrozenEncoderTask(SupervisedTask):
+    """:class:`SupervisedTask` whose encoder is fixed: no parameter trains and it stays in eval mode, so that
+    the engine's ``train()`` calls leave its BatchNorm statistics (and dropout) as loaded."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "FrozenEncoderTask":
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+
+def run_segment(options: SegmentOptions) -> dict[str, Any]:
+    """Train and score every protocol of ``options``; write the output folder and JSON; return the JSON.
+
+    Raises:
+        DataError: a missing checkpoint or data file, a label set or modality the file does not have.
+        ConfigError: a class label set where a segmentation set is needed, an unknown protocol, a bare weights
+            file without ``--modality``, a modality whose channel count does not fit the encoder.
+
+    Examples:
+        >>> result = run_segment(SegmentOptions("runs/student", "nyu.h5", "seg13", epochs=30))
+        >>> result["results"]["frozen"]["miou"]
+    """
+    unknown = [p for p in options.protocols if p not in PROTOCOLS]
+    if unknown or not options.protocols:
+        raise ConfigError(f"--protocol: '{(unknown or [''])[0]}' is not one of {', '.join(PROTOCOLS)}, both")
+    loaded = load_encoder(options.checkpoint, random_init=options.random_init, seed=options.seed)
+    data_path = os.path.abspath(options.data)
+    seg_info = segmentation_labels(data_path, options.labels)
+    modality = options.modality or loaded.modality
+    if modality is None:
+        raise ConfigError(f"--modality: {loaded.source} is a bare weights file that does not name its modality; "
+                          f"give --modality")
+    data_cfg = {"path": data_path, "split": options.train_split, "eval_split": options.test_split,
+                "size": list(options.size) if options.size else None, "augment": options.augment,
+                "num_workers": options.num_workers}
+    config = validate({"seed": options.seed, "device": options.device, "data": data_cfg,
+                       "optim": {"lr": options.lr},
+                       "train": {"epochs": options.epochs, "batch_size": options.batch_size,
+                                 "progress": options.progress}}, COMMON, "segment")
+    channels = modality_channels_in(config["data"], {"--modality": modality})["--modality"]
+    if channels != loaded.encoder.in_chans:
+        raise ConfigError(f"--modality: '{modality}' has {channels} channel(s) but the encoder takes "
+                          f"{loaded.encoder.in_chans}")
+    out = os.path.abspath(options.out or default_out(loaded, options))
+    result = {"format": FORMAT, "checkpoint": loaded.source, "random_init": options.random_init,
+              "method": options.method or method_name(loaded.card, options.random_init),
+              "seed": recorded_seed(loaded.card, options.random_init, options.seed), "modality": modality,
+              "data": data_path, "labels": options.labels, "train_split": options.train_split, "test_split": options.test_split,
+              "epochs": options.epochs, "results": {}}
+    taken = [p for p in options.protocols if os.path.exists(os.path.join(out, p, "checkpoint.pt"))]
+    if taken:
+        raise ConfigError(f"--out: {os.path.join(out, taken[0])} already holds a run; choose another --out")
+    os.makedirs(out, exist_ok=True)
+    for protocol in options.protocols:
+        result["results"][protocol] = run_protocol(protocol, loaded, modality, seg_info, config,
+                                                   os.path.join(out, protocol), options)
+    for path in [os.path.join(out, JSON_NAME)] + ([options.json_path] if options.json_path else []):
+        write_json(path, result)
+    return result
+
+
+def segmentation_labels(data_path: str, labels: str) -> LabelInfo:
+    """The layout of label set ``labels`` in ``data_path``, which must be a segmentation set."""
+    layout = read_layout(data_path)
+    segmentation = [name for name, info in layout.labels.items() if info.type == "segmentation"]
+    offered = f"its segmentation label sets: {', '.join(segmentation) or 'none'}"
+    info = layout.labels.get(labels)
+    if info is None:
+        raise DataError(data_path, f"no label set '{labels}' (--labels); {offered}")
+    if info.type != "segmentation":
+        raise ConfigError(f"--labels: '{labels}' in {data_path} is a {info.type} label set, not a segmentation "
+                          f"one; {offered}")
+    return info
+
+
+def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: LabelInfo,
+                 config: Mapping[str, Any], run_dir: str, options: SegmentOptions) -> dict[str, Any]:
+    """One protocol's training run in ``run_dir``, its test scores and its preview; returns its JSON entry."""
+    os.makedirs(run_dir, exist_ok=True)
+    device = resolve_device(config["device"])
+    train_transform, eval_transform = transforms(config["data"])
+    data = config["data"]
+    train = open_dataset(data, data["split"], [modality], [options.labels], train_transform, config["seed"])
+    test = open_dataset(data, data["eval_split"], [modality], [options.labels], eval_transform, config["seed"])
+    torch.manual_seed(config["seed"])  # the same decoder initialisation for every protocol
+    ignore_index = seg_info.ignore_index if seg_info.ignore_index is not None else -1
+    task_class = FrozenEncoderTask if protocol == "frozen" else SupervisedTask
+    task = task_class(copy.deepcopy(loaded.encoder), modality, segmentation=options.labels,
+                      num_segmentation_classes=seg_info.num_classes, ignore_index=ignore_index,
+                      decoder_channels=options.decoder_channels)
+    trainer = Trainer(TrainSetup("segment", config, run_dir, task, train, test, device))
+    write_config({**config, "segment": {"checkpoint": loaded.source, "random_init": options.random_init,
+                                         "labels": options.labels, "modality": modality, "protocol": protocol,
+                                         "decoder_channels": options.decoder_channels}}, run_dir)
+    print(f"segment: {protocol} on {modality} -> {options.labels}, {len(train)} training samples", flush=True)
+    trainer.run()
+    confusion, samples = evaluate(task, test, config, device)
+    names = seg_info.class_names
+    scores = {key: _finite(value) for key, value in segmentation_scores(confusion).items()}
+    preview = os.path.join(run_dir, "preview.png")
+    write_segmentation_preview(preview, *samples, num_classes=seg_info.num_classes, ignore_index=ignore_index,
+                               title=f"{options.labels}, {protocol}{' (scratch)' if options.random_init else ''}")
+    return {**scores, "per_class_iou": dict(zip(names, per_class_iou(confusion))), "preview": preview}
+
+
+@torch.no_grad()
+def evaluate(task: SupervisedTask, test: Iterable[Mapping[str, Any]], config: Mapping[str, Any],
+             device: torch.device) -> tuple[torch.Tensor, tuple[list, list, list]]:
+    """The confusion matrix over the whole test split, and (inputs, truths, predictions) of its first few
+    samples for the preview."""
+    task.eval()
+    head = task.head
+    confusion = torch.zeros(head.num_classes, head.num_classes, dtype=torch.long)
+    images: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
+    predictions: list[np.ndarray] = []
+    loader = DataLoader(test, batch_size=config["train"]["batch_size"], shuffle=False,
+                        num_workers=config["data"]["num_workers"])
+    for batch in loader:
+        image, target = batch[task.modality].to(device), batch[task.segmentation]
+        predicted = head(task.encoder(image).features, image.shape[-2:]).argmax(1).cpu()
+        confusion += confusion_matrix(predicted, target, head.num_classes, task.ignore_index)
+        for index in range(min(PREVIEW_SAMPLES - len(images), len(predicted))):
+            images.append(image[index].cpu().numpy())
+            truths.append(target[index].numpy())
+            predictions.append(predicted[index].numpy())
+    return confusion, (images, truths, predictions)
+
+
+def default_out(loaded: LoadedEncoder, options: SegmentOptions) -> str:
+    """``RUN/segment-LABELS-PROTOCOL[-scratch]`` inside a run folder, ``STEM-segment-...`` beside a file."""
+    protocol = options.protocols[0] if len(options.protocols) == 1 else "both"
+    name = f"segment-{options.labels}-{protocol}{'-scratch' if options.random_init else ''}"
+    if os.path.isdir(loaded.source):
+        return os.path.join(loaded.source, name)
+    stem = os.path.splitext(os.path.basename(loaded.source))[0]
+    return os.path.join(os.path.dirname(loaded.source), f"{stem}-{name}")
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The results as a short text table, one row per protocol."""
+    lines = [f"segment {result['labels']} on {result['modality']}, method {result['method']}, seed {result['seed']}"
+             f", {result['epochs']} epoch(s), scored on '{result['test_split']}'",
+             f"{'protocol':<10}{'pixel_acc':>11}{'mean_class_acc':>16}{'miou':>8}"]
+    for protocol, scores in result["results"].items():
+        lines.append(f"{protocol:<10}{_show(scores['pixel_acc']):>11}{_show(scores['mean_class_acc']):>16}"
+                     f"{_show(scores['miou']):>8}")
+    return "\n".join(lines)
+
+
+def _finite(value: float) -> Optional[float]:
+    return None if value != value else value  # NaN (an empty test split) -> null, valid JSON
+
+
+def _show(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+

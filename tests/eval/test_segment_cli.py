@@ -1,0 +1,96 @@
+"""``crossmodal segment`` end to end on the smoke distillation's student, and its one-line errors."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, error_line, run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMOKE_DISTILL = ROOT / "experiments" / "configs" / "smoke_distill.yaml"
+
+
+def _cli_in_process(*args) -> subprocess.CompletedProcess:
+    """``crossmodal ARGS`` through ``main`` in this process (the console script's code, without a fresh
+    interpreter's imports)."""
+    from crossmodal.cli.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([str(arg) for arg in args])
+    return subprocess.CompletedProcess(["crossmodal", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """The smoke distillation (depth student, 160 synthetic scenes, one epoch) run by the CLI."""
+    tmp = tmp_path_factory.mktemp("segment_cli")
+    run, data = tmp / "run", tmp / "s.h5"
+    run_cli("distill", SMOKE_DISTILL, "--out", run, f"data.path={data}", "data.generate.num=160",
+            "train.epochs=1", "train.progress=false", check=True)
+    return tmp, run, data
+
+
+@pytest.fixture(scope="module")
+def segmented(student):
+    tmp, run, data = student
+    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "seg", "--epochs", "1",
+                             "--json", tmp / "s.json")
+    assert result.returncode == 0, result.stderr
+    return tmp, run, data, result
+
+
+def test_segment_round_trip_writes_the_json(segmented):
+    tmp, run, data, _ = segmented
+    result = json.loads((tmp / "s.json").read_text())
+    out = run / "segment-seg-both"
+    assert json.loads((out / "segment.json").read_text()) == result
+    assert result["format"] == "crossmodal-segment/1"
+    assert {key: result[key] for key in ("checkpoint", "random_init", "method", "seed", "modality", "data",
+                                         "labels", "train_split", "test_split", "epochs")} == {
+        "checkpoint": str(run), "random_init": False, "method": "crd", "seed": 0, "modality": "depth",
+        "data": str(data), "labels": "seg", "train_split": "train", "test_split": "test", "epochs": 1}
+    assert list(result["results"]) == ["finetune", "frozen"]
+    for protocol, scores in result["results"].items():
+        assert set(scores) == {"pixel_acc", "mean_class_acc", "miou", "per_class_iou", "preview"}
+        assert all(0 <= scores[key] <= 1 for key in ("pixel_acc", "mean_class_acc", "miou"))
+        assert all(iou is None or 0 <= iou <= 1 for iou in scores["per_class_iou"].values())
+        assert "floor" in scores["per_class_iou"]
+        assert Path(scores["preview"]) == out / protocol / "preview.png"
+        assert Path(scores["preview"]).read_bytes()[:8] == PNG_SIGNATURE
+        assert (out / protocol / "curves.png").is_file() and (out / protocol / "config.yaml").is_file()
+
+
+def test_segment_prints_a_table(segmented):
+    *_, result = segmented
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("protocol"))
+    assert lines[header].split() == ["protocol", "pixel_acc", "mean_class_acc", "miou"]
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["finetune", "frozen"]
+
+
+def test_a_class_label_set_is_one_line(student):
+    tmp, run, data = student
+    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "label",
+                             "--out", tmp / "x")
+    assert result.returncode == 2
+    assert "'label'" in error_line(result) and "not a segmentation" in error_line(result)
+
+
+def test_an_unknown_label_set_is_one_line(student):
+    tmp, run, data = student
+    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "nope",
+                             "--out", tmp / "x")
+    assert result.returncode == 2
+    assert "no label set 'nope'" in error_line(result) and "seg" in error_line(result)
+
+
+def test_a_missing_checkpoint_is_one_line(student, tmp_path):
+    _, _, data = student
+    result = _cli_in_process("segment", "--checkpoint", tmp_path / "absent", "--data", data, "--labels", "seg")
+    assert result.returncode == 2
+    assert str(tmp_path / "absent") in error_line(result)
