@@ -28,11 +28,36 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
             os.remove(temporary)
 
 
+def ensure_folder(folder: str | os.PathLike) -> str:
+    """Create ``folder`` (and its parents) if missing; return its absolute path.
+
+    Raises:
+        DataError: it cannot be created (a read-only place, a file in the way), as one line.
+    """
+    from crossmodal.errors import DataError
+
+    folder = os.path.abspath(os.fspath(folder))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise DataError(folder, f"cannot create this folder ({err.strerror or err})") from None
+    return folder
+
+
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    """``value`` as indented JSON at ``path``, atomically; the parent folders are created."""
+    """``value`` as indented JSON at ``path``, atomically; the parent folders are created.
+
+    Raises:
+        DataError: the folder cannot be created or the file cannot be written.
+    """
+    from crossmodal.errors import DataError
+
     path = os.path.abspath(os.fspath(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, indent=2)
-            handle.write("\n")
+    ensure_folder(os.path.dirname(path))
+    try:
+        with atomic_output(path) as temporary:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(value, handle, indent=2)
+                handle.write("\n")
+    except OSError as err:
+        raise DataError(path, f"cannot write it ({err.strerror or err})") from None

@@ -44,7 +44,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--test-split", default="test", help="the split the probes are scored on (default test)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="feature extraction batch (default 64)")
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="DataLoader workers (default 0)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     parser.set_defaults(handler=_run)
 
 
@@ -64,7 +64,6 @@ def _class_label_set(layout, requested: Optional[str], path: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
     from torch.utils.data import DataLoader
 
     from crossmodal.data import PairedDataset
@@ -74,10 +73,17 @@ def _run(args: argparse.Namespace) -> int:
     from crossmodal.eval.features import extract_features, select_stages
     from crossmodal.eval.knn import knn_probe
     from crossmodal.eval.probe import linear_probe
-    from crossmodal.files import write_json
+    from crossmodal.files import ensure_folder, write_json
+    from crossmodal.train.run import resolve_device
 
     if not 0 < args.holdout_fraction < 1:
         raise ConfigError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
+    if args.train_split == args.test_split:
+        raise ConfigError(f"--train-split and --test-split are both '{args.train_split}': a probe scored on the "
+                          f"split it was fitted on measures nothing")
+    device = resolve_device(args.device)
+    if args.json:
+        ensure_folder(os.path.dirname(os.path.abspath(args.json)))
     loaded = load_encoder(args.checkpoint, random_init=args.random_init, seed=args.seed)
     modality = args.modality or loaded.modality
     if modality is None:
@@ -93,7 +99,6 @@ def _run(args: argparse.Namespace) -> int:
                           f"takes {loaded.encoder.in_chans} (trained on {loaded.modality or 'an unknown modality'})")
     label_name = _class_label_set(layout, args.labels, data_path)
     stages = select_stages(len(loaded.encoder.spec.channels), args.stages)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def features(split: str):
         dataset = PairedDataset(data_path, split, modalities=[modality], labels=[label_name])

@@ -110,7 +110,8 @@ def extract_features(encoder: torch.nn.Module, batches: Iterable[dict], modality
         label_name: the class label key of a batch.
         stages: stage indices (non-negative) to keep; the embedding is always added last.
         pool: ``avg`` or ``max`` adaptive pooling.
-        pooled_size: the pooled side for every stage, or None for :func:`default_pooled_size` per stage.
+        pooled_size: the pooled side for every stage (capped at each map's height and width), or None for
+            :func:`default_pooled_size` per stage.
         max_dim: the bound of :func:`default_pooled_size`.
         device: where the encoder runs.
 
@@ -134,7 +135,9 @@ def extract_features(encoder: torch.nn.Module, batches: Iterable[dict], modality
         for index in stages:
             stage_map = output.features[index]
             if index not in sizes:
-                sizes[index] = pooled_size or default_pooled_size(*stage_map.shape[1:], max_dim=max_dim)
+                # a fixed size never exceeds the map: pooling a 4 x 4 map "to" 8 x 8 only repeats values
+                sizes[index] = (min(pooled_size, *stage_map.shape[2:]) if pooled_size
+                                else default_pooled_size(*stage_map.shape[1:], max_dim=max_dim))
             chunks[str(index)].append(pool_stage(stage_map, pool, sizes[index]).float().cpu().numpy())
         chunks[EMBEDDING].append(output.embedding.flatten(1).float().cpu().numpy())
         labels.append(batch_labels[keep].numpy())

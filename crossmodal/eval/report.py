@@ -356,8 +356,9 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
         >>> write_report(["runs/"], "report/")  # doctest: +SKIP
     """
     report = aggregate(load_results(paths), title)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from crossmodal.files import ensure_folder
+
+    out = Path(ensure_folder(out))
     import matplotlib
 
     matplotlib.use("Agg")

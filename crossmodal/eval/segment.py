@@ -22,7 +22,7 @@ from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import LoadedEncoder, load_encoder, method_name, recorded_seed
 from crossmodal.eval.metrics import confusion_matrix, per_class_iou, segmentation_scores
 from crossmodal.eval.preview_segmentation import write_segmentation_preview
-from crossmodal.files import write_json
+from crossmodal.files import ensure_folder, write_json
 from crossmodal.train.config import validate
 from crossmodal.train.engine import Trainer, TrainSetup
 from crossmodal.train.run import modality_channels_in, open_dataset, resolve_device, transforms, write_config
@@ -110,12 +110,21 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
         >>> result = run_segment(SegmentOptions("runs/student", "nyu.h5", "seg13", epochs=30))
         >>> result["results"]["frozen"]["miou"]
     """
+    if options.train_split == options.test_split:
+        raise ConfigError(f"--train-split and --test-split are both '{options.train_split}': a model scored on "
+                          f"the split it was trained on measures nothing")
     unknown = [p for p in options.protocols if p not in PROTOCOLS]
     if unknown or not options.protocols:
         raise ConfigError(f"--protocol: '{(unknown or [''])[0]}' is not one of {', '.join(PROTOCOLS)}, both")
     loaded = load_encoder(options.checkpoint, random_init=options.random_init, seed=options.seed)
     data_path = os.path.abspath(options.data)
     seg_info = segmentation_labels(data_path, options.labels)
+    splits = read_layout(data_path).splits
+    for flag, split in (("--train-split", options.train_split), ("--test-split", options.test_split)):
+        if split not in splits:
+            raise DataError(data_path, f"no split '{split}' ({flag}); it has {sorted(splits)}")
+        if not splits[split]:
+            raise DataError(data_path, f"split '{split}' ({flag}) is empty")
     modality = options.modality or loaded.modality
     if modality is None:
         raise ConfigError(f"--modality: {loaded.source} is a bare weights file that does not name its modality; "
@@ -127,6 +136,7 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
                        "optim": {"lr": options.lr},
                        "train": {"epochs": options.epochs, "batch_size": options.batch_size,
                                  "progress": options.progress}}, COMMON, "segment")
+    resolve_device(config["device"])  # a wrong device is refused before anything is written
     channels = modality_channels_in(config["data"], {"--modality": modality})["--modality"]
     if channels != loaded.encoder.in_chans:
         raise ConfigError(f"--modality: '{modality}' has {channels} channel(s) but the encoder takes "
@@ -140,7 +150,9 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
     taken = [p for p in options.protocols if os.path.exists(os.path.join(out, p, "checkpoint.pt"))]
     if taken:
         raise ConfigError(f"--out: {os.path.join(out, taken[0])} already holds a run; choose another --out")
-    os.makedirs(out, exist_ok=True)
+    if options.json_path:
+        ensure_folder(os.path.dirname(os.path.abspath(options.json_path)))
+    ensure_folder(out)
     for protocol in options.protocols:
         result["results"][protocol] = run_protocol(protocol, loaded, modality, seg_info, config,
                                                    os.path.join(out, protocol), options)

@@ -52,3 +52,11 @@ def test_test_labels_never_reach_the_choice():
     second = knn_probe(train_x, train_y, test_x, rng.permutation(test_y), seed=0, ks=(1, 5, 10, 100))
     assert first.chosen == second.chosen and first.holdout_top1 == second.holdout_top1
     assert first.chosen["k"] in (1, 5, 10)  # 100 exceeds the 48 fitted samples
+
+
+def test_knn_is_refitted_on_the_whole_training_split():
+    from test_probe import _adversarial_holdout
+
+    train_x, train_y, test_x, test_y = _adversarial_holdout()
+    result = knn_probe(train_x, train_y, test_x, test_y, seed=0)
+    assert result.holdout_top1 == 0.0 and result.top1 == 1.0

@@ -85,6 +85,8 @@ def test_random_init_is_the_scratch_baseline(smoke, tmp_path):
     (("--modality", "thermal"), "modality 'thermal' is not defined; this file offers"),
     (("--test-split", "val"), "no split 'val'; it has"),
     (("--stages", "7"), "--stages: no stage 7"),
+    (("--device", "bogus"), "device 'bogus' is not a device name"),
+    (("--test-split", "train"), "--train-split and --test-split are both 'train'"),
 ])
 def test_one_line_errors(smoke, args, message):
     run, data = smoke
@@ -95,3 +97,9 @@ def test_one_line_errors(smoke, args, message):
 def test_missing_checkpoint(tmp_path, smoke):
     line = error_line(cli("probe", "--checkpoint", tmp_path / "absent", "--data", smoke[1]))
     assert "no such run folder or weight file" in line
+
+
+def test_an_unwritable_json_is_one_line_before_any_work(smoke):
+    run, data = smoke
+    line = error_line(cli("probe", "--checkpoint", run, "--data", data, "--json", data / "sub" / "p.json"))
+    assert f"{data / 'sub'}: cannot create this folder" in line, line

@@ -149,3 +149,9 @@ def test_cli_errors_are_one_line(tmp_path, make, problem):
     path = make(folder)
     line = error_line(run_cli("report", path, "--out", tmp_path / "out"))
     assert line.startswith(f"crossmodal report: error: {path}") and problem in line
+
+
+def test_an_out_folder_that_cannot_be_made_is_a_data_error(runs, tmp_path):
+    blocker = write_text(tmp_path / "file", "x")
+    with pytest.raises(DataError, match="cannot create this folder"):
+        write_report([runs], blocker / "report")

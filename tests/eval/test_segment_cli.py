@@ -94,3 +94,19 @@ def test_a_missing_checkpoint_is_one_line(student, tmp_path):
     result = _cli_in_process("segment", "--checkpoint", tmp_path / "absent", "--data", data, "--labels", "seg")
     assert result.returncode == 2
     assert str(tmp_path / "absent") in error_line(result)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--test-split", "val"), "no split 'val' (--test-split); it has ['test', 'train']"),
+    (("--train-split", "test"), "--train-split and --test-split are both 'test'"),
+    (("--device", "bogus"), "device 'bogus' is not a device name"),
+    (("--json", "DATA/sub/s.json"), "cannot create this folder"),
+])
+def test_bad_options_are_one_line_and_write_nothing(student, tmp_path, args, message):
+    _, run, data = student
+    args = [str(arg).replace("DATA", str(data)) for arg in args]
+    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "seg",
+                             "--out", tmp_path / "out", *args)
+    assert result.returncode == 2
+    assert message in error_line(result)
+    assert not (tmp_path / "out").exists()
