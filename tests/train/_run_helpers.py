@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import io
 import os
 import subprocess
@@ -111,3 +112,30 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+# the engine tests' tiny runs: batch 8 over the session file's 38 training scenes = 4 steps an epoch
+ENGINE_SMALL = ["train.batch_size=8", "train.progress=false"]
+ENGINE_STEPS_PER_EPOCH = 4
+
+
+def teacher_overrides(data: Path, *extra: str) -> list[str]:
+    """A classes-only teacher (no decoder: the cheapest task), unaugmented, one record per step."""
+    return [f"data.path={data}", *ENGINE_SMALL, "train.epochs=1", "train.log_every=1", "task.segmentation=null",
+            "data.augment=false", *extra]
+
+
+def records(run: Path, scope: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["scope"] == scope]
+
+
+def first_call(action):
+    """A hook that runs ``action(trainer)`` after the first step only."""
+    done = []
+
+    def hook(trainer) -> None:
+        if not done:
+            done.append(True)
+            action(trainer)
+    return hook
