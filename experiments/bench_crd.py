@@ -87,8 +87,10 @@ def draw_contrast_index(batch: int, k: int, n: int, generator: torch.Generator) 
 
 def ours(args, shared: bool = False) -> nn.Module:
     spec = FeatureSpec(channels=(FEATURE_DIM,), reductions=(32,), embed_dim=FEATURE_DIM)
+    # RepDistiller's bare linear heads, so that both sides compute the same numbers (the default BatchNorm head
+    # adds one (B, 128) normalisation per head, noise next to the contrast itself)
     return create_distiller("crd", spec, spec, num_samples=args.samples, num_negatives=args.negatives,
-                            shared_negatives=shared)
+                            shared_negatives=shared, head_batchnorm=False)
 
 
 def copy_into(crd: nn.Module, baseline: PerSampleGatherCRD) -> None:

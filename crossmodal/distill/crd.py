@@ -25,17 +25,54 @@ from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 
 
 class EmbedHead(nn.Module):
-    """Linear map of a pooled feature to the contrast space, then l2 normalisation (RepDistiller's ``Embed``).
+    """Linear map of a pooled feature to the contrast space, optionally batch-normalised, then l2 normalisation.
 
-    The normalisation runs in float32, so that embeddings and scores stay exact under autocast.
+    RepDistiller's ``Embed`` is the linear map and the l2 normalisation alone (``norm=False``). With ``norm``
+    (the default here) a BatchNorm without affine parameters centres and scales the linear outputs over the
+    batch before the l2 normalisation. That matters: a CNN's pooled embedding is post-ReLU, every entry positive
+    with a large common mean, so a bare linear head maps all samples close to one direction, and a contrast
+    against a memory (detached rows) barely pushes them apart. On such features the bare head leaves CRD stuck at
+    chance (see ``experiments/crd_head_check.py``); the centred head learns. The normalisation runs in float32, so
+    that embeddings and scores stay exact under autocast. Batch statistics are used (and the running ones
+    updated) only in a training step: in eval mode, under ``torch.no_grad`` (CRD's evaluation, which changes
+    nothing) and for a batch of one the running statistics are used.
     """
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, norm: bool = True) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim, out_dim)
+        self.norm = nn.BatchNorm1d(out_dim, affine=False) if norm else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(features.flatten(1)).float(), dim=1)
+        embedded = self.linear(features.flatten(1))
+        if self.norm is None:
+            return F.normalize(embedded.float(), dim=1)
+        norm = self.norm
+        embedded = embedded.to(norm.running_mean.dtype)
+        if self.training and torch.is_grad_enabled() and embedded.shape[0] > 1:
+            mean, variance, count = _batch_moments(embedded)
+            with torch.no_grad():
+                unbiased = variance * (count / max(count - 1.0, 1.0))
+                norm.running_mean.lerp_(mean.detach(), norm.momentum)
+                norm.running_var.lerp_(unbiased.detach(), norm.momentum)
+                norm.num_batches_tracked.add_(1)
+        else:
+            mean, variance = norm.running_mean, norm.running_var
+        return F.normalize((embedded - mean) * torch.rsqrt(variance + norm.eps), dim=1).float()
+
+
+def _batch_moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per-column mean and (biased) variance over the batch, over every rank's batch under torch.distributed
+    (as SyncBatchNorm: the all-reduce is differentiable, so the gradient is that of the whole batch)."""
+    if not distributed.is_distributed():
+        return values.mean(0), values.var(0, unbiased=False), float(values.shape[0])
+    from torch.distributed.nn.functional import all_reduce
+
+    totals = all_reduce(torch.cat([values.sum(0), values.new_full((1,), values.shape[0])]))
+    count = totals[-1]
+    mean = totals[:-1] / count
+    variance = all_reduce(((values - mean) ** 2).sum(0)) / count  # two passes, as var() does on one process
+    return mean, variance, float(count)
 
 
 @register_distiller("crd")
@@ -48,7 +85,9 @@ class CRD(Distiller):
     pass ``labels`` and ``negatives='other_classes'`` to reproduce those (drawn with replacement here; its
     CIFAR sampler draws without replacement, which differs negligibly when K is well below N).
 
-    Each embedding goes through its own trainable head (linear to ``feat_dim``, l2 normalised); the teacher's
+    Each embedding goes through its own trainable head (linear to ``feat_dim``, batch-normalised unless
+    ``head_batchnorm=False``, l2 normalised; see :class:`EmbedHead` for why the default departs from the
+    reference); the teacher's
     backbone stays frozen. Two memories hold past student and teacher embeddings. The student anchor is
     contrasted with its positive and K negative rows of the teacher memory, and the teacher anchor with the
     student memory; the loss is the sum of the two NCE losses. After each step the batch's rows are updated.
@@ -68,6 +107,8 @@ class CRD(Distiller):
         memory: ``'bank'`` (N rows per modality) or ``'queue'`` (the last ``queue_size`` embeddings; the
             positive is then the other modality's current embedding).
         queue_size: queue length (default K).
+        head_batchnorm: centre the heads' outputs with a BatchNorm before the l2 normalisation (True); False is
+            RepDistiller's bare linear head.
         scoring: ``'auto'``, ``'dense'`` or ``'gather'``: how per-sample scores are computed (identical values;
             see ``_contrast_objective``).
         seed: seed of the memory initialisation and of the negative sampler (must match on all ranks).
@@ -85,7 +126,7 @@ class CRD(Distiller):
                  temperature: float = 0.07, momentum: float = 0.5, mode: str = "exact", negatives: str = "all",
                  objective: str = "nce", normalization: str = "first_batch", z_momentum: float = 0.99,
                  shared_negatives: bool = False, memory: str = "bank", queue_size: Optional[int] = None,
-                 scoring: str = "auto", seed: int = 0) -> None:
+                 head_batchnorm: bool = True, scoring: str = "auto", seed: int = 0) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
         _check_choice("negatives", negatives, ("all", "other_classes"))
         _check_choice("objective", objective, ("nce", "info_nce"))
@@ -99,7 +140,7 @@ class CRD(Distiller):
         _check_number("temperature", temperature, lambda v: v > 0, "a positive number")
         for name, value in (("momentum", momentum), ("z_momentum", z_momentum)):
             _check_number(name, value, lambda v: 0 <= v < 1, "a number in [0, 1)")
-        for name, value in (("shared_negatives", shared_negatives),):
+        for name, value in (("shared_negatives", shared_negatives), ("head_batchnorm", head_batchnorm)):
             if not isinstance(value, bool):
                 raise ConfigError(f"crd: {name} must be true or false, not {value!r}")
         if memory == "queue" and (mode != "exact" or negatives != "all"):
@@ -107,8 +148,8 @@ class CRD(Distiller):
         self.num_negatives, self.temperature = num_negatives, float(temperature)
         self.objective, self.normalization, self.z_momentum = objective, normalization, float(z_momentum)
         self.scoring = scoring
-        self.embed_student = EmbedHead(student.embed_dim, feat_dim)
-        self.embed_teacher = EmbedHead(teacher.embed_dim, feat_dim)
+        self.embed_student = EmbedHead(student.embed_dim, feat_dim, norm=head_batchnorm)
+        self.embed_teacher = EmbedHead(teacher.embed_dim, feat_dim, norm=head_batchnorm)
         if memory == "bank":
             self.student_memory = MemoryBank(num_samples, feat_dim, momentum, seed=seed)
             self.teacher_memory = MemoryBank(num_samples, feat_dim, momentum, seed=seed + 1)

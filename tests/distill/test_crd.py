@@ -44,7 +44,7 @@ def outputs(generator, batch=B, student_grad=True):
 def test_matches_repdistiller_per_sample_gather_over_steps(scoring):
     """Same rows in, same loss, gradients (inputs and heads) and banks out, step after step."""
     bench = load_benchmark()
-    crd = make_crd(scoring=scoring)
+    crd = make_crd(scoring=scoring, head_batchnorm=False)  # RepDistiller's bare linear heads
     reference = bench.PerSampleGatherCRD(12, 8, N, K)
     reference.embed_t = torch.nn.Linear(10, 8)
     bench.copy_into(crd, reference)
@@ -321,3 +321,37 @@ def test_memory_stays_float32_when_the_module_is_cast():
     student = EncoderOutput([], torch.randn(B, 12, generator=generator, dtype=torch.float64))
     teacher = EncoderOutput([], torch.randn(B, 10, generator=generator, dtype=torch.float64))
     assert torch.isfinite(crd(student, teacher, torch.arange(B)).loss)
+
+
+def load_head_check():
+    path = Path(__file__).resolve().parents[2] / "experiments" / "crd_head_check.py"
+    spec = importlib.util.spec_from_file_location("crd_head_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_crd_learns_to_pair_post_relu_embeddings_only_with_the_centred_head():
+    """A student seeing a noisy linear view of post-ReLU teacher embeddings (what a CNN's pooled embedding is):
+    with the default BatchNorm heads CRD pairs nearly every sample; RepDistiller's bare heads stay at chance."""
+    check = load_head_check()
+    centred = check.retrieval_after_training(post_relu=True, head_batchnorm=True, num=256, dim=64, epochs=8)
+    bare = check.retrieval_after_training(post_relu=True, head_batchnorm=False, num=256, dim=64, epochs=8)
+    assert centred > 0.9 and bare < 0.05  # chance is 1/256
+
+
+def test_the_head_batchnorm_centres_over_the_batch_and_keeps_running_statistics():
+    crd = make_crd()
+    features = torch.rand(B, STUDENT.embed_dim) + 5.0  # all positive, large common mean
+    out = crd.embed_student(features)
+    linear = crd.embed_student.linear(features)
+    expected = F.normalize((linear - linear.mean(0)) / torch.sqrt(linear.var(0, unbiased=False) + 1e-5), dim=1)
+    torch.testing.assert_close(out, expected)
+    norm = crd.embed_student.norm
+    torch.testing.assert_close(norm.running_mean, 0.1 * linear.mean(0).detach())
+    assert int(norm.num_batches_tracked) == 1
+    crd.eval()  # evaluation uses the running statistics and leaves them alone
+    before = norm.running_mean.clone()
+    crd.embed_student(features)
+    assert torch.equal(norm.running_mean, before)
+    assert not any("norm" in name for name, _ in crd.named_parameters())  # no affine parameters

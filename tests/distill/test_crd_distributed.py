@@ -89,7 +89,8 @@ def test_two_processes_equal_one_process_with_the_whole_batch(rank_results, name
         if split == "even":  # DDP averages gradients unweighted: equal to 2B only for equal rank batches
             for rank in ranks:
                 for got, want in zip(rank[step]["grads"], expected["grads"]):
-                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+                    # atol: the heads' BatchNorm moments are all-reduced, sums in another order (float32 ulps)
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=5e-6)
     for rank in ranks:
         for key, value in single[-1]["state"].items():
             torch.testing.assert_close(rank[-1]["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
