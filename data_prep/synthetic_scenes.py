@@ -2,9 +2,12 @@
 
 Each sample is a box-shaped room seen by a pinhole camera, with one main object on the
 floor whose category is the image label, plus a few distractor objects. Five categories
-differ by shape only (visible in depth, muted shared colours) and five are the same
-cabinet shape told apart only by colour and texture (visible only in RGB), so an RGB
-teacher and a depth student see genuinely different evidence.
+differ by shape (visible in depth) and each has a typical, muted colour family, as a
+real object category has a typical appearance; five are the same cabinet shape told
+apart only by saturated colour and texture (visible only in RGB). So an RGB teacher
+recognises every class from its own evidence, a depth student can learn the five shape
+classes from it (the transferable knowledge), and the cabinets' identities stay
+invisible to depth (the knowledge that cannot transfer).
 
 Usage: ``render_scene(np.random.default_rng([seed, index]), size=64)``.
 """
@@ -34,11 +37,8 @@ SEG_OBJECT_OFFSET = 3
 NUM_SHAPE_CLASSES = 5
 _ROOM_SURFACE = -1
 
-# Muted albedos shared by the shape classes, so colour alone cannot identify them.
-_MUTED_PALETTE = np.array([
-    [0.55, 0.55, 0.55], [0.35, 0.35, 0.36], [0.45, 0.33, 0.22], [0.60, 0.45, 0.30],
-    [0.72, 0.65, 0.52], [0.50, 0.44, 0.38], [0.66, 0.60, 0.55], [0.40, 0.30, 0.25],
-])
+# The shape classes' typical hues (muted: saturation 0.25..0.5), jittered per object.
+_SHAPE_HUES = (0.08, 0.52, 0.95, 0.3, 0.7)
 # Appearance classes: (hue, pattern); the accent colour is chosen per pattern below.
 _APPEARANCE = {
     5: (0.0, "plain"), 6: (0.33, "stripes"), 7: (0.62, "checker"),
@@ -90,8 +90,8 @@ def _hsv(hue: float, saturation: float, value: float) -> np.ndarray:
 
 def _object_material(rng: np.random.Generator, category: int) -> Material:
     if category < NUM_SHAPE_CLASSES:
-        color = np.clip(_MUTED_PALETTE[rng.integers(len(_MUTED_PALETTE))] * rng.uniform(0.85, 1.15)
-                        + rng.uniform(-0.03, 0.03, 3), 0, 1)
+        color = _hsv(_SHAPE_HUES[category] + rng.uniform(-0.04, 0.04), rng.uniform(0.25, 0.5),
+                     rng.uniform(0.4, 0.8))
         pattern = "wood" if rng.random() < 0.5 else "plain"
         return Material(pattern, color, color * rng.uniform(0.55, 0.75), rng.uniform(0.04, 0.09))
     hue, pattern = _APPEARANCE[category]
