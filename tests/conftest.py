@@ -27,6 +27,22 @@ def run_cli(*args: str, check: bool = False, cwd: Path | None = None) -> subproc
     return result
 
 
+def cli(*args) -> subprocess.CompletedProcess:
+    """``crossmodal ARGS`` through the entry point in this process (the tests' cost is the work, not imports)."""
+    import contextlib
+    import io
+
+    from crossmodal.cli.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:
+            code = exit_.code
+    return subprocess.CompletedProcess(["crossmodal", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+
+
 def error_line(result: subprocess.CompletedProcess) -> str:
     """The single error line a failed command printed last; fails the test on a traceback or several errors.
 

@@ -7,10 +7,11 @@ import sys
 from typing import Sequence
 
 from crossmodal import __version__, interrupts
-from crossmodal.cli import inspect_verb, prepare_verb, train_verbs, probe_verb, report_verb, segment_verb
+from crossmodal.cli import (demo_verb, inspect_verb, prepare_verb, probe_verb, report_verb, segment_verb,
+                            train_verbs)
 from crossmodal.errors import CrossmodalError
 
-VERBS = (prepare_verb, inspect_verb, train_verbs, probe_verb, report_verb, segment_verb)
+VERBS = (prepare_verb, inspect_verb, train_verbs, probe_verb, segment_verb, report_verb, demo_verb)
 EXIT_USER_ERROR = 2
 
 

@@ -2,13 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-from typing import Any, Optional
 
 from crossmodal.cli.arguments import non_negative_int, positive_int
-from crossmodal.errors import ConfigError, DataError
-
-FORMAT = "crossmodal-probe/1"
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -48,107 +43,17 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _class_label_set(layout, requested: Optional[str], path: str) -> str:
-    class_sets = sorted(name for name, info in layout.labels.items() if info.type == "class")
-    if requested is not None:
-        if requested not in class_sets:
-            raise DataError(path, f"no class label set '{requested}'; it has {class_sets or 'none'}"
-                                  + (f" (segmentation: {sorted(set(layout.labels) - set(class_sets))})"
-                                     if set(layout.labels) - set(class_sets) else ""))
-        return requested
-    if len(class_sets) == 1:
-        return class_sets[0]
-    if not class_sets:
-        raise DataError(path, f"no class label set to probe; it has {sorted(layout.labels) or 'no labels'}")
-    raise ConfigError(f"--labels: {path} has several class label sets {class_sets}; name one")
-
-
 def _run(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
+    from crossmodal.eval.probe_run import ProbeOptions, render_table, run_probe
 
-    from crossmodal.data import PairedDataset
-    from crossmodal.data.format import read_layout
-    from crossmodal.data.modalities import resolve_modality
-    from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
-    from crossmodal.eval.features import extract_features, select_stages
-    from crossmodal.eval.knn import knn_probe
-    from crossmodal.eval.probe import linear_probe
-    from crossmodal.files import ensure_folder, write_json
-    from crossmodal.train.run import resolve_device
-
-    if not 0 < args.holdout_fraction < 1:
-        raise ConfigError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
-    if args.train_split == args.test_split:
-        raise ConfigError(f"--train-split and --test-split are both '{args.train_split}': a probe scored on the "
-                          f"split it was fitted on measures nothing")
-    device = resolve_device(args.device)
-    if args.json:
-        ensure_folder(os.path.dirname(os.path.abspath(args.json)))
-    loaded = load_encoder(args.checkpoint, random_init=args.random_init, seed=args.seed)
-    modality = args.modality or loaded.modality
-    if modality is None:
-        raise ConfigError(f"--modality: {loaded.source} does not say which modality it encodes; name it")
-    data_path = os.path.abspath(args.data)
-    layout = read_layout(data_path)
-    try:
-        channels = resolve_modality(modality, layout).channels
-    except KeyError as err:
-        raise DataError(data_path, err.args[0]) from None
-    if channels != loaded.encoder.in_chans:
-        raise ConfigError(f"--modality {modality} has {channels} channels, the encoder of {loaded.source} "
-                          f"takes {loaded.encoder.in_chans} (trained on {loaded.modality or 'an unknown modality'})")
-    label_name = _class_label_set(layout, args.labels, data_path)
-    stages = select_stages(len(loaded.encoder.spec.channels), args.stages)
-
-    def features(split: str):
-        dataset = PairedDataset(data_path, split, modalities=[modality], labels=[label_name])
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
-        return extract_features(loaded.encoder, loader, modality, label_name, stages, args.pool,
-                                args.pooled_size, device=device)
-
-    train, test = features(args.train_split), features(args.test_split)
-    train_classes = sorted(set(train.labels.tolist()))
-    if len(train_classes) < 2:
-        raise DataError(data_path, f"label set '{label_name}' has {len(train_classes)} class(es) among the labelled "
-                                   f"samples of split '{args.train_split}'; a probe needs at least 2")
-    if len(test.labels) == 0:
-        raise DataError(data_path, f"split '{args.test_split}' has no samples labelled in '{label_name}'")
-
-    rows = []
-    for train_stage, test_stage in zip(train.stages, test.stages):
-        options = dict(holdout_fraction=args.holdout_fraction, seed=args.seed)
-        linear = linear_probe(train_stage.values, train.labels, test_stage.values, test.labels,
-                              solver=args.solver, **options)
-        knn = knn_probe(train_stage.values, train.labels, test_stage.values, test.labels, **options)
-        rows.append({"stage": train_stage.name, "pool": args.pool, "pooled_size": train_stage.pooled_size,
-                     "dim": train_stage.dim, "linear": linear.as_dict(), "knn": knn.as_dict()})
-    card = loaded.card
-    counts = [int((test.labels == value).sum()) for value in set(test.labels.tolist())]
-    result = {
-        "format": FORMAT, "checkpoint": loaded.source, "random_init": bool(args.random_init),
-        "method": args.method or method_name(card, args.random_init),
-        "seed": recorded_seed(card, args.random_init, args.seed),
-        "modality": modality, "data": data_path, "labels": label_name,
-        "train_split": args.train_split, "test_split": args.test_split, "holdout_fraction": args.holdout_fraction,
-        "num_train": int(len(train.labels)), "num_test": int(len(test.labels)), "num_classes": len(train_classes),
-        "chance": max(counts) / len(test.labels), "stages": rows}
+    options = ProbeOptions(
+        checkpoint=args.checkpoint, data=args.data, modality=args.modality, labels=args.labels, stages=args.stages,
+        random_init=args.random_init, seed=args.seed, method=args.method, pool=args.pool,
+        pooled_size=args.pooled_size, solver=args.solver, holdout_fraction=args.holdout_fraction,
+        train_split=args.train_split, test_split=args.test_split, batch_size=args.batch_size,
+        num_workers=args.num_workers, device=args.device)
+    result = run_probe(options, json_path=args.json)
     print(render_table(result))
     if args.json:
-        write_json(args.json, result)
         print(f"written to {args.json}")
     return 0
-
-
-def render_table(result: dict[str, Any]) -> str:
-    """The probe results as a plain-text table, one row per stage."""
-    head = (f"probe of {result['checkpoint']} ({result['method']}, {result['modality']}) on {result['data']}: "
-            f"'{result['labels']}', {result['num_classes']} classes, {result['num_train']} train / "
-            f"{result['num_test']} test samples, chance {100 * result['chance']:.1f}%")
-    lines = [head, f"{'stage':>9}  {'dim':>6}  {'linear':>7}  {'kNN':>7}  chosen (on a train holdout)"]
-    for row in result["stages"]:
-        linear, knn = row["linear"], row["knn"]
-        chosen = ", ".join(f"{key}={value:g}" for key, value in linear["chosen"].items())
-        lines.append(f"{row['stage']:>9}  {row['dim']:>6}  {100 * linear['top1']:6.1f}%  {100 * knn['top1']:6.1f}%  "
-                     f"{linear['solver']}: {chosen}; kNN: k={knn['chosen']['k']}, "
-                     f"T={knn['chosen']['temperature']:g}")
-    return "\n".join(lines)

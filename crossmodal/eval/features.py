@@ -63,16 +63,17 @@ def default_pooled_size(channels: int, height: int, width: int, max_dim: int = D
 
 
 def select_stages(num_stages: int, indices: Optional[Sequence[int]]) -> list[int]:
-    """The stage indices to probe, negatives counted from the end; None or empty selects every stage.
+    """The stage indices to probe, negatives counted from the end; None selects every stage, an empty sequence
+    none (the pooled embedding alone is probed).
 
     Raises:
         ConfigError: an index outside ``-num_stages .. num_stages - 1``.
 
     Examples:
-        >>> select_stages(5, [0, -1]), select_stages(3, None)
-        ([0, 4], [0, 1, 2])
+        >>> select_stages(5, [0, -1]), select_stages(3, None), select_stages(3, [])
+        ([0, 4], [0, 1, 2], [])
     """
-    if not indices:
+    if indices is None:
         return list(range(num_stages))
     chosen = []
     for index in indices:

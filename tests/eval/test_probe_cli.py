@@ -1,30 +1,15 @@
 """``crossmodal probe`` end to end on the smoke distillation: the JSON report, the table and one-line errors."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, error_line
+from conftest import ROOT, cli, error_line
 
 SMOKE_DISTILL = ROOT / "experiments" / "configs" / "smoke_distill.yaml"
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    """``crossmodal ARGS`` through the entry point in this process (the tests' cost is the work, not imports)."""
-    from crossmodal.cli.main import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main([str(arg) for arg in args])
-        except SystemExit as exit_:
-            code = exit_.code
-    return subprocess.CompletedProcess(["crossmodal", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Every config shipped under experiments/configs/ validates against its verb's schema."""
+"""Every config shipped under experiments/configs/ and crossmodal/configs/ validates against its verb's schema."""
 from pathlib import Path
 
 import pytest
@@ -7,11 +7,19 @@ from crossmodal.train.builders import _distiller_plan
 from crossmodal.train.config import load_config, read_yaml
 from crossmodal.train.schemas import SCHEMAS
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "experiments" / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted([*(ROOT / "experiments" / "configs").glob("*.yaml"), *(ROOT / "crossmodal" / "configs").glob("*.yaml")])
 
 
 def test_configs_are_shipped():
-    assert {"smoke_distill.yaml", "smoke_teacher.yaml"} <= {path.name for path in CONFIGS}
+    assert {"smoke_distill.yaml", "smoke_teacher.yaml", "demo_teacher.yaml", "demo_distill.yaml"} <= {
+        path.name for path in CONFIGS}
+
+
+def test_the_demo_configs_are_installed_with_the_package():
+    from crossmodal.demo import config_path
+
+    assert Path(config_path("demo_distill")).is_file() and Path(config_path("demo_teacher")).is_file()
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])

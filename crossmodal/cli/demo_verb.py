@@ -1,0 +1,36 @@
+"""``crossmodal demo [--out DIR]``: the whole flow on generated RGB-D scenes, CRD student against scratch."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from crossmodal.cli.arguments import non_negative_int, positive_int
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    parser = verbs.add_parser(
+        "demo", help="the whole flow on generated data: teacher, CRD student, probes, segmentation, report",
+        description="Generate synthetic NYU-style RGB-D scenes, train an RGB teacher on their labels, distil a "
+                    "depth student from it with CRD (no depth labels), then compare it with a randomly "
+                    "initialised depth student of the same architecture: a linear probe on the scene classes "
+                    "and segmentation transfer (a decoder over each frozen encoder). About 10 minutes on 2 CPU "
+                    "cores. Writes DIR/results.json, DIR/report/ and every run; finished steps in DIR are "
+                    "reused and an interrupted training step resumes, so delete DIR to start over.")
+    parser.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of everything (default 0)")
+    parser.add_argument("--num", type=positive_int, default=2000, help="scenes to generate (default 2000)")
+    parser.add_argument("--size", type=positive_int, default=64, help="image side in pixels (default 64)")
+    parser.add_argument("--teacher-epochs", type=positive_int, help="default: the shipped config's (10)")
+    parser.add_argument("--student-epochs", type=positive_int, help="default: the shipped config's (15)")
+    parser.add_argument("--segment-epochs", type=positive_int, default=8, help="default 8")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from crossmodal.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(out=args.out, seed=args.seed, num=args.num, size=args.size,
+                         teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+                         segment_epochs=args.segment_epochs, device=args.device, progress=sys.stderr.isatty()))
+    return 0

@@ -1,0 +1,63 @@
+"""Steps of a multi-run study that are reused when finished: ``crossmodal demo`` and the experiments use them.
+
+Each step writes into its own folder and is skipped when its result is there, so a study stopped at any point
+continues where it was when run again; a training run stopped after a checkpoint resumes from it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Callable, Sequence
+
+Say = Callable[[str], None]
+
+
+def train_or_reuse(verb: str, config: str, overrides: Sequence[str], run_dir: str, say: Say = print) -> str:
+    """Train one ``train-teacher`` / ``distill`` run into ``run_dir``; reuse it when finished, resume it when it
+    stopped after a checkpoint, start it over when it stopped before one. Returns ``run_dir``."""
+    from crossmodal.train.builders import build_distillation, build_teacher_training
+    from crossmodal.train.run import run_training
+
+    build = build_teacher_training if verb == "train-teacher" else build_distillation
+    if os.path.exists(os.path.join(run_dir, "model_card.json")):
+        say(f"      reusing the finished run {run_dir}")
+        return run_dir
+    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+        say(f"      resuming {run_dir} from its checkpoint")
+        run_training(verb, build, None, [], resume=run_dir)
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)  # a start that died before its first checkpoint
+    run_training(verb, build, config, list(overrides), out=run_dir)
+    return run_dir
+
+
+def probe_or_reuse(path: str, options: Any, say: Say = print) -> dict[str, Any]:
+    """``crossmodal probe`` with :class:`~crossmodal.eval.probe_run.ProbeOptions`, its JSON written to (or read
+    back from) ``path``."""
+    from crossmodal.eval.probe_run import render_table, run_probe
+
+    if os.path.exists(path):
+        return _read(path)
+    result = run_probe(options, json_path=path)
+    say(render_table(result))
+    return result
+
+
+def segment_or_reuse(options: Any, say: Say = print) -> dict[str, Any]:
+    """``crossmodal segment`` with :class:`~crossmodal.eval.segment.SegmentOptions` (``out`` set), reusing
+    ``out/segment.json``; an interrupted run starts over."""
+    from crossmodal.eval.segment import format_table, run_segment
+
+    path = os.path.join(options.out, "segment.json")
+    if os.path.exists(path):
+        return _read(path)
+    shutil.rmtree(options.out, ignore_errors=True)
+    result = run_segment(options)
+    say(format_table(result))
+    return result
+
+
+def _read(path: str) -> dict[str, Any]:
+    from crossmodal.eval.report import load_results
+
+    return load_results([path])[0][1]
