@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -56,7 +56,6 @@ class Study:
     seeds: Sequence[int] = (0,)
     supervised_overrides: Optional[list[str]] = None  # train-teacher overrides of the supervised student
     scratch: bool = True
-    results: list[str] = field(default_factory=list)
 
     def teacher(self, seed: int) -> str:
         say(f"teacher (seed {seed})")
@@ -80,8 +79,8 @@ class Study:
                     f"{self.out}/supervised-s{seed}", say)
             for method, run_dir in students.items():
                 self.evaluate(method, run_dir, seed, random_init=False)
-            if self.scratch:  # the students' architecture, randomly initialised with this seed
-                self.evaluate("scratch", next(iter(students.values())), seed, random_init=True)
+            if self.scratch:  # the students' architecture (CRD's: no classifier), randomly initialised with this seed
+                self.evaluate("scratch", students.get("crd") or next(iter(students.values())), seed, random_init=True)
         self.report()
 
     def evaluate(self, method: str, run_dir: str, seed: int, random_init: bool) -> None:
@@ -93,7 +92,6 @@ class Study:
             probe_or_reuse(path, ProbeOptions(
                 checkpoint=run_dir, data=self.data, modality=self.student_modality, labels=ev.probe_labels,
                 stages=ev.probe_stages, random_init=random_init, seed=seed, method=method, device=ev.device), say)
-            self.results.append(path)
         if ev.segment_labels:
             say(f"segmentation transfer {name}")
             options = SegmentOptions(
@@ -102,9 +100,9 @@ class Study:
                 lr=ev.segment_lr, batch_size=ev.segment_batch, augment=False, seed=seed,
                 out=f"{self.out}/segment-{name}", method=method, device=ev.device)
             segment_or_reuse(options, say)
-            self.results.append(f"{options.out}/segment.json")
 
     def report(self) -> None:
-        report = write_report(self.results, f"{self.out}/report", Path(self.out).name)
+        """Tables over every result in the study's folder: the seeds of earlier invocations too."""
+        report = write_report([self.out], f"{self.out}/report", Path(self.out).name)
         print(render_markdown(report), end="")
         say(f"wrote {self.out}/report/report.md")
