@@ -1,6 +1,6 @@
 """``crossmodal demo`` end to end at a tiny size: every step, results.json, the report, reruns and errors.
 
-Whether CRD beats scratch is a claim about the full-size demo (10 minutes); it is checked by running
+Whether CRD beats scratch is a claim about the full-size demo (6 minutes); it is checked by running
 ``make demo`` (see the README's results), not here.
 """
 from __future__ import annotations
