@@ -20,9 +20,10 @@ TEACHER = FeatureSpec(channels=(6, 10), reductions=(2, 4), embed_dim=10)
 N, K, B = 40, 16, 6
 
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[2] / "experiments" / "bench_crd.py"
-    spec = importlib.util.spec_from_file_location("bench_crd", path)
+def load_experiment(name: str):
+    """A script of experiments/ as a module (they are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[2] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,7 +44,7 @@ def outputs(generator, batch=B, student_grad=True):
 @pytest.mark.parametrize("scoring", ["dense", "gather"])
 def test_matches_repdistiller_per_sample_gather_over_steps(scoring):
     """Same rows in, same loss, gradients (inputs and heads) and banks out, step after step."""
-    bench = load_benchmark()
+    bench = load_experiment("bench_crd")
     crd = make_crd(scoring=scoring, head_batchnorm=False)  # RepDistiller's bare linear heads
     reference = bench.PerSampleGatherCRD(12, 8, N, K)
     reference.embed_t = torch.nn.Linear(10, 8)
@@ -323,18 +324,10 @@ def test_memory_stays_float32_when_the_module_is_cast():
     assert torch.isfinite(crd(student, teacher, torch.arange(B)).loss)
 
 
-def load_head_check():
-    path = Path(__file__).resolve().parents[2] / "experiments" / "crd_head_check.py"
-    spec = importlib.util.spec_from_file_location("crd_head_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_crd_learns_to_pair_post_relu_embeddings_only_with_the_centred_head():
     """A student seeing a noisy linear view of post-ReLU teacher embeddings (what a CNN's pooled embedding is):
     with the default BatchNorm heads CRD pairs nearly every sample; RepDistiller's bare heads stay at chance."""
-    check = load_head_check()
+    check = load_experiment("crd_head_check")
     centred = check.retrieval_after_training(post_relu=True, head_batchnorm=True, num=256, dim=64, epochs=8)
     bare = check.retrieval_after_training(post_relu=True, head_batchnorm=False, num=256, dim=64, epochs=8)
     assert centred > 0.9 and bare < 0.05  # chance is 1/256

@@ -1,28 +1,14 @@
 """``crossmodal segment`` end to end on the smoke distillation's student, and its one-line errors."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, error_line, run_cli
+from conftest import ROOT, cli, error_line, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMOKE_DISTILL = ROOT / "experiments" / "configs" / "smoke_distill.yaml"
-
-
-def _cli_in_process(*args) -> subprocess.CompletedProcess:
-    """``crossmodal ARGS`` through ``main`` in this process (the console script's code, without a fresh
-    interpreter's imports)."""
-    from crossmodal.cli.main import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([str(arg) for arg in args])
-    return subprocess.CompletedProcess(["crossmodal", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +24,7 @@ def student(tmp_path_factory):
 @pytest.fixture(scope="module")
 def segmented(student):
     tmp, run, data = student
-    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "seg", "--epochs", "1",
+    result = cli("segment", "--checkpoint", run, "--data", data, "--labels", "seg", "--epochs", "1",
                              "--json", tmp / "s.json")
     assert result.returncode == 0, result.stderr
     return tmp, run, data, result
@@ -75,7 +61,7 @@ def test_segment_prints_a_table(segmented):
 
 def test_a_class_label_set_is_one_line(student):
     tmp, run, data = student
-    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "label",
+    result = cli("segment", "--checkpoint", run, "--data", data, "--labels", "label",
                              "--out", tmp / "x")
     assert result.returncode == 2
     assert "'label'" in error_line(result) and "not a segmentation" in error_line(result)
@@ -83,7 +69,7 @@ def test_a_class_label_set_is_one_line(student):
 
 def test_an_unknown_label_set_is_one_line(student):
     tmp, run, data = student
-    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "nope",
+    result = cli("segment", "--checkpoint", run, "--data", data, "--labels", "nope",
                              "--out", tmp / "x")
     assert result.returncode == 2
     assert "no label set 'nope'" in error_line(result) and "seg" in error_line(result)
@@ -91,7 +77,7 @@ def test_an_unknown_label_set_is_one_line(student):
 
 def test_a_missing_checkpoint_is_one_line(student, tmp_path):
     _, _, data = student
-    result = _cli_in_process("segment", "--checkpoint", tmp_path / "absent", "--data", data, "--labels", "seg")
+    result = cli("segment", "--checkpoint", tmp_path / "absent", "--data", data, "--labels", "seg")
     assert result.returncode == 2
     assert str(tmp_path / "absent") in error_line(result)
 
@@ -105,7 +91,7 @@ def test_a_missing_checkpoint_is_one_line(student, tmp_path):
 def test_bad_options_are_one_line_and_write_nothing(student, tmp_path, args, message):
     _, run, data = student
     args = [str(arg).replace("DATA", str(data)) for arg in args]
-    result = _cli_in_process("segment", "--checkpoint", run, "--data", data, "--labels", "seg",
+    result = cli("segment", "--checkpoint", run, "--data", data, "--labels", "seg",
                              "--out", tmp_path / "out", *args)
     assert result.returncode == 2
     assert message in error_line(result)
