@@ -29,6 +29,7 @@ bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py
 	$(PY) experiments/bench_crd.py
 	$(PY) experiments/bench_train.py
+	$(PY) experiments/bench_probe.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -83,7 +83,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> dict[s
                              + _epochs(options.student_epochs), os.path.join(out, "crd"), say)
 
     say("[4/6] linear probes on the scene classes: the CRD student and a scratch student (random init)")
-    probes = {method: _probe(method, student, data, out, options) for method in METHODS}
+    probes = {method: _probe(method, student, data, out, options, say) for method in METHODS}
     say(f"[5/6] segmentation transfer over each frozen encoder, {options.segment_epochs} epochs")
     segments = {method: _segment(method, student, data, out, options) for method in METHODS}
 
@@ -126,12 +126,14 @@ def _ensure_data(path: str, options: DemoOptions) -> None:
     print(f"      reusing {path}")
 
 
-def _probe(method: str, student: str, data: str, out: str, options: DemoOptions) -> dict[str, Any]:
+def _probe(method: str, student: str, data: str, out: str, options: DemoOptions,
+           say: Callable[[str], None]) -> dict[str, Any]:
     from crossmodal.eval.probe_run import ProbeOptions
 
     return probe_or_reuse(os.path.join(out, "probe", f"{method}.json"), ProbeOptions(
         checkpoint=student, data=data, stages=[], random_init=method == "scratch", seed=options.seed,
-        method=method, device=options.device))
+        method=method, device=options.device, feature_cache=os.path.join(out, "features", method),
+        progress=options.progress), say)
 
 
 def _segment(method: str, student: str, data: str, out: str, options: DemoOptions) -> dict[str, Any]:

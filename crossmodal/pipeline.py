@@ -33,12 +33,13 @@ def train_or_reuse(verb: str, config: str, overrides: Sequence[str], run_dir: st
 
 def probe_or_reuse(path: str, options: Any, say: Say = print) -> dict[str, Any]:
     """``crossmodal probe`` with :class:`~crossmodal.eval.probe_run.ProbeOptions`, its JSON written to (or read
-    back from) ``path``."""
+    back from) ``path``; a line per stage goes to ``say`` as it finishes."""
     from crossmodal.eval.probe_run import render_table, run_probe
 
     if os.path.exists(path):
+        say(f"      reusing {path}")
         return _read(path)
-    result = run_probe(options, json_path=path)
+    result = run_probe(options, json_path=path, say=say)
     say(render_table(result))
     return result
 

@@ -91,7 +91,8 @@ class Study:
             path = f"{self.out}/results/probe-{name}.json"
             probe_or_reuse(path, ProbeOptions(
                 checkpoint=run_dir, data=self.data, modality=self.student_modality, labels=ev.probe_labels,
-                stages=ev.probe_stages, random_init=random_init, seed=seed, method=method, device=ev.device), say)
+                stages=ev.probe_stages, random_init=random_init, seed=seed, method=method, device=ev.device,
+                feature_cache=f"{self.out}/features/{name}"), say)
         if ev.segment_labels:
             say(f"segmentation transfer {name}")
             options = SegmentOptions(

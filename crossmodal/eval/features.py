@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crossmodal import interrupts
 from crossmodal.errors import ConfigError
 
 DEFAULT_MAX_DIM = 8192
@@ -32,12 +33,15 @@ class StageFeatures:
     Attributes:
         name: the stage index as a string (``"0"`` ..) or ``"embedding"``.
         pooled_size: the side of the pooled map, or None for the embedding (already a vector).
-        values: float32 array (N, dim).
+        values: float32 tensor (N, dim), on the evaluation device.
+        same_as: stages whose pooled features equal these (e.g. stage 4 pooled to 1 x 1 equals the embedding),
+            probed and reported once, here (see :func:`merge_equal_stages`).
     """
 
     name: str
     pooled_size: Optional[int]
-    values: np.ndarray
+    values: torch.Tensor
+    same_as: list[str] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -50,6 +54,33 @@ class ExtractedFeatures:
 
     stages: list[StageFeatures]
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def merge_equal_stages(train: ExtractedFeatures, test: ExtractedFeatures) -> None:
+    """Drop, in place, every stage whose features equal a later one's on both splits (to float32 rounding),
+    naming it in that one's ``same_as``: a stage pooled to 1 x 1 is the embedding, probed once.
+
+    Examples:
+        >>> merge_equal_stages(train, test)  # resnet10t at 32 x 32: stage 4 is 512 x 1 x 1
+        >>> [(stage.name, stage.same_as) for stage in train.stages]
+        [('0', []), ('1', []), ('2', []), ('3', []), ('embedding', ['4'])]
+    """
+    def equal(first: torch.Tensor, second: torch.Tensor) -> bool:
+        return first.shape == second.shape and bool(torch.allclose(first, second, rtol=1e-5, atol=1e-6))
+
+    position = 0
+    while position < len(train.stages):
+        later = [index for index in range(position + 1, len(train.stages))
+                 if equal(train.stages[position].values, train.stages[index].values)
+                 and equal(test.stages[position].values, test.stages[index].values)]
+        if later:
+            for split in (train, test):
+                kept = split.stages[later[0]]
+                kept.same_as = sorted({*kept.same_as, split.stages[position].name, *split.stages[position].same_as},
+                                      key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0))
+                del split.stages[position]
+        else:
+            position += 1
 
 
 def default_pooled_size(channels: int, height: int, width: int, max_dim: int = DEFAULT_MAX_DIM) -> int:
@@ -98,8 +129,10 @@ def pool_stage(stage_map: torch.Tensor, pool: str, size: int) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, batches: Iterable[dict], modality: str, label_name: str,
                      stages: Sequence[int], pool: str = "avg", pooled_size: Optional[int] = None,
-                     max_dim: int = DEFAULT_MAX_DIM, device: str | torch.device = "cpu") -> ExtractedFeatures:
-    """Run the frozen ``encoder`` (eval mode, no gradients) over ``batches`` once, keeping the chosen stages.
+                     max_dim: int = DEFAULT_MAX_DIM, device: str | torch.device = "cpu",
+                     progress: Optional[str] = None) -> ExtractedFeatures:
+    """Run the frozen ``encoder`` (eval mode, no gradients) over ``batches`` once, keeping the chosen stages on
+    ``device``.
 
     Samples whose label is -1 (unlabelled) are dropped.
 
@@ -114,7 +147,8 @@ def extract_features(encoder: torch.nn.Module, batches: Iterable[dict], modality
         pooled_size: the pooled side for every stage (capped at each map's height and width), or None for
             :func:`default_pooled_size` per stage.
         max_dim: the bound of :func:`default_pooled_size`.
-        device: where the encoder runs.
+        device: where the encoder runs and the features stay.
+        progress: a progress bar over the samples on stderr, with this description (None: no bar).
 
     Examples:
         >>> loader = DataLoader(PairedDataset("s.h5", "train", ["depth"], ["label"]), batch_size=64)
@@ -122,30 +156,36 @@ def extract_features(encoder: torch.nn.Module, batches: Iterable[dict], modality
         >>> [(s.name, s.dim) for s in feats.stages]
         [('0', 8192), ('4', 1536), ('embedding', 96)]
     """
+    from crossmodal.progress import progress_bar
+
     encoder.eval().to(device)
     sizes: dict[int, int] = {}
-    chunks: dict[str, list[np.ndarray]] = {str(i): [] for i in stages}
+    chunks: dict[str, list[torch.Tensor]] = {str(i): [] for i in stages}
     chunks[EMBEDDING] = []
     labels: list[np.ndarray] = []
-    for batch in batches:
-        batch_labels = torch.as_tensor(batch[label_name]).long()
-        keep = batch_labels >= 0
-        if not bool(keep.any()):
-            continue
-        output = encoder(batch[modality][keep].to(device))
-        for index in stages:
-            stage_map = output.features[index]
-            if index not in sizes:
-                # a fixed size never exceeds the map: pooling a 4 x 4 map "to" 8 x 8 only repeats values
-                sizes[index] = (min(pooled_size, *stage_map.shape[2:]) if pooled_size
-                                else default_pooled_size(*stage_map.shape[1:], max_dim=max_dim))
-            chunks[str(index)].append(pool_stage(stage_map, pool, sizes[index]).float().cpu().numpy())
-        chunks[EMBEDDING].append(output.embedding.flatten(1).float().cpu().numpy())
-        labels.append(batch_labels[keep].numpy())
+    total = len(batches.dataset) if hasattr(batches, "dataset") else None
+    with progress_bar(total, progress, unit="sample") as bar:
+        for batch in batches:
+            interrupts.check()
+            batch_labels = torch.as_tensor(batch[label_name]).long()
+            bar.update(len(batch_labels))
+            keep = batch_labels >= 0
+            if not bool(keep.any()):
+                continue
+            output = encoder(batch[modality][keep].to(device))
+            for index in stages:
+                stage_map = output.features[index]
+                if index not in sizes:
+                    # a fixed size never exceeds the map: pooling a 4 x 4 map "to" 8 x 8 only repeats values
+                    sizes[index] = (min(pooled_size, *stage_map.shape[2:]) if pooled_size
+                                    else default_pooled_size(*stage_map.shape[1:], max_dim=max_dim))
+                chunks[str(index)].append(pool_stage(stage_map, pool, sizes[index]).float())
+            chunks[EMBEDDING].append(output.embedding.flatten(1).float())
+            labels.append(batch_labels[keep].numpy())
     stage_features = []
     for name, parts in chunks.items():
         size = None if name == EMBEDDING else sizes.get(int(name), pooled_size)
-        values = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
-        stage_features.append(StageFeatures(name, size, values.astype(np.float32, copy=False)))
+        values = torch.cat(parts) if parts else torch.zeros((0, 0), device=device)
+        stage_features.append(StageFeatures(name, size, values))
     all_labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     return ExtractedFeatures(stage_features, all_labels.astype(np.int64))

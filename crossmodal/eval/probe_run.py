@@ -6,8 +6,10 @@ whole train split and scored once on the test split.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from crossmodal.errors import ConfigError, DataError
 
@@ -29,10 +31,13 @@ class ProbeOptions:
         seed: seed of the holdout draw and of ``random_init``.
         method: the method name written to the result; default from the model card.
         pool, pooled_size: adaptive pooling kind and fixed side (None: per stage, at most ~8192 values).
-        solver: ``auto``, ``sklearn`` or ``torch``.
+        solver: ``torch`` (L-BFGS on ``device``, a wide C search) or ``sklearn`` (the reference).
         holdout_fraction: the stratified part of the train split that chooses hyper-parameters.
         train_split, test_split: the splits fitted and scored.
-        batch_size, num_workers, device: feature extraction.
+        batch_size, num_workers: feature extraction.
+        device: where the encoder runs, the features stay and the torch solver and kNN work.
+        feature_cache: a folder for the extracted features (reused while valid), or None.
+        progress: a progress bar (or, in a pipe, lines) over feature extraction.
     """
 
     checkpoint: str
@@ -45,13 +50,19 @@ class ProbeOptions:
     method: Optional[str] = None
     pool: str = "avg"
     pooled_size: Optional[int] = None
-    solver: str = "auto"
+    solver: str = "torch"
     holdout_fraction: float = 0.2
     train_split: str = "train"
     test_split: str = "test"
     batch_size: int = 64
     num_workers: int = 0
     device: str = "auto"
+    feature_cache: Optional[str] = None
+    progress: bool = True
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _class_label_set(layout, requested: Optional[str], path: str) -> str:
@@ -69,32 +80,42 @@ def _class_label_set(layout, requested: Optional[str], path: str) -> str:
     raise ConfigError(f"--labels: {path} has several class label sets {class_sets}; name one")
 
 
-def run_probe(args: ProbeOptions, json_path: Optional[str] = None) -> dict[str, Any]:
+def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
+              say: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Probe ``args.checkpoint`` and return the ``crossmodal-probe/1`` result (also written to ``json_path``).
 
+    ``say`` receives a line per stage as it finishes (and the feature cache's lines); a fit that stopped at its
+    iteration cap is one line on stderr and ``converged: false`` in the result.
+
     Raises:
-        ConfigError, DataError: one line naming the problem, before any feature is extracted.
+        ConfigError, DataError: one line naming the problem; those about the options and files come before any
+        feature is extracted, and nothing is written.
     """
     from torch.utils.data import DataLoader
 
     from crossmodal.data import PairedDataset
     from crossmodal.data.format import read_layout
     from crossmodal.data.modalities import resolve_modality
+    from crossmodal.eval import feature_cache
     from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
-    from crossmodal.eval.features import extract_features, select_stages
+    from crossmodal.eval.features import DEFAULT_MAX_DIM, extract_features, merge_equal_stages, select_stages
     from crossmodal.eval.knn import knn_probe
-    from crossmodal.eval.probe import linear_probe
-    from crossmodal.files import ensure_folder, write_json
+    from crossmodal.eval.probe import SOLVERS, linear_probe
+    from crossmodal.files import write_json
     from crossmodal.train.run import resolve_device
 
     if not 0 < args.holdout_fraction < 1:
         raise ConfigError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
+    if args.solver not in SOLVERS:
+        raise ConfigError(f"--solver must be one of {list(SOLVERS)}, got '{args.solver}'")
     if args.train_split == args.test_split:
         raise ConfigError(f"--train-split and --test-split are both '{args.train_split}': a probe scored on the "
                           f"split it was fitted on measures nothing")
     device = resolve_device(args.device)
     if json_path:
-        ensure_folder(os.path.dirname(os.path.abspath(json_path)))
+        _check_writable_folder(os.path.dirname(os.path.abspath(json_path)))
+    if args.feature_cache:
+        _check_writable_folder(args.feature_cache)
     loaded = load_encoder(args.checkpoint, random_init=args.random_init, seed=args.seed)
     modality = args.modality or loaded.modality
     if modality is None:
@@ -110,29 +131,53 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None) -> dict[str, 
                           f"takes {loaded.encoder.in_chans} (trained on {loaded.modality or 'an unknown modality'})")
     label_name = _class_label_set(layout, args.labels, data_path)
     stages = select_stages(len(loaded.encoder.spec.channels), args.stages)
+    datasets = {split: PairedDataset(data_path, split, modalities=[modality], labels=[label_name])
+                for split in (args.train_split, args.test_split)}
+    fingerprint = loaded.encoder.fingerprint() if args.feature_cache else ""
 
     def features(split: str):
-        dataset = PairedDataset(data_path, split, modalities=[modality], labels=[label_name])
-        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
-        return extract_features(loaded.encoder, loader, modality, label_name, stages, args.pool,
-                                args.pooled_size, device=device)
+        dataset = datasets[split]
 
+        def extract():
+            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+            return extract_features(loaded.encoder, loader, modality, label_name, stages, args.pool,
+                                    args.pooled_size, device=device,
+                                    progress=f"features {split}" if args.progress else None)
+
+        if not args.feature_cache:
+            return extract()
+        parts = feature_cache.key_parts(fingerprint, data_path, split, dataset.rows, modality, label_name, stages,
+                                        args.pool, args.pooled_size, DEFAULT_MAX_DIM)
+        path = feature_cache.cache_path(args.feature_cache, split, modality, label_name, args.pool)
+        return feature_cache.cached(path, parts, extract, device, say)
+
+    start = time.perf_counter()
     train, test = features(args.train_split), features(args.test_split)
+    extraction_seconds = time.perf_counter() - start
     train_classes = sorted(set(train.labels.tolist()))
     if len(train_classes) < 2:
         raise DataError(data_path, f"label set '{label_name}' has {len(train_classes)} class(es) among the labelled "
                                    f"samples of split '{args.train_split}'; a probe needs at least 2")
     if len(test.labels) == 0:
         raise DataError(data_path, f"split '{args.test_split}' has no samples labelled in '{label_name}'")
+    _check_finite(loaded.source, {args.train_split: train, args.test_split: test})
+    merge_equal_stages(train, test)
 
     rows = []
     for train_stage, test_stage in zip(train.stages, test.stages):
+        stage_start = time.perf_counter()
         options = dict(holdout_fraction=args.holdout_fraction, seed=args.seed)
         linear = linear_probe(train_stage.values, train.labels, test_stage.values, test.labels,
                               solver=args.solver, **options)
         knn = knn_probe(train_stage.values, train.labels, test_stage.values, test.labels, **options)
-        rows.append({"stage": train_stage.name, "pool": args.pool, "pooled_size": train_stage.pooled_size,
-                     "dim": train_stage.dim, "linear": linear.as_dict(), "knn": knn.as_dict()})
+        row = {"stage": train_stage.name, "pool": args.pool, "pooled_size": train_stage.pooled_size,
+               "dim": train_stage.dim, "same_as": list(train_stage.same_as), "linear": linear.as_dict(),
+               "knn": knn.as_dict(), "seconds": round(time.perf_counter() - stage_start, 3)}
+        rows.append(row)
+        say(stage_line(row))
+        warning = convergence_warning(row)
+        if warning:
+            _stderr(warning)
     card = loaded.card
     counts = [int((test.labels == value).sum()) for value in set(test.labels.tolist())]
     result = {
@@ -142,22 +187,82 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None) -> dict[str, 
         "modality": modality, "data": data_path, "labels": label_name,
         "train_split": args.train_split, "test_split": args.test_split, "holdout_fraction": args.holdout_fraction,
         "num_train": int(len(train.labels)), "num_test": int(len(test.labels)), "num_classes": len(train_classes),
-        "chance": max(counts) / len(test.labels), "stages": rows}
+        "chance": max(counts) / len(test.labels), "solver": args.solver, "device": str(device),
+        "seconds": {"features": round(extraction_seconds, 3),
+                    "total": round(time.perf_counter() - start, 3)},
+        "stages": rows}
     if json_path:
         write_json(json_path, result)
     return result
+
+
+def _check_writable_folder(folder: str) -> None:
+    """Create ``folder`` if needed and make sure files can be written there, before any work."""
+    from crossmodal.files import ensure_folder
+
+    folder = ensure_folder(folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(folder, "cannot write in this folder (permission denied)")
+
+
+def _check_finite(source: str, splits: dict[str, Any]) -> None:
+    """A NaN or infinite feature (a diverged encoder) is one line naming the stage and the split."""
+    import torch
+
+    for split, extracted in splits.items():
+        for stage in extracted.stages:
+            if not bool(torch.isfinite(stage.values).all()):
+                where = "the embedding" if stage.name == "embedding" else f"stage {stage.name}"
+                raise DataError(source, f"{where} has NaN or infinite features on split '{split}' "
+                                        f"(a diverged encoder?); nothing to probe")
+
+
+def stage_name(row: dict[str, Any]) -> str:
+    """``3``, ``embedding`` or ``embedding (= 4)`` when stage 4's features are the embedding's."""
+    same = row.get("same_as") or []
+    return row["stage"] + (f" (= {', '.join(same)})" if same else "")
+
+
+def stage_line(row: dict[str, Any]) -> str:
+    """One line for a finished stage: name, dim, linear and kNN top-1, the chosen C, seconds."""
+    linear, knn = row["linear"], row["knn"]
+    return (f"probe stage {stage_name(row)}: dim {row['dim']}, linear {100 * linear['top1']:.1f}% "
+            f"(C={linear['chosen']['C']:.3g}, holdout {100 * linear['holdout_top1']:.1f}%), "
+            f"kNN {100 * knn['top1']:.1f}%, {row['seconds']:.1f} s")
+
+
+def convergence_warning(row: dict[str, Any]) -> Optional[str]:
+    """One line when the final fit or some of the search's fits stopped at the iteration cap, else None."""
+    linear = row["linear"]
+    skipped = linear.get("not_converged") or []
+    if linear.get("converged", True) and not skipped:
+        return None
+    parts = []
+    if not linear.get("converged", True):
+        parts.append(f"the final fit (C={linear['chosen']['C']:.3g}) stopped at its iteration cap "
+                     f"({linear['iterations']}) before converging")
+    if skipped:
+        parts.append(f"{len(skipped)} of the {linear.get('candidates')} search fits did too "
+                     f"(C={', '.join(f'{c:.3g}' for c in skipped)})")
+    return f"warning: probe stage {stage_name(row)}: " + "; ".join(parts) + " (converged: false in the JSON)"
 
 
 def render_table(result: dict[str, Any]) -> str:
     """The probe results as a plain-text table, one row per stage."""
     head = (f"probe of {result['checkpoint']} ({result['method']}, {result['modality']}) on {result['data']}: "
             f"'{result['labels']}', {result['num_classes']} classes, {result['num_train']} train / "
-            f"{result['num_test']} test samples, chance {100 * result['chance']:.1f}%")
-    lines = [head, f"{'stage':>9}  {'dim':>6}  {'linear':>7}  {'kNN':>7}  chosen (on a train holdout)"]
-    for row in result["stages"]:
+            f"{result['num_test']} test samples, chance {100 * result['chance']:.1f}%"
+            + (f"; {result['solver']} solver on {result['device']}, {result['seconds']['total']:.1f} s"
+               if "seconds" in result else ""))
+    names = [stage_name(row) for row in result["stages"]]
+    width = max([9, *map(len, names)])
+    lines = [head, f"{'stage':>{width}}  {'dim':>6}  {'linear':>7}  {'kNN':>7}  {'seconds':>7}  "
+                   f"chosen (on a train holdout)"]
+    for name, row in zip(names, result["stages"]):
         linear, knn = row["linear"], row["knn"]
-        chosen = ", ".join(f"{key}={value:g}" for key, value in linear["chosen"].items())
-        lines.append(f"{row['stage']:>9}  {row['dim']:>6}  {100 * linear['top1']:6.1f}%  {100 * knn['top1']:6.1f}%  "
-                     f"{linear['solver']}: {chosen}; kNN: k={knn['chosen']['k']}, "
-                     f"T={knn['chosen']['temperature']:g}")
+        chosen = ", ".join(f"{key}={value:.3g}" for key, value in linear["chosen"].items())
+        flag = "" if linear.get("converged", True) else " (not converged)"
+        lines.append(f"{name:>{width}}  {row['dim']:>6}  {100 * linear['top1']:6.1f}%  {100 * knn['top1']:6.1f}%  "
+                     f"{row.get('seconds', 0.0):7.1f}  {linear['solver']}: {chosen}{flag}; "
+                     f"kNN: k={knn['chosen']['k']}, T={knn['chosen']['temperature']:g}")
     return "\n".join(lines)

@@ -180,8 +180,16 @@ def _probe_table(runs: list[dict]) -> dict:
                            for stage in stages}
         methods[method] = entry
     chances = sorted({run["chance"] for run in runs if isinstance(run.get("chance"), (int, float))})
+    stage_rows = [(run, stage) for run in runs for stage in run["stages"]]
+    solvers = sorted({str(stage.get("linear", {}).get("solver")) for _, stage in stage_rows
+                      if stage.get("linear", {}).get("solver")})
+    not_converged = [f"{run['method']} seed {run['seed']} stage {stage['stage']}" for run, stage in stage_rows
+                     if stage.get("linear", {}).get("converged") is False]
+    same_as = {str(stage["stage"]): sorted({str(name) for name in stage.get("same_as") or []})
+               for _, stage in stage_rows if stage.get("same_as")}
     return {"data": runs[0]["data"], "labels": runs[0]["labels"], "modality": runs[0].get("modality"),
-            "chance": chances[0] if len(chances) == 1 else chances or None, "methods": methods}
+            "chance": chances[0] if len(chances) == 1 else chances or None, "methods": methods,
+            "solvers": solvers, "not_converged": not_converged, "same_as": same_as}
 
 
 def _segment_table(runs: list[dict]) -> dict:
@@ -256,7 +264,10 @@ def render_markdown(report: dict) -> str:
             stages = _stage_order(stage for entry in table["methods"].values() for stage in entry[kind])
             if not stages:
                 continue
-            header = ["method"] + [stage if stage == "embedding" else f"stage {stage}" for stage in stages]
+            same_as = table.get("same_as", {})
+            header = ["method"] + [(stage if stage == "embedding" else f"stage {stage}")
+                                   + (f" (= stage {', '.join(same_as[stage])})" if same_as.get(stage) else "")
+                                   for stage in stages]
             rows = [[method] + [format_cell(entry[kind].get(stage)) for stage in stages]
                     for method, entry in table["methods"].items()]
             lines += [f"## {name} top-1 (%): {_where(table)}", ""] + _markdown_table(header, rows)
@@ -265,6 +276,8 @@ def render_markdown(report: dict) -> str:
                 shown = ", ".join(f"{100 * value:.1f}%" for value in (chance if isinstance(chance, list)
                                                                        else [chance]))
                 lines += ["", f"Chance level: {shown}"]
+            if kind == "linear":
+                lines += _solver_notes(table)
             lines.append("")
     for table in report["segment"]:
         protocols = _protocol_order(name for entry in table["methods"].values() for name in entry if name != "seeds")
@@ -279,6 +292,20 @@ def render_markdown(report: dict) -> str:
     if report.get("plots"):
         lines += ["", "## Plots"] + [line for name in report["plots"] for line in ("", f"![{name}]({name})")]
     return "\n".join(lines) + "\n"
+
+
+def _solver_notes(table: dict) -> list[str]:
+    """Which solver fitted the linear probes (a warning when runs differ) and the fits that did not converge."""
+    notes = []
+    solvers = table.get("solvers") or []
+    if len(solvers) == 1:
+        notes.append(f"Linear probes fitted by the `{solvers[0]}` solver, C chosen on a train holdout.")
+    elif len(solvers) > 1:
+        notes.append(f"Warning: these runs were probed by different solvers ({', '.join(solvers)}); their C "
+                     f"searches differ, so small differences between methods may come from the solver.")
+    if table.get("not_converged"):
+        notes.append("Stopped at the iteration cap before converging: " + "; ".join(table["not_converged"]) + ".")
+    return ["", *notes] if notes else []
 
 
 def _subplots(count: int, width: float):

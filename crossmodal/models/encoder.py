@@ -1,6 +1,8 @@
 """One encoder for every modality: any timm model by name, returning all stage maps, the embedding and logits."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -98,6 +100,17 @@ class Encoder(nn.Module):
         norm = None if self.input_norm is None else [list(values) for values in self.input_norm]
         return dict(name=self.name, in_chans=self.in_chans, num_classes=self.num_classes,
                     small_input=self.small_input, input_norm=norm, **self.timm_kwargs)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of everything that determines the outputs: :attr:`config` and every ``state_dict``
+        tensor (name, shape, dtype, bytes). Caches of this encoder's outputs are keyed by it."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.config, sort_keys=True, default=repr).encode())
+        for name, tensor in self.state_dict().items():
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def _measure_spec(self) -> FeatureSpec:
         """Sizes from ``feature_info``; after ``small_input`` the reductions are measured by one no-grad forward

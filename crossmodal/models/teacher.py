@@ -1,9 +1,6 @@
 """A frozen teacher: an encoder that never trains, whatever mode its parent is put in."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 import torch
 from torch import nn
 
@@ -52,13 +49,5 @@ class FrozenTeacher(nn.Module):
             return self.encoder(x)
 
     def fingerprint(self) -> str:
-        """SHA-256 (hex) of everything that determines the outputs: the encoder's configuration (timm name,
-        ``in_chans``, ``num_classes``, ``small_input``, ``input_norm``, timm options) and every ``state_dict``
-        tensor (name, shape, dtype, bytes)."""
-        digest = hashlib.sha256()
-        digest.update(json.dumps(self.encoder.config, sort_keys=True, default=repr).encode())
-        for name, tensor in self.encoder.state_dict().items():
-            tensor = tensor.detach().to("cpu").contiguous()
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        """The encoder's :meth:`~crossmodal.models.encoder.Encoder.fingerprint`: its config and every tensor."""
+        return self.encoder.fingerprint()

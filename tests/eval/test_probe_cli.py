@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ def test_probe_writes_json_and_table(smoke, tmp_path):
     out = tmp_path / "p.json"
     result = cli("probe", "--checkpoint", run, "--data", data, "--json", out, "--seed", "3")
     assert result.returncode == 0, result.stderr
+    assert not result.stderr.count("warning")  # every fit converged
     report = json.loads(out.read_text())
     assert report["format"] == "crossmodal-probe/1"
     assert report["method"] == "crd" and report["random_init"] is False and report["seed"] == 0  # the run's seed
@@ -36,18 +36,82 @@ def test_probe_writes_json_and_table(smoke, tmp_path):
     assert report["checkpoint"] == str(run) and report["data"] == str(data)
     assert report["num_train"] + report["num_test"] <= 160 and report["num_classes"] >= 2
     assert 0 < report["chance"] <= 1
+    assert report["solver"] == "torch" and report["device"] == "cpu"
+    assert 0 < report["seconds"]["features"] <= report["seconds"]["total"]
     names = [stage["stage"] for stage in report["stages"]]
     assert names == ["0", "1", "2", "3", "4", "embedding"]
     for stage in report["stages"]:
-        assert stage["pool"] == "avg" and 0 < stage["dim"] <= 8192
+        assert stage["pool"] == "avg" and 0 < stage["dim"] <= 8192 and stage["same_as"] == []
         assert (stage["pooled_size"] is None) == (stage["stage"] == "embedding")
-        assert 0 <= stage["linear"]["top1"] <= 1 and 0 <= stage["linear"]["holdout_top1"] <= 1
-        assert stage["linear"]["solver"] == "sklearn" and set(stage["linear"]["chosen"]) == {"C"}
+        linear = stage["linear"]
+        assert 0 <= linear["top1"] <= 1 and 0 <= linear["holdout_top1"] <= 1
+        assert linear["solver"] == "torch" and set(linear["chosen"]) == {"C"}
+        assert 1e-6 <= linear["chosen"]["C"] <= 1e5 and linear["candidates"] == 18
+        assert linear["converged"] is True and linear["iterations"] >= 1 and linear["not_converged"] == []
+        assert 0 < linear["seconds"] <= stage["seconds"]
         assert 0 <= stage["knn"]["top1"] <= 1 and set(stage["knn"]["chosen"]) == {"k", "temperature"}
     lines = result.stdout.splitlines()
-    assert "linear" in lines[1] and "kNN" in lines[1]
+    assert "torch solver on cpu" in lines[0]
+    assert "linear" in lines[1] and "kNN" in lines[1] and "seconds" in lines[1]
     assert lines[-2].split()[0] == "embedding" and f"written to {out}" == lines[-1]
     assert not list(tmp_path.glob(".*tmp*"))  # written atomically, no temporary left
+    # progress on stderr (not a terminal here: plain lines), a line per stage as it finishes
+    progress = result.stderr.splitlines()
+    assert "features train: " in progress[0] and "(100%)" in progress[0]
+    stage_lines = [line for line in progress if line.startswith("probe stage ")]
+    assert [line.split(":")[0] for line in stage_lines] == [f"probe stage {name}" for name in names]
+    assert "linear" in stage_lines[0] and "C=" in stage_lines[0] and stage_lines[0].endswith(" s")
+
+
+def test_sklearn_solver_and_the_feature_cache(smoke, tmp_path):
+    run, data = smoke
+    cache = tmp_path / "features"
+    args = ("probe", "--checkpoint", run, "--data", data, "--stages", "3", "--feature-cache", cache)
+    first = cli(*args, "--solver", "sklearn", "--json", tmp_path / "a.json")
+    assert first.returncode == 0, first.stderr
+    assert sorted(path.name for path in cache.iterdir()) == ["features-test-depth-label-avg.safetensors",
+                                                            "features-train-depth-label-avg.safetensors"]
+    assert "reused" not in first.stderr and "features train" in first.stderr
+    second = cli(*args, "--json", tmp_path / "b.json")
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count(": reused") == 2 and "features train" not in second.stderr  # nothing encoded
+    a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    assert a["solver"] == "sklearn" and a["stages"][0]["linear"]["candidates"] == 6
+    assert b["solver"] == "torch"
+    assert [s["dim"] for s in a["stages"]] == [s["dim"] for s in b["stages"]]
+    assert [s["knn"] for s in a["stages"]] == [{**s["knn"], "seconds": t["knn"]["seconds"]}
+                                               for s, t in zip(b["stages"], a["stages"])]  # the same features
+    # another encoder (a random one): rebuilt, and said so in one line per split
+    third = cli(*args, "--random-init")
+    assert third.returncode == 0, third.stderr
+    assert third.stderr.count("encoder changed; rebuilding") == 2, third.stderr
+    # a truncated file: rebuilt with the reason
+    train_file = cache / "features-train-depth-label-avg.safetensors"
+    train_file.write_bytes(train_file.read_bytes()[:100])
+    fourth = cli(*args, "--random-init")
+    assert fourth.returncode == 0, fourth.stderr
+    assert f"feature cache {train_file}: unreadable" in fourth.stderr and "rebuilding" in fourth.stderr
+    assert not list(cache.glob(".*tmp*"))
+
+
+def test_a_diverged_encoder_is_one_line_naming_the_stage(smoke, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run, data = smoke
+    from safetensors import safe_open
+
+    weights = run / "student.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(weights))
+    name = next(key for key in tensors if "layer4" in key and key.endswith("running_mean"))
+    tensors[name][0] = float("nan")
+    broken = tmp_path / "diverged.safetensors"
+    save_file(tensors, str(broken), metadata=metadata)
+    line = error_line(cli("probe", "--checkpoint", broken, "--data", data, "--modality", "depth",
+                          "--json", tmp_path / "p.json"))
+    assert "stage 4 has NaN or infinite features on split 'train'" in line, line
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_random_init_is_the_scratch_baseline(smoke, tmp_path):
@@ -72,11 +136,29 @@ def test_random_init_is_the_scratch_baseline(smoke, tmp_path):
     (("--stages", "7"), "--stages: no stage 7"),
     (("--device", "bogus"), "device 'bogus' is not a device name"),
     (("--test-split", "train"), "--train-split and --test-split are both 'train'"),
+    (("--solver", "auto"), "invalid choice: 'auto'"),
 ])
 def test_one_line_errors(smoke, args, message):
     run, data = smoke
     line = error_line(cli("probe", "--checkpoint", run, "--data", data, *args))
     assert line.startswith("crossmodal probe: error:") and message in line, line
+
+
+def test_one_class_in_train_is_one_line(smoke, tmp_path):
+    import shutil
+
+    import h5py
+
+    run, data = smoke
+    copy = tmp_path / "one_class.h5"
+    shutil.copy(data, copy)
+    with h5py.File(copy, "r+") as handle:
+        labels = handle["labels/label"][()]
+        labels[handle["splits/train"][()]] = 3
+        handle["labels/label"][...] = labels
+    line = error_line(cli("probe", "--checkpoint", run, "--data", copy, "--json", tmp_path / "p.json"))
+    assert f"{copy}: label set 'label' has 1 class(es) among the labelled samples of split 'train'" in line, line
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_missing_checkpoint(tmp_path, smoke):

@@ -155,3 +155,21 @@ def test_an_out_folder_that_cannot_be_made_is_a_data_error(runs, tmp_path):
     blocker = write_text(tmp_path / "file", "x")
     with pytest.raises(DataError, match="cannot create this folder"):
         write_report([runs], blocker / "report")
+
+
+def test_report_names_the_solver_and_the_fits_that_did_not_converge(tmp_path):
+    from crossmodal.eval.report import render_markdown
+
+    torch_run = probe("crd", 0, [0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    for stage in torch_run["stages"]:
+        stage["linear"].update(solver="torch", converged=True, iterations=12)
+    torch_run["stages"][1]["linear"]["converged"] = False
+    torch_run["stages"][2]["same_as"] = ["4"]
+    files = [write(tmp_path / "a.json", torch_run)]
+    text = render_markdown(aggregate(load_results(files)))
+    assert "fitted by the `torch` solver" in text
+    assert "Stopped at the iteration cap before converging: crd seed 0 stage 1." in text
+    assert "| embedding (= stage 4) |" in text
+    files.append(write(tmp_path / "b.json", probe("scratch", 0, [0.1, 0.2, 0.3], [0.1, 0.2, 0.3])))
+    mixed = render_markdown(aggregate(load_results(files)))
+    assert "Warning: these runs were probed by different solvers (sklearn, torch)" in mixed
