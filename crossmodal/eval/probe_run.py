@@ -114,8 +114,6 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     device = resolve_device(args.device)
     if json_path:
         _check_writable_folder(os.path.dirname(os.path.abspath(json_path)))
-    if args.feature_cache:
-        _check_writable_folder(args.feature_cache)
     loaded = load_encoder(args.checkpoint, random_init=args.random_init, seed=args.seed)
     modality = args.modality or loaded.modality
     if modality is None:
@@ -133,6 +131,8 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     stages = select_stages(len(loaded.encoder.spec.channels), args.stages)
     datasets = {split: PairedDataset(data_path, split, modalities=[modality], labels=[label_name])
                 for split in (args.train_split, args.test_split)}
+    if args.feature_cache:
+        _check_writable_folder(args.feature_cache)
     fingerprint = loaded.encoder.fingerprint() if args.feature_cache else ""
 
     def features(split: str):
