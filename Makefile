@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 # The whole flow on generated RGB-D scenes: RGB teacher, CRD depth student vs scratch, probes, segmentation,
-# report in runs/demo/ (about 6 minutes on 2 CPU cores; finished steps are reused on a rerun).
+# report in runs/demo/ (about 11 minutes on 2 CPU cores; finished steps are reused on a rerun).
 demo: $(VENV)/.installed
 	$(PY) -m crossmodal demo --out runs/demo
 

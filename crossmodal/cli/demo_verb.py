@@ -13,7 +13,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Generate synthetic NYU-style RGB-D scenes, train an RGB teacher on their labels, distil a "
                     "depth student from it with CRD (no depth labels), then compare it with a randomly "
                     "initialised depth student of the same architecture: a linear probe on the scene classes "
-                    "and segmentation transfer (a decoder over each frozen encoder). About 6 minutes on 2 CPU "
+                    "and segmentation transfer (a decoder over each frozen encoder). About 11 minutes on 2 CPU "
                     "cores. Writes DIR/results.json, DIR/report/ and every run; finished steps in DIR are "
                     "reused and an interrupted training step resumes, so delete DIR to start over.")
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")

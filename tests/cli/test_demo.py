@@ -1,6 +1,6 @@
 """``crossmodal demo`` end to end at a tiny size: every step, results.json, the report, reruns and errors.
 
-Whether CRD beats scratch is a claim about the full-size demo (6 minutes); it is checked by running
+Whether CRD beats scratch is a claim about the full-size demo (about 11 minutes); it is checked by running
 ``make demo`` (see the README's results), not here.
 """
 from __future__ import annotations
@@ -72,7 +72,8 @@ def test_a_rerun_reuses_every_finished_step(demo):
     before = (out / "results.json").read_text()
     again = cli("demo", "--out", out, *TINY)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("reusing") == 3  # the data and both training runs
+    assert again.stdout.count("reusing") == 5  # the data, both training runs and both probes
+    assert "probe stage" not in again.stdout  # nothing probed again
     assert "epoch 1/1" not in again.stdout  # nothing trained again
     assert json.loads((out / "results.json").read_text()) == json.loads(before)
 
