@@ -6,7 +6,6 @@ the transform), and anything that changed makes it rebuild, never be reused sile
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from crossmodal.cache_key import data_parts, digest
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.errors import ConfigError
 from crossmodal.files import atomic_output
@@ -109,7 +109,7 @@ class TeacherFeatureCache:
         if modality not in names:
             raise ConfigError(f"teacher cache: the data set has no modality '{modality}' (it has {names})")
         parts = key_parts(teacher, dataset, modality, stage_dtype)
-        key = _digest(parts)
+        key = digest(parts)
         build_needs = needs
         if os.path.exists(path):
             reason, stored = _stale_reason(path, parts, key, needs, len(dataset))
@@ -166,21 +166,15 @@ def key_parts(teacher: FrozenTeacher, dataset: PairedDataset, modality: str, sta
     if transform is not None and getattr(transform, "train", False):
         raise ConfigError("teacher cache: the data set's transform augments (train=True); cached teacher outputs "
                           "are only valid for an unaugmented teacher view")
-    stat = os.stat(dataset.path)
-    rows = np.ascontiguousarray(getattr(dataset, "rows", np.arange(len(dataset))), dtype=np.int64)
+    rows = getattr(dataset, "rows", np.arange(len(dataset)))
     return {
         "format": FORMAT,
         "teacher": teacher.fingerprint(),
         "modality": modality,
-        "data file": [os.path.abspath(dataset.path), stat.st_size, stat.st_mtime_ns],
-        "split": [getattr(dataset, "split", None), hashlib.sha256(rows.tobytes()).hexdigest()],
+        **data_parts(dataset.path, getattr(dataset, "split", None), rows),
         "transform": repr(transform),
         "stage dtype": stage_dtype,
     }
-
-
-def _digest(parts: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def _check_needs(needs: TeacherNeeds, spec: FeatureSpec) -> None:

@@ -7,7 +7,6 @@ Files are written to a temporary name and renamed when complete; read back with 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Callable, Mapping, Optional
@@ -15,6 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
+from crossmodal.cache_key import data_parts, digest
 from crossmodal.errors import DataError
 from crossmodal.eval.features import ExtractedFeatures, StageFeatures
 from crossmodal.files import atomic_output, ensure_folder
@@ -26,22 +26,14 @@ LABELS = "__labels__"
 def key_parts(encoder_fingerprint: str, data_path: str, split: str, rows: np.ndarray, modality: str,
               label_name: str, stages: list[int], pool: str, pooled_size: Optional[int], max_dim: int) -> dict:
     """What one split's features depend on, by name (the names appear in the 'stale' message)."""
-    stat = os.stat(data_path)
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    return {"format": FORMAT, "encoder": encoder_fingerprint,
-            "data file": [os.path.abspath(data_path), stat.st_size, stat.st_mtime_ns],
-            "split": [split, hashlib.sha256(rows.tobytes()).hexdigest()], "modality": modality,
-            "labels": label_name, "stages": list(stages),
+    return {"format": FORMAT, "encoder": encoder_fingerprint, **data_parts(data_path, split, rows),
+            "modality": modality, "labels": label_name, "stages": list(stages),
             "pooling": {"pool": pool, "pooled_size": pooled_size, "max_dim": max_dim}}
 
 
 def cache_path(folder: str, split: str, modality: str, label_name: str, pool: str) -> str:
     """The file of one split's features in ``folder``."""
     return os.path.join(folder, f"features-{split}-{modality}-{label_name}-{pool}.safetensors")
-
-
-def _digest(parts: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def load(path: str, parts: Mapping[str, Any], device: str | torch.device) -> tuple[Optional[ExtractedFeatures], str]:
@@ -55,7 +47,7 @@ def load(path: str, parts: Mapping[str, Any], device: str | torch.device) -> tup
             meta = handle.metadata() or {}
             if meta.get("format") != FORMAT:
                 return None, "not a feature cache"
-            if meta.get("key") != _digest(parts):
+            if meta.get("key") != digest(parts):
                 old = json.loads(meta.get("key_parts", "{}"))
                 changed = [name for name in parts if old.get(name) != parts[name]] or ["key"]
                 return None, f"{', '.join(changed)} changed"
@@ -76,7 +68,7 @@ def save(path: str, parts: Mapping[str, Any], features: ExtractedFeatures) -> No
 
     tensors = {stage.name: stage.values.detach().to("cpu").contiguous() for stage in features.stages}
     tensors[LABELS] = torch.from_numpy(np.ascontiguousarray(features.labels, dtype=np.int64))
-    meta = {"format": FORMAT, "key": _digest(parts), "key_parts": json.dumps(parts, sort_keys=True),
+    meta = {"format": FORMAT, "key": digest(parts), "key_parts": json.dumps(parts, sort_keys=True),
             "stages": json.dumps([{"name": s.name, "pooled_size": s.pooled_size} for s in features.stages])}
     ensure_folder(os.path.dirname(os.path.abspath(path)))
     try:

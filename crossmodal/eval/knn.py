@@ -12,9 +12,8 @@ them.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import time
+from typing import Sequence
 
 import numpy as np
 import torch

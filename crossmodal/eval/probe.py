@@ -15,7 +15,7 @@ Two solvers minimise the same objective (scikit-learn's L2 multinomial logistic 
   (the 12 fits as one batched problem: one pass over the features serves all of them), then a bisection
   around the best (steps of 1/2, 1/4, 1/8 decade; each pair warm-started from the nearest fit): 18 fits
   resolve ``C`` to 1/8 decade.
-- ``sklearn``: scikit-learn's L-BFGS on today's grid ``1e-3 .. 1e2`` (6 values), 5,000 iterations a fit: the
+- ``sklearn``: scikit-learn's L-BFGS on the previous release's grid ``1e-3 .. 1e2`` (6 values), 5,000 iterations a fit: the
   reference of the tests and of ``experiments/bench_probe.py``.
 
 - [0] CLIP, Radford et al., 2021, appendix A.3, https://arxiv.org/abs/2103.00020
@@ -41,7 +41,6 @@ REFINE_STEPS = (0.5, 0.25, 0.125)  # bisection around the best, in decades
 SKLEARN_C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 6))  # 1e-3 .. 1e2: the grid of the first probes
 SKLEARN_MAX_ITER = 5000
 SEARCH_TOL = 1e-3  # the search's fits only rank C on the holdout; the final refit stops at DEFAULT_TOL
-
 
 
 @dataclass

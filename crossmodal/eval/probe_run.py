@@ -232,17 +232,18 @@ def stage_line(row: dict[str, Any]) -> str:
 
 
 def convergence_warning(row: dict[str, Any]) -> Optional[str]:
-    """One line when the final fit or some of the search's fits stopped at the iteration cap, else None."""
+    """One line when the final fit or some of the search's fits stopped before converging (at the iteration
+    cap, or stalled in float64), else None."""
     linear = row["linear"]
     skipped = linear.get("not_converged") or []
     if linear.get("converged", True) and not skipped:
         return None
     parts = []
     if not linear.get("converged", True):
-        parts.append(f"the final fit (C={linear['chosen']['C']:.3g}) stopped at its iteration cap "
-                     f"({linear['iterations']}) before converging")
+        parts.append(f"the final fit (C={linear['chosen']['C']:.3g}) stopped after {linear['iterations']} "
+                     f"iterations before converging")
     if skipped:
-        parts.append(f"{len(skipped)} of the {linear.get('candidates')} search fits did too "
+        parts.append(f"{len(skipped)} of the {linear.get('candidates')} search fits stopped before converging "
                      f"(C={', '.join(f'{c:.3g}' for c in skipped)})")
     return f"warning: probe stage {stage_name(row)}: " + "; ".join(parts) + " (converged: false in the JSON)"
 

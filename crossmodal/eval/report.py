@@ -136,11 +136,13 @@ def method_order(methods: Iterable[str]) -> list[str]:
     return sorted(set(methods), key=lambda method: (first.get(method, 2), method))
 
 
-def _stage_order(stages: Iterable[str]) -> list[str]:
+def stage_order(stages: Iterable[str]) -> list[str]:
+    """Stage names in network order: indices ascending, then ``embedding``."""
     return sorted(set(stages), key=lambda stage: (0, int(stage), "") if stage.isdigit() else (1, 0, stage))
 
 
-def _protocol_order(protocols: Iterable[str]) -> list[str]:
+def protocol_order(protocols: Iterable[str]) -> list[str]:
+    """Segmentation protocols: ``finetune``, ``frozen``, then any other by name."""
     first = {"finetune": 0, "frozen": 1}
     return sorted(set(protocols), key=lambda protocol: (first.get(protocol, 2), protocol))
 
@@ -173,7 +175,7 @@ def _probe_table(runs: list[dict]) -> dict:
         mine = [run for run in runs if run["method"] == method]
         entry: dict[str, Any] = {"seeds": sorted(run["seed"] for run in mine)}
         for kind in PROBE_KINDS:
-            stages = _stage_order(str(stage["stage"]) for run in mine for stage in run["stages"] if kind in stage)
+            stages = stage_order(str(stage["stage"]) for run in mine for stage in run["stages"] if kind in stage)
             entry[kind] = {stage: summarize([entry_stage[kind].get("top1") for run in mine
                                              for entry_stage in run["stages"]
                                              if str(entry_stage["stage"]) == stage and kind in entry_stage])
@@ -197,7 +199,7 @@ def _segment_table(runs: list[dict]) -> dict:
     for method in method_order(run["method"] for run in runs):
         mine = [run for run in runs if run["method"] == method]
         entry: dict[str, Any] = {"seeds": sorted(run["seed"] for run in mine)}
-        for protocol in _protocol_order(name for run in mine for name in run["results"]):
+        for protocol in protocol_order(name for run in mine for name in run["results"]):
             scores = [run["results"][protocol] for run in mine if protocol in run["results"]]
             entry[protocol] = {metric: summarize([score.get(metric) for score in scores])
                                for metric, _ in SEGMENT_METRICS}
@@ -261,7 +263,7 @@ def render_markdown(report: dict) -> str:
     lines = [f"# {report['title']}", ""]
     for table in report["probe"]:
         for kind, name in (("linear", "Linear probe"), ("knn", "kNN probe")):
-            stages = _stage_order(stage for entry in table["methods"].values() for stage in entry[kind])
+            stages = stage_order(stage for entry in table["methods"].values() for stage in entry[kind])
             if not stages:
                 continue
             same_as = table.get("same_as", {})
@@ -280,7 +282,7 @@ def render_markdown(report: dict) -> str:
                 lines += _solver_notes(table)
             lines.append("")
     for table in report["segment"]:
-        protocols = _protocol_order(name for entry in table["methods"].values() for name in entry if name != "seeds")
+        protocols = protocol_order(name for entry in table["methods"].values() for name in entry if name != "seeds")
         header = ["method"] + [f"{protocol} {label}" for protocol in protocols for _, label in SEGMENT_METRICS]
         rows = [[method] + [format_cell(entry.get(protocol, {}).get(metric)) for protocol in protocols
                             for metric, _ in SEGMENT_METRICS] for method, entry in table["methods"].items()]
@@ -308,65 +310,6 @@ def _solver_notes(table: dict) -> list[str]:
     return ["", *notes] if notes else []
 
 
-def _subplots(count: int, width: float):
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, count, figsize=(width * count, 4), squeeze=False)
-    return figure, axes[0]
-
-
-def _save(figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from crossmodal.files import atomic_output
-
-    figure.tight_layout()
-    with atomic_output(path, suffix=".png") as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
-
-
-def _percent(summary: dict | None) -> tuple[float, float]:
-    if not summary or summary["mean"] is None:
-        return math.nan, 0.0
-    return 100 * summary["mean"], 100 * (summary["std"] or 0.0)
-
-
-def plot_probe(report: dict, kind: str, path: Path) -> None:
-    """Top-1 per stage per method (lines with std error bars), chance dashed; one panel per probe group."""
-    figure, axes = _subplots(len(report["probe"]), 6)
-    for axis, table in zip(axes, report["probe"]):
-        stages = _stage_order(stage for entry in table["methods"].values() for stage in entry[kind])
-        for method, entry in table["methods"].items():
-            means, stds = zip(*(_percent(entry[kind].get(stage)) for stage in stages)) if stages else ((), ())
-            axis.errorbar(range(len(stages)), means, yerr=stds, marker="o", capsize=3, label=method)
-        chance = table["chance"]
-        for value in (chance if isinstance(chance, list) else [chance] if chance is not None else []):
-            axis.axhline(100 * value, linestyle="--", color="gray", label="chance")
-        axis.set_xticks(range(len(stages)), stages)
-        axis.set(xlabel="stage", ylabel="top-1 (%)", title=f"{kind}: {Path(table['data']).name} / {table['labels']}")
-        axis.legend(fontsize="small")
-    _save(figure, path)
-
-
-def plot_segmentation(report: dict, path: Path) -> None:
-    """mIoU per method, bars grouped by protocol with std error bars; one panel per segmentation group."""
-    figure, axes = _subplots(len(report["segment"]), 6)
-    for axis, table in zip(axes, report["segment"]):
-        methods = list(table["methods"])
-        protocols = _protocol_order(name for entry in table["methods"].values() for name in entry if name != "seeds")
-        width = 0.8 / max(len(protocols), 1)
-        for index, protocol in enumerate(protocols):
-            means, stds = zip(*(_percent(table["methods"][method].get(protocol, {}).get("miou"))
-                                for method in methods))
-            axis.bar([position + index * width for position in range(len(methods))], means, width, yerr=stds,
-                     capsize=3, label=protocol)
-        axis.set_xticks([position + width * (len(protocols) - 1) / 2 for position in range(len(methods))], methods)
-        axis.set(ylabel="mIoU (%)", title=f"{Path(table['data']).name} / {table['labels']}")
-        axis.legend(fontsize="small")
-    _save(figure, path)
-
-
 def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
                  title: str = "crossmodal report") -> dict:
     """Read results, write ``report.md``, ``report.json`` and the PNG plots into ``out``; return the report.
@@ -382,9 +325,10 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
     Examples:
         >>> write_report(["runs/"], "report/")  # doctest: +SKIP
     """
-    report = aggregate(load_results(paths), title)
+    from crossmodal.eval.report_plots import plot_probe, plot_segmentation
     from crossmodal.files import ensure_folder
 
+    report = aggregate(load_results(paths), title)
     out = Path(ensure_folder(out))
     import matplotlib
 

@@ -1,0 +1,69 @@
+"""The report's plots: top-1 per stage per method for probes, mIoU per method and protocol for segmentation.
+
+Both read the aggregated report of :func:`crossmodal.eval.report.aggregate` and write a PNG atomically.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from crossmodal.eval.report import protocol_order, stage_order
+
+
+def _subplots(count: int, width: float):
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, count, figsize=(width * count, 4), squeeze=False)
+    return figure, axes[0]
+
+
+def _save(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from crossmodal.files import atomic_output
+
+    figure.tight_layout()
+    with atomic_output(path, suffix=".png") as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+
+
+def _percent(summary: dict | None) -> tuple[float, float]:
+    if not summary or summary["mean"] is None:
+        return math.nan, 0.0
+    return 100 * summary["mean"], 100 * (summary["std"] or 0.0)
+
+
+def plot_probe(report: dict, kind: str, path: Path) -> None:
+    """Top-1 per stage per method (lines with std error bars), chance dashed; one panel per probe group."""
+    figure, axes = _subplots(len(report["probe"]), 6)
+    for axis, table in zip(axes, report["probe"]):
+        stages = stage_order(stage for entry in table["methods"].values() for stage in entry[kind])
+        for method, entry in table["methods"].items():
+            means, stds = zip(*(_percent(entry[kind].get(stage)) for stage in stages)) if stages else ((), ())
+            axis.errorbar(range(len(stages)), means, yerr=stds, marker="o", capsize=3, label=method)
+        chance = table["chance"]
+        for value in (chance if isinstance(chance, list) else [chance] if chance is not None else []):
+            axis.axhline(100 * value, linestyle="--", color="gray", label="chance")
+        axis.set_xticks(range(len(stages)), stages)
+        axis.set(xlabel="stage", ylabel="top-1 (%)", title=f"{kind}: {Path(table['data']).name} / {table['labels']}")
+        axis.legend(fontsize="small")
+    _save(figure, path)
+
+
+def plot_segmentation(report: dict, path: Path) -> None:
+    """mIoU per method, bars grouped by protocol with std error bars; one panel per segmentation group."""
+    figure, axes = _subplots(len(report["segment"]), 6)
+    for axis, table in zip(axes, report["segment"]):
+        methods = list(table["methods"])
+        protocols = protocol_order(name for entry in table["methods"].values() for name in entry if name != "seeds")
+        width = 0.8 / max(len(protocols), 1)
+        for index, protocol in enumerate(protocols):
+            means, stds = zip(*(_percent(table["methods"][method].get(protocol, {}).get("miou"))
+                                for method in methods))
+            axis.bar([position + index * width for position in range(len(methods))], means, width, yerr=stds,
+                     capsize=3, label=protocol)
+        axis.set_xticks([position + width * (len(protocols) - 1) / 2 for position in range(len(methods))], methods)
+        axis.set(ylabel="mIoU (%)", title=f"{Path(table['data']).name} / {table['labels']}")
+        axis.legend(fontsize="small")
+    _save(figure, path)
