@@ -1,37 +1,125 @@
-"""Shared by the experiment scripts: a teacher, students by several methods and seeds, their evaluation, a report.
+"""Shared by the experiment scripts: a teacher, students by several methods and seeds, their evaluation, a report,
+and a summary over seeds with paired comparisons.
 
 Every step is reused when its result exists (``crossmodal.pipeline``), so a study stopped at any point
-continues where it was when its command runs again; delete its folder to start over.
+continues where it was when its command runs again; delete its folder to start over. ``OUT/study.json`` records
+what the folder was made for (protocol, preset, data, class split) and the wall time of every invocation; a
+command asking for another protocol or setting in the same folder stops before touching anything.
+
+Two protocols:
+- ``unseen-labels`` (the default): the teacher is trained on a subset of the image classes only (no
+  segmentation); students are judged on the other classes (linear probe and kNN) and by segmentation transfer,
+  labels the teacher never saw. Logit methods (KD, CRD+KD) distil the teacher's subset classes.
+- ``seen-labels`` (the previous releases' protocol): the teacher is trained on every class (and segmentation)
+  that the students are then judged on.
 """
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from crossmodal.errors import ConfigError, CrossmodalError, DataError  # noqa: E402
+from crossmodal.eval.paired import compare  # noqa: E402
 from crossmodal.eval.probe_run import ProbeOptions  # noqa: E402
-from crossmodal.eval.report import render_markdown, write_report  # noqa: E402
+from crossmodal.eval.report import render_markdown, summarize, write_report  # noqa: E402
 from crossmodal.eval.segment import SegmentOptions  # noqa: E402
+from crossmodal.files import write_json  # noqa: E402
 from crossmodal.pipeline import probe_or_reuse, segment_or_reuse, train_or_reuse  # noqa: E402
 
 START = time.monotonic()
+PROTOCOLS = ("unseen-labels", "seen-labels")
+STUDY_FORMAT = "crossmodal-study/1"
+FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt", "vid", "nst")
+BEST_FEATURE = "best feature method"
+# The pairwise claims a study checks, seed by seed ("A beats B"); BEST_FEATURE is resolved per study.
+CLAIMS = (("crd", "scratch"), ("crd", "kd"), ("crd", "crd-repdistiller"), ("crd+kd", "crd"), ("crd", BEST_FEATURE),
+          ("kd", "scratch"), ("supervised", "crd"))
+NAMES = {"scratch": "scratch (random init)", "supervised": "supervised on the evaluation's labels (oracle)",
+         "kd": "KD", "fitnet": "FitNet", "at": "AT", "sp": "SP", "cc": "CC", "rkd": "RKD", "pkt": "PKT", "vid": "VID",
+         "nst": "NST", "crd": "CRD (queue, InfoNCE; ours)",
+         "crd-repdistiller": "CRD (RepDistiller's bank and NCE, bare head)", "crd+kd": "CRD+KD"}
+
+
+class StudyError(CrossmodalError):
+    """A study that cannot start: a bad class split, a folder made for another protocol or setting."""
 
 
 def say(message: str) -> None:
     print(f"[{(time.monotonic() - START) / 60:5.1f} min] {message}", flush=True)
 
 
+def guarded(main: Callable[[], None]) -> None:
+    """Run a study's ``main``; a known problem is one line on stderr and exit 2, an interrupt exit 130."""
+    name = Path(sys.argv[0]).name
+    try:
+        main()
+    except (StudyError, ConfigError, DataError) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except subprocess.CalledProcessError as err:  # a data-preparation command, which said why on stderr
+        sys.exit(err.returncode if err.returncode > 0 else 2)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; finished steps are kept, run the same command to continue", file=sys.stderr)
+        sys.exit(130)
+
+
+def class_split(data: str, labels: str, teacher_classes: Optional[Sequence[str]]) -> tuple[list[str], list[str]]:
+    """The teacher's classes and the held-out ones (the rest) of class label set ``labels``.
+
+    ``teacher_classes`` None takes every other class (ids 0, 2, 4, ...). Every class of both parts must have
+    training and test images, and each part at least two classes.
+
+    Raises:
+        StudyError, ConfigError, DataError: one line naming the class, split or file.
+    """
+    import h5py
+    import numpy as np
+
+    from crossmodal.data.classes import class_names, resolve_classes
+    from crossmodal.data.format import read_layout
+
+    layout = read_layout(data)
+    if labels not in layout.labels or layout.labels[labels].type != "class":
+        raise DataError(data, f"no class label set '{labels}' to split; it has "
+                              f"{sorted(name for name, info in layout.labels.items() if info.type == 'class')}")
+    info = layout.labels[labels]
+    ids = (list(range(0, info.num_classes, 2)) if teacher_classes is None
+           else resolve_classes(info, teacher_classes, "--teacher-classes"))
+    held_out = [i for i in range(info.num_classes) if i not in ids]
+    if len(held_out) < 2:
+        raise StudyError(f"--teacher-classes leaves {len(held_out)} class(es) of '{labels}' held out; the "
+                         f"transfer probe needs at least 2")
+    with h5py.File(data, "r") as handle:
+        values = handle["labels"][labels][()]
+        for split in ("train", "test"):
+            if split not in layout.splits:
+                raise DataError(data, f"no split '{split}'; it has {sorted(layout.splits)}")
+            present = set(np.unique(values[handle["splits"][split][()]]).tolist())
+            empty = [info.class_names[i] for i in ids + held_out if i not in present]
+            if empty:
+                raise StudyError(f"{data}: class {', '.join(empty)} of '{labels}' has no image in split '{split}'; "
+                                 f"the class split needs every class in train and test")
+    return class_names(info, ids), class_names(info, held_out)
+
+
 @dataclass
 class Evaluation:
-    """How every student is judged: probes of a class label set and/or segmentation transfer."""
+    """How every student is judged: probes of class subsets and/or segmentation transfer.
+
+    ``probe_sets`` maps a name (``held-out``, ``all``) to the classes probed (None: every class).
+    """
     probe_labels: Optional[str] = None
+    probe_sets: Mapping[str, Optional[Sequence[str]]] = field(default_factory=lambda: {"all": None})
     probe_stages: Optional[Sequence[int]] = None  # None: every stage
     segment_labels: Optional[str] = None
     segment_protocols: Sequence[str] = ("finetune", "frozen")
@@ -39,6 +127,15 @@ class Evaluation:
     segment_lr: float = 0.05
     segment_batch: int = 32
     device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """One number per student and seed: a probe score (set, kind, stage) or a segmentation score."""
+    label: str
+    source: str  # "probe" or "segment"
+    where: str  # probe set name, or segmentation protocol
+    what: str  # probe: "linear:embedding", "knn:3"; segment: "miou", "pixel_acc"
 
 
 @dataclass
@@ -53,57 +150,214 @@ class Study:
     distill_overrides: list[str]
     methods: dict[str, list[str]]  # distillation method -> its config overrides
     evaluation: Evaluation
+    protocol: str = "unseen-labels"
+    setting: Mapping[str, object] = field(default_factory=dict)  # what the folder is for, checked on every run
+    headlines: Sequence[Headline] = ()
     seeds: Sequence[int] = (0,)
     supervised_overrides: Optional[list[str]] = None  # train-teacher overrides of the supervised student
     scratch: bool = True
 
+    # ------------------------------------------------------------------------------------------- the folder
+    @property
+    def record_path(self) -> Path:
+        return Path(self.out) / "study.json"
+
+    def claim_folder(self) -> dict:
+        """Create or check ``OUT/study.json``: a folder holds one protocol and setting; nothing is touched
+        when the command asks for another."""
+        wanted = {"protocol": self.protocol, **self.setting}
+        if self.record_path.exists():
+            try:
+                record = json.loads(self.record_path.read_text())
+                recorded = {"protocol": record["protocol"], **record["setting"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                raise StudyError(f"{self.record_path}: unreadable study record; move the folder aside") from None
+            changed = [f"{key}: {recorded.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
+                       if recorded.get(key) != value]
+            if changed:
+                raise StudyError(f"{self.out} holds a study of another protocol or setting ({'; '.join(changed)}); "
+                                 f"give another --out")
+            return record
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        earlier = [name for name in ("results", "report") if (Path(self.out) / name).exists()]
+        earlier += [path.name for path in Path(self.out).glob("teacher-s*")]
+        if earlier:
+            raise StudyError(f"{self.out} holds results ({', '.join(sorted(earlier)[:3])}) without a study.json "
+                             f"(an earlier release's protocol); give another --out")
+        record = {"format": STUDY_FORMAT, "protocol": self.protocol, "setting": dict(self.setting),
+                  "invocations": []}
+        write_json(self.record_path, record)
+        return record
+
+    def add_wall_time(self, record: dict, seconds: float) -> float:
+        record["invocations"].append({"seconds": round(seconds, 1), "seeds": list(self.seeds),
+                                      "methods": list(self.methods),
+                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_json(self.record_path, record)
+        return sum(item["seconds"] for item in record["invocations"])
+
+    # ------------------------------------------------------------------------------------------- the work
     def teacher(self, seed: int) -> str:
         say(f"teacher (seed {seed})")
         return train_or_reuse("train-teacher", self.teacher_config,
                               self.teacher_overrides + [f"seed={seed}"], f"{self.out}/teacher-s{seed}", say)
 
     def run(self) -> None:
-        for seed in self.seeds:
-            teacher = self.teacher(seed)
-            students: dict[str, str] = {}
-            for method, overrides in self.methods.items():
-                say(f"{method} student (seed {seed})")
-                students[method] = train_or_reuse(
-                    "distill", self.distill_config,
-                    self.distill_overrides + overrides + [f"seed={seed}", f"teacher.weights={teacher}"],
-                    f"{self.out}/{method}-s{seed}", say)
-            if self.supervised_overrides is not None:
-                say(f"supervised student, with labels (seed {seed})")
-                students["supervised"] = train_or_reuse(
-                    "train-teacher", self.teacher_config, self.supervised_overrides + [f"seed={seed}"],
-                    f"{self.out}/supervised-s{seed}", say)
-            for method, run_dir in students.items():
-                self.evaluate(method, run_dir, seed, random_init=False)
-            if self.scratch:  # the students' architecture (CRD's: no classifier), randomly initialised with this seed
-                self.evaluate("scratch", students.get("crd") or next(iter(students.values())), seed, random_init=True)
-        self.report()
+        record = self.claim_folder()
+        start = time.monotonic()
+        try:
+            for seed in self.seeds:
+                self.run_seed(seed)
+        finally:
+            wall = self.add_wall_time(record, time.monotonic() - start)
+        self.report(wall)
+
+    def run_seed(self, seed: int) -> None:
+        teacher = self.teacher(seed)
+        students: dict[str, str] = {}
+        for method, overrides in self.methods.items():
+            say(f"{method} student (seed {seed})")
+            students[method] = train_or_reuse(
+                "distill", self.distill_config,
+                self.distill_overrides + overrides + [f"seed={seed}", f"teacher.weights={teacher}"],
+                f"{self.out}/{method}-s{seed}", say)
+        if self.supervised_overrides is not None:
+            say(f"supervised student, with the evaluation's labels (seed {seed})")
+            students["supervised"] = train_or_reuse(
+                "train-teacher", self.teacher_config, self.supervised_overrides + [f"seed={seed}"],
+                f"{self.out}/supervised-s{seed}", say)
+        for method, run_dir in students.items():
+            self.evaluate(method, run_dir, seed, random_init=False)
+        if self.scratch:  # the students' architecture (CRD's: no classifier), randomly initialised with this seed
+            self.evaluate("scratch", students.get("crd") or next(iter(students.values())), seed, random_init=True)
+
+    def probe_path(self, probe_set: str, name: str) -> Path:
+        return Path(self.out) / "results" / f"probe-{probe_set}-{name}.json"
+
+    def segment_path(self, name: str) -> Path:
+        return Path(self.out) / f"segment-{name}" / "segment.json"
 
     def evaluate(self, method: str, run_dir: str, seed: int, random_init: bool) -> None:
         ev = self.evaluation
         name = f"{method}-s{seed}"
         if ev.probe_labels:
-            say(f"probe {name}")
-            path = f"{self.out}/results/probe-{name}.json"
-            probe_or_reuse(path, ProbeOptions(
-                checkpoint=run_dir, data=self.data, modality=self.student_modality, labels=ev.probe_labels,
-                stages=ev.probe_stages, random_init=random_init, seed=seed, method=method, device=ev.device,
-                feature_cache=f"{self.out}/features/{name}"), say)
+            for probe_set, classes in ev.probe_sets.items():
+                say(f"probe {name} ({probe_set} classes)")
+                probe_or_reuse(str(self.probe_path(probe_set, name)), ProbeOptions(
+                    checkpoint=run_dir, data=self.data, modality=self.student_modality, labels=ev.probe_labels,
+                    classes=classes, stages=ev.probe_stages, random_init=random_init, seed=seed, method=method,
+                    device=ev.device, feature_cache=f"{self.out}/features/{name}", progress=False), say)
         if ev.segment_labels:
             say(f"segmentation transfer {name}")
             options = SegmentOptions(
                 checkpoint=run_dir, data=self.data, labels=ev.segment_labels, modality=self.student_modality,
                 protocols=tuple(ev.segment_protocols), random_init=random_init, epochs=ev.segment_epochs,
                 lr=ev.segment_lr, batch_size=ev.segment_batch, augment=False, seed=seed,
-                out=f"{self.out}/segment-{name}", method=method, device=ev.device)
+                out=str(self.segment_path(name).parent), method=method, device=ev.device)
             segment_or_reuse(options, say)
 
-    def report(self) -> None:
-        """Tables over every result in the study's folder: the seeds of earlier invocations too."""
+    # ------------------------------------------------------------------------------------------- the summary
+    def values(self, headline: Headline, method: str) -> dict[int, float]:
+        """Per seed, the headline number of ``method`` (seeds whose result is missing are left out)."""
+        found = {}
+        for seed in sorted(set(self.all_seeds())):
+            name = f"{method}-s{seed}"
+            if headline.source == "probe":
+                path = self.probe_path(headline.where, name)
+                if not path.exists():
+                    continue
+                kind, stage = headline.what.split(":")
+                rows = [row for row in json.loads(path.read_text())["stages"]
+                        if row["stage"] == stage or stage in (row.get("same_as") or [])]
+                if rows:
+                    found[seed] = float(rows[0][kind]["top1"])
+            else:
+                path = self.segment_path(name)
+                if path.exists():
+                    scores = json.loads(path.read_text())["results"].get(headline.where)
+                    if scores and scores.get(headline.what) is not None:
+                        found[seed] = float(scores[headline.what])
+        return found
+
+    def all_seeds(self) -> list[int]:
+        """Every seed with a teacher in the folder (earlier invocations' too)."""
+        return sorted(int(path.name[len("teacher-s"):]) for path in Path(self.out).glob("teacher-s*")
+                      if path.name[len("teacher-s"):].isdigit())
+
+    def method_names(self) -> list[str]:
+        present = {path.name.rsplit("-s", 1)[0] for path in Path(self.out).glob("*-s*")
+                   if path.is_dir() and not path.name.startswith(("teacher-", "segment-"))}
+        present |= {"scratch"} if self.scratch else set()
+        order = ["scratch", "supervised", "kd", *FEATURE_METHODS, "crd", "crd-repdistiller", "crd+kd"]
+        return [name for name in order if name in present] + sorted(present - set(order))
+
+    def summary(self, wall_seconds: float) -> tuple[str, str]:
+        """The study's markdown summary (mean ± std per headline, paired comparisons) and its final line."""
+        methods = self.method_names()
+        table = {method: [self.values(headline, method) for headline in self.headlines] for method in methods}
+        lines = [f"# {Path(self.out).name}: protocol {self.protocol}", "",
+                 f"Seeds {', '.join(map(str, self.all_seeds()))}; mean ± sample std over seeds (n), %. "
+                 f"Wall time {wall_seconds / 60:.1f} min over {len(self.runs())} invocation(s).", "",
+                 "| student | " + " | ".join(h.label for h in self.headlines) + " |",
+                 "|---|" + "---|" * len(self.headlines)]
+        for method in methods:
+            cells = []
+            for values in table[method]:
+                stats = summarize(list(values.values()))
+                if stats["mean"] is None:
+                    cells.append("–")
+                else:
+                    spread = f" ± {100 * stats['std']:.1f}" if stats["std"] is not None else ""
+                    cells.append(f"{100 * stats['mean']:.1f}{spread} ({stats['n']})")
+            lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+        lines += ["", "Paired over seeds (same teacher, data and seed per pair). A claim holds when A is ahead in "
+                      "every seed by more than the larger of the two methods' seed-to-seed std; otherwise a tie.",
+                  "", "| claim | " + " | ".join(h.label for h in self.headlines) + " |",
+                  "|---|" + "---|" * len(self.headlines)]
+        for a, b in self.claims(methods, table):
+            cells = []
+            for number in range(len(self.headlines)):
+                first, second = table[a][number], table[b][number]
+                if set(first) & set(second):
+                    result = compare(first, second)
+                    verdict = {"A": f"**{a}**", "B": f"**{b}**", "tie": "tie"}[result.verdict]
+                    spread = f" ± {100 * result.std_difference:.1f}" if result.std_difference is not None else ""
+                    cells.append(f"{verdict}: {100 * result.mean_difference:+.1f}{spread}, "
+                                 f"{result.wins}/{len(result.seeds)}")
+                else:
+                    cells.append("–")
+            lines.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+        lines += ["", "(cell: the verdict, then A - B in points as mean ± std over the paired seeds, then the "
+                      "number of seeds where A is ahead)"]
+        first = self.headlines[0]
+        parts = []
+        for method in methods:
+            stats = summarize(list(table[method][0].values()))
+            if stats["mean"] is not None:
+                spread = f"±{100 * stats['std']:.1f}" if stats["std"] is not None else ""
+                parts.append(f"{method}={100 * stats['mean']:.1f}{spread} ({stats['n']} seeds)")
+        final = f"study {self.protocol} [{first.label}]: {' '.join(parts)}; wall={wall_seconds / 60:.1f}min"
+        return "\n".join(lines) + "\n", final
+
+    def claims(self, methods: list[str], table: dict) -> list[tuple[str, str]]:
+        """CLAIMS among the methods present, the best feature method being the one with the highest mean on the
+        first headline."""
+        features = [m for m in methods if m in FEATURE_METHODS and table[m][0]]
+        best = max(features, key=lambda m: summarize(list(table[m][0].values()))["mean"], default=None)
+        pairs = [(a, best if b == BEST_FEATURE else b) for a, b in CLAIMS]
+        return [(a, b) for a, b in pairs if a in methods and b in methods]
+
+    def runs(self) -> list[dict]:
+        return json.loads(self.record_path.read_text())["invocations"]
+
+    def report(self, wall_seconds: float) -> None:
+        """Tables over every result in the study's folder (the seeds of earlier invocations too), the summary
+        over seeds and the final line."""
         report = write_report([self.out], f"{self.out}/report", Path(self.out).name)
         print(render_markdown(report), end="")
         say(f"wrote {self.out}/report/report.md")
+        if self.headlines:
+            text, final = self.summary(wall_seconds)
+            (Path(self.out) / "report" / "study.md").write_text(text + "\n" + final + "\n")
+            print(text)
+            print(final)

@@ -21,6 +21,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, metavar="FILE.h5", help="the paired file to probe on")
     parser.add_argument("--modality", help="the input modality (default: the checkpoint's)")
     parser.add_argument("--labels", metavar="NAME", help="the class label set (default: the file's only one)")
+    parser.add_argument("--classes", nargs="+", metavar="CLASS",
+                        help="probe these classes of the label set only (names or ids; e.g. the classes a teacher "
+                             "never saw): the other classes' samples are left out of fit and score")
     parser.add_argument("--stages", type=int, nargs="+", metavar="I",
                         help="stage indices to probe, negatives from the end (default: all); the embedding "
                              "is always probed")
@@ -57,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     from crossmodal.eval.probe_run import ProbeOptions, render_table, run_probe
 
     options = ProbeOptions(
-        checkpoint=args.checkpoint, data=args.data, modality=args.modality, labels=args.labels, stages=args.stages,
+        checkpoint=args.checkpoint, data=args.data, modality=args.modality, labels=args.labels, classes=args.classes,
+        stages=args.stages,
         random_init=args.random_init, seed=args.seed, method=args.method, pool=args.pool,
         pooled_size=args.pooled_size, solver=args.solver, holdout_fraction=args.holdout_fraction,
         train_split=args.train_split, test_split=args.test_split, batch_size=args.batch_size,

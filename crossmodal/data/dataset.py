@@ -85,6 +85,23 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def keep_classes(self, name: str, ids: Sequence[int]) -> None:
+        """Keep only the samples whose class in label set ``name`` is one of ``ids`` (see
+        :func:`crossmodal.data.classes.resolve_classes`), renumbered 0 .. k-1 in the order of ``ids``.
+
+        Raises:
+            DataError: a class of ``ids`` has no sample in this split.
+        """
+        from crossmodal.data.classes import missing_classes, renumbering
+
+        values = self.class_values[name]
+        missing = missing_classes(values[self.rows], ids)
+        if missing:
+            names = ", ".join(self.layout.labels[name].class_names[i] for i in missing)
+            raise DataError(self.path, f"split '{self.split}' has no sample of class {names} in '{name}'")
+        self.rows = self.rows[np.isin(values[self.rows], np.asarray(ids))]
+        self.class_values[name] = renumbering(self.layout.labels[name].num_classes, ids)[values]
+
     @property
     def epoch(self) -> int:
         return int(self._epoch[0])

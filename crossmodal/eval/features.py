@@ -56,6 +56,26 @@ class ExtractedFeatures:
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
+def restrict_classes(features: ExtractedFeatures, ids: Sequence[int]) -> ExtractedFeatures:
+    """The samples of classes ``ids`` only, relabelled 0 .. k-1 in that order (a probe of a class subset).
+
+    Examples:
+        >>> kept = restrict_classes(ExtractedFeatures([StageFeatures("embedding", None, torch.eye(3))],
+        ...                                           np.array([4, 1, 2])), [2, 4])
+        >>> kept.labels.tolist(), kept.stages[0].values.tolist()
+        ([1, 0], [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    """
+    from crossmodal.data.classes import renumbering
+
+    labels = np.asarray(features.labels)
+    keep = np.isin(labels, np.asarray(ids))
+    index = torch.from_numpy(np.flatnonzero(keep))
+    stages = [StageFeatures(stage.name, stage.pooled_size, stage.values[index.to(stage.values.device)],
+                            list(stage.same_as)) for stage in features.stages]
+    table = renumbering(max(int(labels.max(initial=0)), *ids) + 1, ids)
+    return ExtractedFeatures(stages, table[labels[keep]])
+
+
 def merge_equal_stages(train: ExtractedFeatures, test: ExtractedFeatures) -> None:
     """Drop, in place, every stage whose features equal a later one's on both splits (to float32 rounding),
     naming it in that one's ``same_as``: a stage pooled to 1 x 1 is the embedding, probed once.

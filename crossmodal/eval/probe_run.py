@@ -25,6 +25,8 @@ class ProbeOptions:
         data: the paired ``.h5`` file.
         modality: the input modality; default: the checkpoint's.
         labels: the class label set; default: the file's only one.
+        classes: probe these classes of ``labels`` only (names or ids), None for all; the features are
+            extracted (and cached) for the whole split either way.
         stages: stage indices to probe (negatives from the end), None for all, empty for none; the embedding is
             always probed.
         random_init: probe the same architecture randomly initialised (seeded by ``seed``).
@@ -44,6 +46,7 @@ class ProbeOptions:
     data: str
     modality: Optional[str] = None
     labels: Optional[str] = None
+    classes: Optional[Sequence[str]] = None
     stages: Optional[Sequence[int]] = None
     random_init: bool = False
     seed: int = 0
@@ -94,11 +97,13 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     from torch.utils.data import DataLoader
 
     from crossmodal.data import PairedDataset
+    from crossmodal.data.classes import class_names, missing_classes, resolve_classes
     from crossmodal.data.format import read_layout
     from crossmodal.data.modalities import resolve_modality
     from crossmodal.eval import feature_cache
     from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
-    from crossmodal.eval.features import DEFAULT_MAX_DIM, extract_features, merge_equal_stages, select_stages
+    from crossmodal.eval.features import (DEFAULT_MAX_DIM, extract_features, merge_equal_stages,
+                                          restrict_classes, select_stages)
     from crossmodal.eval.knn import knn_probe
     from crossmodal.eval.probe import SOLVERS, linear_probe
     from crossmodal.files import write_json
@@ -128,6 +133,9 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
         raise ConfigError(f"--modality {modality} has {channels} channels, the encoder of {loaded.source} "
                           f"takes {loaded.encoder.in_chans} (trained on {loaded.modality or 'an unknown modality'})")
     label_name = _class_label_set(layout, args.labels, data_path)
+    subset = None
+    if args.classes is not None:
+        subset = resolve_classes(layout.labels[label_name], args.classes, "--classes")
     stages = select_stages(len(loaded.encoder.spec.channels), args.stages)
     datasets = {split: PairedDataset(data_path, split, modalities=[modality], labels=[label_name])
                 for split in (args.train_split, args.test_split)}
@@ -154,6 +162,14 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     start = time.perf_counter()
     train, test = features(args.train_split), features(args.test_split)
     extraction_seconds = time.perf_counter() - start
+    if subset is not None:
+        for split, extracted in ((args.train_split, train), (args.test_split, test)):
+            missing = missing_classes(extracted.labels, subset)
+            if missing:
+                raise DataError(data_path, f"split '{split}' has no sample of class "
+                                           f"{', '.join(class_names(layout.labels[label_name], missing))} in "
+                                           f"'{label_name}' (--classes)")
+        train, test = restrict_classes(train, subset), restrict_classes(test, subset)
     train_classes = sorted(set(train.labels.tolist()))
     if len(train_classes) < 2:
         raise DataError(data_path, f"label set '{label_name}' has {len(train_classes)} class(es) among the labelled "
@@ -185,6 +201,7 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
         "method": args.method or method_name(card, args.random_init),
         "seed": recorded_seed(card, args.random_init, args.seed),
         "modality": modality, "data": data_path, "labels": label_name,
+        "classes": class_names(layout.labels[label_name], subset) if subset is not None else None,
         "train_split": args.train_split, "test_split": args.test_split, "holdout_fraction": args.holdout_fraction,
         "num_train": int(len(train.labels)), "num_test": int(len(test.labels)), "num_classes": len(train_classes),
         "chance": max(counts) / len(test.labels), "solver": args.solver, "device": str(device),
@@ -251,7 +268,8 @@ def convergence_warning(row: dict[str, Any]) -> Optional[str]:
 def render_table(result: dict[str, Any]) -> str:
     """The probe results as a plain-text table, one row per stage."""
     head = (f"probe of {result['checkpoint']} ({result['method']}, {result['modality']}) on {result['data']}: "
-            f"'{result['labels']}', {result['num_classes']} classes, {result['num_train']} train / "
+            f"'{result['labels']}'" + (f" classes {', '.join(result['classes'])}" if result.get("classes") else "")
+            + f", {result['num_classes']} classes, {result['num_train']} train / "
             f"{result['num_test']} test samples, chance {100 * result['chance']:.1f}%"
             + (f"; {result['solver']} solver on {result['device']}, {result['seconds']['total']:.1f} s"
                if "seconds" in result else ""))

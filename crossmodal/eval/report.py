@@ -12,7 +12,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from crossmodal.errors import DataError
 
@@ -41,6 +41,9 @@ def _check(path: Path, result: dict) -> dict:
     for key in ("method", "data", "labels"):
         if not isinstance(result[key], str):
             raise DataError(path, f"'{key}' must be a string, got {result[key]!r}")
+    classes = result.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise DataError(path, f"'classes' must be a list of class names or null, got {classes!r}")
     if not isinstance(result["seed"], int) or isinstance(result["seed"], bool):
         raise DataError(path, f"'seed' must be an integer, got {result['seed']!r}")
     if result["format"] == PROBE_FORMAT:
@@ -151,8 +154,8 @@ def _deduplicate(results: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
     """Keep the last run per (format, data, labels, modality, method, seed), warning about the others."""
     kept: dict[tuple, tuple[str, dict]] = {}
     for path, result in results:
-        key = (result["format"], result["data"], result["labels"], result.get("modality"), result["method"],
-               result["seed"])
+        key = (result["format"], result["data"], result["labels"], _classes(result), result.get("modality"),
+               result["method"], result["seed"])
         if key in kept:
             print(f"crossmodal report: warning: method {result['method']!r} seed {result['seed']} appears twice "
                   f"({kept[key][0]}, {path}); using {path}", file=sys.stderr)
@@ -165,8 +168,15 @@ def _group(results: list[tuple[str, dict]], fmt: str) -> dict[tuple, list[dict]]
     groups: dict[tuple, list[dict]] = {}
     for _, result in results:
         if result["format"] == fmt:
-            groups.setdefault((result["data"], result["labels"], result.get("modality")), []).append(result)
+            groups.setdefault((result["data"], result["labels"], _classes(result), result.get("modality")),
+                              []).append(result)
     return groups
+
+
+def _classes(result: dict) -> Optional[tuple[str, ...]]:
+    """The class subset a probe was scored on (None: every class of its label set)."""
+    classes = result.get("classes")
+    return tuple(classes) if classes else None
 
 
 def _probe_table(runs: list[dict]) -> dict:
@@ -189,8 +199,8 @@ def _probe_table(runs: list[dict]) -> dict:
                      if stage.get("linear", {}).get("converged") is False]
     same_as = {str(stage["stage"]): sorted({str(name) for name in stage.get("same_as") or []})
                for _, stage in stage_rows if stage.get("same_as")}
-    return {"data": runs[0]["data"], "labels": runs[0]["labels"], "modality": runs[0].get("modality"),
-            "chance": chances[0] if len(chances) == 1 else chances or None, "methods": methods,
+    return {"data": runs[0]["data"], "labels": runs[0]["labels"], "classes": runs[0].get("classes"),
+            "modality": runs[0].get("modality"), "chance": chances[0] if len(chances) == 1 else chances or None, "methods": methods,
             "solvers": solvers, "not_converged": not_converged, "same_as": same_as}
 
 
@@ -251,7 +261,8 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _where(table: dict) -> str:
     modality = f", modality `{table['modality']}`" if table["modality"] is not None else ""
-    return f"data `{table['data']}`, labels `{table['labels']}`{modality}"
+    classes = f" (classes {', '.join(table['classes'])} only)" if table.get("classes") else ""
+    return f"data `{table['data']}`, labels `{table['labels']}`{classes}{modality}"
 
 
 def render_markdown(report: dict) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from crossmodal import __version__, distributed
+from crossmodal.data.classes import class_names, resolve_classes
 from crossmodal.distill import create_distiller, distiller_options, get_distiller
 from crossmodal.distill.teacher_cache import TeacherFeatureCache
 from crossmodal.errors import ConfigError, DataError
@@ -42,14 +43,18 @@ def build_teacher_training(config: Mapping[str, Any], run_dir: str, device: torc
     modality_channels_in(data, {"model.modality": model["modality"]})
     train = open_dataset(data, data["split"], [model["modality"]], [classes, segmentation], train_transform,
                          config["seed"])
-    check_batch_size(config["train"]["batch_size"], len(train))
     layout = train.layout
     for name, kind in ((classes, "class"), (segmentation, "segmentation")):
         if name and layout.labels[name].type != kind:
             raise ConfigError(f"task.{'classes' if kind == 'class' else 'segmentation'}: '{name}' is a "
                               f"{layout.labels[name].type} label set, not a {kind} one")
+    subset = _class_subset(task_cfg, layout)
+    if subset is not None:
+        train.keep_classes(classes, subset)
+    check_batch_size(config["train"]["batch_size"], len(train))
+    num_classes = (len(subset) if subset is not None else layout.labels[classes].num_classes) if classes else None
     encoder = create_encoder({**encoder_config(model["encoder"], modality_channels(train, model["modality"]),
-                                               "model", layout.labels[classes].num_classes if classes else None),
+                                               "model", num_classes),
                               "weights": model["weights"]})
     seg_info = layout.labels[segmentation] if segmentation else None
     task = SupervisedTask(encoder, model["modality"], classes, segmentation,
@@ -58,12 +63,16 @@ def build_teacher_training(config: Mapping[str, Any], run_dir: str, device: torc
                           else -1, segmentation_weight=task_cfg["segmentation_weight"],
                           decoder_channels=task_cfg["decoder_channels"])
     eval_data = _eval_dataset(data, [model["modality"]], [classes, segmentation], eval_transform, config["seed"])
+    if eval_data is not None and subset is not None:
+        eval_data.keep_classes(classes, subset)
+    labels = {"classes": classes, "segmentation": segmentation}
+    if subset is not None:  # the classifier's outputs, in order
+        labels["class_subset"] = class_names(layout.labels[classes], subset)
 
     def finish(record: dict[str, Any]) -> None:
         export_encoder(encoder, os.path.join(run_dir, TEACHER_WEIGHTS))
         write_model_card(os.path.join(run_dir, MODEL_CARD), _card(
-            "train-teacher", config, encoder, TEACHER_WEIGHTS, model["modality"], train, record,
-            labels={"classes": classes, "segmentation": segmentation}))
+            "train-teacher", config, encoder, TEACHER_WEIGHTS, model["modality"], train, record, labels=labels))
         print(f"teacher written to {os.path.join(run_dir, TEACHER_WEIGHTS)}")
 
     return TrainSetup("train-teacher", config, run_dir, task, train, eval_data, device, finish)
@@ -137,6 +146,15 @@ def build_distillation(config: Mapping[str, Any], run_dir: str, device: torch.de
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+def _class_subset(task_cfg: Mapping[str, Any], layout) -> Optional[list[int]]:
+    """The ids of ``task.class_subset`` in ``task.classes``, or None when every class is trained on."""
+    if task_cfg["class_subset"] is None:
+        return None
+    if not task_cfg["classes"]:
+        raise ConfigError("task.class_subset needs task.classes (the class label set it is a subset of)")
+    return resolve_classes(layout.labels[task_cfg["classes"]], task_cfg["class_subset"], "task.class_subset")
+
+
 def _distiller_plan(config: Mapping[str, Any]) -> dict[str, tuple[float, dict[str, Any]]]:
     """name -> (weight, options) of every loss term but CE, checked: registered names, known option names,
     numeric weights; KD from ``loss.kd`` joins them."""

@@ -61,6 +61,10 @@ TRAIN_TEACHER = {
     },
     "task": {
         "classes": Field("str", None, nullable=True, help="image-level class label set to train on"),
+        "class_subset": Field("list:str", None, nullable=True,
+                              help="train on these classes of task.classes only (names or ids): the other "
+                                   "classes' samples are left out of training and evaluation, and the "
+                                   "classifier's outputs follow this order"),
         "segmentation": Field("str", None, nullable=True, help="segmentation label set to train on"),
         "segmentation_weight": non_negative("float", 1.0),
         "decoder_channels": positive("int", 64, help="width of the segmentation decoder"),

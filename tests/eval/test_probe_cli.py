@@ -170,3 +170,52 @@ def test_an_unwritable_json_is_one_line_before_any_work(smoke):
     run, data = smoke
     line = error_line(cli("probe", "--checkpoint", run, "--data", data, "--json", data / "sub" / "p.json"))
     assert f"{data / 'sub'}: cannot create this folder" in line, line
+
+
+def test_a_class_subset_is_probed_on_the_cached_features_of_the_whole_split(smoke, tmp_path):
+    import h5py
+    import numpy as np
+
+    run, data = smoke
+    with h5py.File(data, "r") as handle:
+        values = handle["labels/label"][()]
+        train, test = (values[handle[f"splits/{split}"][()]] for split in ("train", "test"))
+        names = [str(n) for n in handle["labels/label"].attrs["class_names"]]
+    in_both = [i for i in range(len(names)) if (train == i).any() and (test == i).any()]
+    chosen = [in_both[2], in_both[0], in_both[1]]
+    cache = tmp_path / "features"
+    args = ("probe", "--checkpoint", run, "--data", data, "--stages", "3", "--feature-cache", cache)
+    subset = cli(*args, "--classes", names[chosen[0]], str(chosen[1]), names[chosen[2]], "--json", tmp_path / "s.json")
+    assert subset.returncode == 0, subset.stderr
+    whole = cli(*args, "--json", tmp_path / "w.json")
+    assert whole.returncode == 0 and whole.stderr.count(": reused") == 2  # the subset's features were the split's
+    result, everything = (json.loads((tmp_path / name).read_text()) for name in ("s.json", "w.json"))
+    assert result["classes"] == [names[i] for i in chosen] and everything["classes"] is None
+    assert result["num_classes"] == 3
+    assert result["num_train"] == int(np.isin(train, chosen).sum()) < everything["num_train"]
+    assert result["num_test"] == int(np.isin(test, chosen).sum())
+    counts = [int((test == i).sum()) for i in chosen]
+    assert result["chance"] == pytest.approx(max(counts) / sum(counts))
+    assert f"'label' classes {', '.join(names[i] for i in chosen)}, 3 classes" in subset.stdout.splitlines()[0]
+
+
+def test_a_probe_class_subset_error_is_one_line(smoke, tmp_path):
+    import shutil
+
+    import h5py
+
+    run, data = smoke
+    line = error_line(cli("probe", "--checkpoint", run, "--data", data, "--classes", "box", "sofa"))
+    assert "--classes: 'label' has no class 'sofa'; its classes are box," in line, line
+
+    copy = tmp_path / "no_box_in_test.h5"
+    shutil.copy(data, copy)
+    with h5py.File(copy, "r+") as handle:  # the test split's boxes (class 0) become balls (class 1)
+        labels = handle["labels/label"][()]
+        test_rows = handle["splits/test"][()]
+        labels[test_rows[labels[test_rows] == 0]] = 1
+        handle["labels/label"][...] = labels
+    line = error_line(cli("probe", "--checkpoint", run, "--data", copy, "--classes", "ball", "box",
+                          "--json", tmp_path / "p.json"))
+    assert f"{copy}: split 'test' has no sample of class box in 'label' (--classes)" in line, line
+    assert not (tmp_path / "p.json").exists()

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import error_line, run_cli
 from crossmodal.errors import DataError
-from crossmodal.eval.report import aggregate, format_cell, load_results, method_order, summarize, write_report
+from crossmodal.eval.report import (aggregate, format_cell, load_results, method_order, render_markdown, summarize,
+                                    write_report)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -96,6 +97,19 @@ def test_separate_tables_per_data_set_and_label_set(tmp_path):
     assert [(table["data"], table["labels"]) for table in tables] == [("nyu.h5", "scene"), ("sun.h5", "scene"),
                                                                        ("nyu.h5", "room")]
     assert [table["methods"]["crd"]["linear"]["embedding"]["n"] for table in tables] == [1, 1, 1]
+
+
+def test_a_class_subset_is_its_own_table_named_by_its_classes(tmp_path):
+    whole = write(tmp_path / "all.json", probe("crd", 0, [0.1, 0.2, 0.4], [0.1, 0.2, 0.3]))
+    held_out = write(tmp_path / "held.json", {**probe("crd", 0, [0.1, 0.2, 0.7], [0.1, 0.2, 0.3]),
+                                              "classes": ["bed", "sofa"]})  # same method and seed: not a duplicate
+    report = aggregate(load_results([whole, held_out]))
+    assert [table["classes"] for table in report["probe"]] == [None, ["bed", "sofa"]]
+    assert [table["methods"]["crd"]["linear"]["embedding"]["mean"] for table in report["probe"]] == [0.4, 0.7]
+    assert "labels `scene` (classes bed, sofa only)" in render_markdown(report)
+    bad = write(tmp_path / "bad.json", {**probe("crd", 1, [0.1, 0.2, 0.7], [0.1, 0.2, 0.3]), "classes": "bed"})
+    with pytest.raises(DataError, match="'classes' must be a list of class names or null"):
+        load_results([bad])
 
 
 def test_duplicate_seed_keeps_the_last_and_warns(tmp_path, capsys):

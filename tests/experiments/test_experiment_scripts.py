@@ -1,14 +1,23 @@
-"""The experiment scripts end to end at their smallest: the real NYU frames through RGB -> depth, and CIFAR-10
-images through L -> ab (a subset of the distillers), each ending in its report."""
+"""The experiment scripts end to end at their smallest: the unseen-labels protocol on CIFAR-10 images (L -> ab,
+two seeds, paired comparisons) and on synthetic scenes (RGB -> depth), the seen-labels protocol on the real NYU
+frames, and the one-line refusals of a bad class split or a folder made for another protocol."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+import h5py
+import pytest
+
+from conftest import ROOT, error_line
+
+FINAL = re.compile(r"^study (unseen-labels|seen-labels) \[[^\]]+\]: (\S+=\d+\.\d(±\d+\.\d)? \(\d+ seeds\) ?)+; "
+                   r"wall=\d+\.\dmin$")
 
 
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
@@ -17,31 +26,151 @@ def run_script(name: str, *args) -> subprocess.CompletedProcess:
                           text=True, env=env, cwd=ROOT, timeout=600)
 
 
+def one_error_line(result: subprocess.CompletedProcess, name: str) -> str:
+    """The script's one error line, printed last (a data conversion's progress may precede it), exit 2."""
+    line = error_line(result)
+    assert result.returncode == 2 and line.startswith(f"{name}: error: "), result.stderr
+    return line
+
+
+def listing(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def l_to_ab(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("l_to_ab") / "study"
+    result = run_script("l_to_ab.py", "--preset", "smoke", "--seeds", "0", "1", "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_l_to_ab_teacher_never_sees_the_held_out_classes(l_to_ab):
+    out, result = l_to_ab
+    teacher = json.loads((out / "teacher-s0" / "model_card.json").read_text())
+    teachers_classes = ["airplane", "bird", "deer", "frog", "ship"]  # every other CIFAR-10 class
+    held_out = ["automobile", "cat", "dog", "horse", "truck"]
+    assert teacher["modality"] == "lab_l" and teacher["encoder"]["num_classes"] == 5
+    assert teacher["labels"] == {"classes": "label", "segmentation": None, "class_subset": teachers_classes}
+    kd = json.loads((out / "kd-s1" / "model_card.json").read_text())
+    assert kd["encoder"]["num_classes"] == 5 and kd["teacher"]["weights"].startswith(str(out / "teacher-s1"))
+    assert kd["data"]["num_samples"] == 160  # students see every training image, unlabelled
+    for method in ("kd", "crd", "supervised", "scratch"):
+        for seed in (0, 1):
+            probe = json.loads((out / "results" / f"probe-held-out-{method}-s{seed}.json").read_text())
+            assert probe["modality"] == "lab_ab" and probe["method"] == method and probe["seed"] == seed
+            assert probe["classes"] == held_out and probe["num_classes"] == 5 and probe["num_train"] == 80
+            whole = json.loads((out / "results" / f"probe-all-{method}-s{seed}.json").read_text())
+            assert whole["classes"] is None and whole["num_classes"] == 10
+    record = json.loads((out / "study.json").read_text())
+    assert record["protocol"] == "unseen-labels" and record["setting"]["teacher_classes"] == teachers_classes
+    assert len(record["invocations"]) == 1 and record["invocations"][0]["seeds"] == [0, 1]
+
+
+def test_l_to_ab_summarises_over_seeds_with_paired_comparisons(l_to_ab):
+    out, result = l_to_ab
+    final = result.stdout.splitlines()[-1]
+    assert FINAL.match(final), final
+    assert final.startswith("study unseen-labels [linear, held-out classes]: scratch=")
+    # the final line's numbers are the mean ± std of the probe files
+    values = [json.loads((out / "results" / f"probe-held-out-crd-s{seed}.json").read_text())["stages"][-1]
+              ["linear"]["top1"] for seed in (0, 1)]
+    mean, std = 50 * sum(values), 100 * abs(values[0] - values[1]) / 2 ** 0.5
+    assert f"crd={mean:.1f}±{std:.1f} (2 seeds)" in final
+    study = (out / "report" / "study.md").read_text()
+    assert "| crd vs scratch |" in study and "| crd vs kd |" in study and study.rstrip().endswith(final)
+    assert "/2 |" in study.split("| crd vs scratch |")[1].splitlines()[0]
+    assert (out / "report" / "probe_linear.png").is_file()
+    assert "(classes automobile, cat, dog, horse, truck only)" in (out / "report" / "report.md").read_text()
+
+
+def test_l_to_ab_rerun_reuses_everything_and_adds_its_wall_time(l_to_ab):
+    out, _ = l_to_ab
+    again = run_script("l_to_ab.py", "--preset", "smoke", "--seeds", "0", "1", "--out", out, "--device", "cpu")
+    assert again.returncode == 0 and "epoch 1/" not in again.stdout, again.stderr[-2000:]
+    record = json.loads((out / "study.json").read_text())
+    assert len(record["invocations"]) == 2
+    total = sum(item["seconds"] for item in record["invocations"])
+    assert again.stdout.splitlines()[-1].endswith(f"wall={total / 60:.1f}min")
+
+
+def test_a_folder_of_another_protocol_or_release_is_refused_untouched(l_to_ab, tmp_path):
+    out, _ = l_to_ab
+    before = listing(out)
+    line = one_error_line(run_script("l_to_ab.py", "--preset", "smoke", "--protocol", "seen-labels", "--out", out,
+                                     "--device", "cpu"), "l_to_ab.py")
+    assert f"{out} holds a study of another protocol or setting (protocol: 'unseen-labels' there, " \
+           f"'seen-labels' asked" in line
+    line = one_error_line(run_script("l_to_ab.py", "--preset", "smoke", "--teacher-classes", "cat", "dog", "--out",
+                                     out, "--device", "cpu"), "l_to_ab.py")
+    assert "teacher_classes: ['airplane', 'bird', 'deer', 'frog', 'ship'] there, ['cat', 'dog'] asked" in line
+    assert listing(out) == before  # nothing computed is lost or overwritten
+    old = tmp_path / "old"
+    (old / "results").mkdir(parents=True)
+    shutil.copy(out / "cifar10.h5", old / "cifar10.h5")
+    line = one_error_line(run_script("l_to_ab.py", "--preset", "smoke", "--out", old, "--device", "cpu"),
+                          "l_to_ab.py")
+    assert "holds results (results) without a study.json (an earlier release's protocol)" in line
+
+
+def test_a_bad_class_split_is_one_line(l_to_ab, tmp_path):
+    out, _ = l_to_ab
+    line = one_error_line(run_script("l_to_ab.py", "--preset", "smoke", "--teacher-classes", "cat", "sofa",
+                                     "--out", tmp_path / "a", "--device", "cpu"), "l_to_ab.py")
+    assert "--teacher-classes: 'label' has no class 'sofa'; its classes are airplane, automobile," in line
+    images = tmp_path / "no_cat_in_test.h5"
+    shutil.copy(out / "cifar10.h5", images)
+    with h5py.File(images, "r+") as handle:  # the test split's cats (class 3) become dogs (class 5)
+        labels = handle["labels/label"][()]
+        test = handle["splits/test"][()]
+        labels[test[labels[test] == 3]] = 5
+        handle["labels/label"][...] = labels
+    line = one_error_line(run_script("l_to_ab.py", "--preset", "smoke", "--images", images, "--out", tmp_path / "b",
+                                     "--device", "cpu"), "l_to_ab.py")
+    assert f"{images}: class cat of 'label' has no image in split 'test'" in line
+    assert not (tmp_path / "b").exists()
+
+
+def test_rgb_to_depth_unseen_labels_on_synthetic_scenes(tmp_path):
+    out = tmp_path / "rgb_to_depth"
+    result = run_script("rgb_to_depth.py", "--preset", "smoke", "--methods", "kd", "crd", "--seeds", "0",
+                        "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher = json.loads((out / "teacher-s0" / "model_card.json").read_text())
+    assert teacher["labels"] == {"classes": "label", "segmentation": None,  # never the segmentation
+                                 "class_subset": ["box", "barrel", "cone", "green_striped_cabinet",
+                                                  "yellow_dotted_cabinet"]}
+    for method in ("kd", "crd", "supervised", "scratch"):
+        segment = json.loads((out / f"segment-{method}-s0" / "segment.json").read_text())
+        assert segment["labels"] == "seg" and set(segment["results"]) == {"frozen"}
+        probe = json.loads((out / "results" / f"probe-held-out-{method}-s0.json").read_text())
+        assert probe["classes"] == ["ball", "table", "red_cabinet", "blue_checked_cabinet",
+                                    "purple_gradient_cabinet"]
+    final = result.stdout.splitlines()[-1]
+    assert FINAL.match(final) and final.startswith("study unseen-labels [frozen mIoU]: scratch="), final
+
+
 def test_rgb_to_depth_runs_the_real_nyu_frames_end_to_end(shared_data, tmp_path):
     out = tmp_path / "nyu_mini"
-    result = run_script("rgb_to_depth.py", "--nyu-mini", shared_data / "nyu_mini", "--out", out, "--device", "cpu")
+    args = ("--nyu-mini", shared_data / "nyu_mini", "--protocol", "seen-labels", "--methods", "kd", "crd",
+            "crd-repdistiller", "--seeds", "0", "--out", out, "--device", "cpu")
+    result = run_script("rgb_to_depth.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     # no image-level classes in these frames: no teacher logits for KD and CRD+KD to distil
     skipped = next(line for line in result.stdout.splitlines() if "skipped" in line)
-    assert "crd+kd" in skipped and " kd" in skipped
-    for method in ("fitnet", "at", "crd", "crd-bank", "supervised", "scratch"):
+    assert "no class labels: kd skipped" in skipped
+    for method in ("crd", "crd-repdistiller", "supervised", "scratch"):
         segment = json.loads((out / f"segment-{method}-s0" / "segment.json").read_text())
         assert segment["labels"] == "seg13" and set(segment["results"]) == {"finetune", "frozen"}
         assert segment["random_init"] is (method == "scratch")
+    repdistiller = json.loads((out / "crd-repdistiller-s0" / "model_card.json").read_text())
+    options = repdistiller["distillers"]["crd"]["options"]
+    assert {key: options[key] for key in ("memory", "objective", "normalization", "head_batchnorm")} == {
+        "memory": "bank", "objective": "nce", "normalization": "first_batch", "head_batchnorm": False}
     report = (out / "report" / "report.md").read_text()
-    assert "seg13" in report and "crd-bank" in report
-    again = run_script("rgb_to_depth.py", "--nyu-mini", shared_data / "nyu_mini", "--out", out, "--device", "cpu")
+    assert "seg13" in report and "crd-repdistiller" in report
+    assert FINAL.match(result.stdout.splitlines()[-1])
+    again = run_script("rgb_to_depth.py", *args)
     assert again.returncode == 0 and "epoch 1/" not in again.stdout  # every finished step reused
-
-
-def test_l_to_ab_trains_a_luminance_teacher_and_probes_chrominance_students(tmp_path):
-    out = tmp_path / "l_to_ab"
-    result = run_script("l_to_ab.py", "--preset", "smoke", "--methods", "kd", "crd", "--out", out,
-                        "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-3000:]
-    teacher = json.loads((out / "teacher-s0" / "model_card.json").read_text())
-    assert teacher["modality"] == "lab_l"
-    for method in ("kd", "crd", "supervised", "scratch"):
-        probe = json.loads((out / "results" / f"probe-{method}-s0.json").read_text())
-        assert probe["modality"] == "lab_ab" and probe["method"] == method and probe["labels"] == "label"
-    assert (out / "report" / "probe_linear.png").is_file()
+    refused = run_script("rgb_to_depth.py", "--nyu-mini", shared_data / "nyu_mini", "--out", tmp_path / "x")
+    assert refused.returncode == 2 and "add --protocol seen-labels" in refused.stderr

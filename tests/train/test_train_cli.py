@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 import yaml
@@ -16,6 +17,7 @@ from _run_helpers import (SMOKE_DISTILL, SMOKE_TEACHER, cli_in_process, load_che
                           read_csv)
 from conftest import error_line, run_cli
 
+from crossmodal.data import read_layout
 from crossmodal.models import FrozenTeacher, create_encoder
 from crossmodal.train.config import load_config
 from crossmodal.train.schemas import SCHEMAS
@@ -264,3 +266,40 @@ def test_no_config_and_no_resume_is_a_usage_error(tmp_path):
     result = cli_in_process("distill", "--out", tmp_path / "run")
     assert result.returncode == 2 and "give a config file" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_teacher_on_a_class_subset_has_one_output_per_subset_class(synthetic_file, tmp_path):
+    run = tmp_path / "subset"
+    layout = read_layout(synthetic_file)
+    names = layout.labels["label"].class_names
+    with h5py.File(synthetic_file, "r") as handle:
+        values = handle["labels"]["label"][()]
+        labels = values[handle["splits"]["train"][()]]
+        in_both = sorted(set(labels.tolist()) & set(values[handle["splits"]["test"][()]].tolist()))
+    chosen = [names[i] for i in in_both[:3]][::-1]  # three classes with train and test scenes, reversed
+    subset = f"task.class_subset=[{', '.join(chosen)}]"
+    result = cli_in_process("train-teacher", SMOKE_TEACHER, "--out", run, f"data.path={synthetic_file}", *SMALL,
+                            "task.segmentation=null", subset)
+    assert result.returncode == 0, result.stderr
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["labels"] == {"classes": "label", "segmentation": None, "class_subset": chosen}
+    assert card["encoder"]["num_classes"] == 3
+    kept = sum(names[value] in chosen for value in labels)
+    assert card["data"]["num_samples"] == kept < len(labels)  # the other classes' scenes are left out
+    # a KD student distils the subset teacher's three outputs
+    student = tmp_path / "kd"
+    result = cli_in_process("distill", SMOKE_DISTILL, "--out", student, f"data.path={synthetic_file}", *SMALL,
+                            f"teacher.weights={run}", "teacher.encoder=null", "distill.name=kd",
+                            "student.encoder.num_classes=3")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task.class_subset=[cone, sofa]"], "task.class_subset: 'label' has no class 'sofa'; its classes are box,"),
+    (["task.classes=null", "task.class_subset=[cone, box]"], "task.class_subset needs task.classes"),
+])
+def test_a_bad_class_subset_is_one_line(synthetic_file, tmp_path, overrides, message):
+    out = tmp_path / "run"
+    result = cli_in_process("train-teacher", SMOKE_TEACHER, "--out", out, f"data.path={synthetic_file}", *SMALL,
+                            *overrides)
+    assert message in _fails_before_training(result, out)
