@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from crossmodal.errors import ConfigError, CrossmodalError, DataError  # noqa: E402
-from crossmodal.eval.paired import compare  # noqa: E402
+from crossmodal.errors import CrossmodalError, DataError  # noqa: E402
+from crossmodal.eval.paired import MIN_SEEDS, compare  # noqa: E402
 from crossmodal.eval.probe_run import ProbeOptions  # noqa: E402
 from crossmodal.eval.report import render_markdown, summarize, write_report  # noqa: E402
 from crossmodal.eval.segment import SegmentOptions  # noqa: E402
@@ -50,6 +50,15 @@ NAMES = {"scratch": "scratch (random init)", "supervised": "supervised on the ev
          "crd-repdistiller": "CRD (RepDistiller's bank and NCE, bare head)", "crd+kd": "CRD+KD"}
 
 
+def mean_std(values: Mapping[int, float], separator: str, count: str) -> str:
+    """``52.3 ± 1.2 (3)`` for per-seed fractions (percent; no spread for one seed; ``–`` for none)."""
+    stats = summarize(list(values.values()))
+    if stats["mean"] is None:
+        return "–"
+    spread = f"{separator}{100 * stats['std']:.1f}" if stats["std"] is not None else ""
+    return f"{100 * stats['mean']:.1f}{spread}{count.format(n=stats['n'])}"
+
+
 class StudyError(CrossmodalError):
     """A study that cannot start: a bad class split, a folder made for another protocol or setting."""
 
@@ -63,7 +72,7 @@ def guarded(main: Callable[[], None]) -> None:
     name = Path(sys.argv[0]).name
     try:
         main()
-    except (StudyError, ConfigError, DataError) as err:
+    except CrossmodalError as err:  # StudyError, ConfigError, DataError, a diverged training
         print(f"{name}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except subprocess.CalledProcessError as err:  # a data-preparation command, which said why on stderr
@@ -71,6 +80,16 @@ def guarded(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted; finished steps are kept, run the same command to continue", file=sys.stderr)
         sys.exit(130)
+
+
+def check_label_set(data: str, name: str, kind: str, option: str) -> None:
+    """``name`` must be a ``kind`` (class / segmentation) label set of ``data``; one line otherwise."""
+    from crossmodal.data.format import read_layout
+
+    labels = read_layout(data).labels
+    if name not in labels or labels[name].type != kind:
+        choices = sorted(label for label, info in labels.items() if info.type == kind)
+        raise DataError(data, f"{option}: no {kind} label set '{name}'; it has {choices or 'none'}")
 
 
 def class_split(data: str, labels: str, teacher_classes: Optional[Sequence[str]]) -> tuple[list[str], list[str]]:
@@ -83,33 +102,94 @@ def class_split(data: str, labels: str, teacher_classes: Optional[Sequence[str]]
         StudyError, ConfigError, DataError: one line naming the class, split or file.
     """
     import h5py
-    import numpy as np
 
-    from crossmodal.data.classes import class_names, resolve_classes
+    from crossmodal.data.classes import class_names, missing_classes, resolve_classes
     from crossmodal.data.format import read_layout
 
     layout = read_layout(data)
-    if labels not in layout.labels or layout.labels[labels].type != "class":
-        raise DataError(data, f"no class label set '{labels}' to split; it has "
-                              f"{sorted(name for name, info in layout.labels.items() if info.type == 'class')}")
     info = layout.labels[labels]
     ids = (list(range(0, info.num_classes, 2)) if teacher_classes is None
            else resolve_classes(info, teacher_classes, "--teacher-classes"))
     held_out = [i for i in range(info.num_classes) if i not in ids]
     if len(held_out) < 2:
-        raise StudyError(f"--teacher-classes leaves {len(held_out)} class(es) of '{labels}' held out; the "
+        raise StudyError(f"the teacher's classes leave {len(held_out)} class(es) of '{labels}' held out; the "
                          f"transfer probe needs at least 2")
     with h5py.File(data, "r") as handle:
         values = handle["labels"][labels][()]
         for split in ("train", "test"):
             if split not in layout.splits:
                 raise DataError(data, f"no split '{split}'; it has {sorted(layout.splits)}")
-            present = set(np.unique(values[handle["splits"][split][()]]).tolist())
-            empty = [info.class_names[i] for i in ids + held_out if i not in present]
+            empty = missing_classes(values[handle["splits"][split][()]], ids + held_out)
             if empty:
-                raise StudyError(f"{data}: class {', '.join(empty)} of '{labels}' has no image in split '{split}'; "
-                                 f"the class split needs every class in train and test")
+                raise StudyError(f"{data}: class {', '.join(class_names(info, empty))} of '{labels}' has no image "
+                                 f"in split '{split}'; the class split needs every class in train and test")
     return class_names(info, ids), class_names(info, held_out)
+
+
+def add_protocol_arguments(parser) -> None:
+    """The options every study shares: protocol, the teacher's classes, seeds."""
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="unseen-labels",
+                        help="unseen-labels (default): the teacher learns a subset of the image classes only, the "
+                             "students are judged on labels it never saw; seen-labels: the teacher learns the "
+                             "labels the students are judged on (the previous releases' protocol)")
+    parser.add_argument("--teacher-classes", nargs="+", metavar="CLASS",
+                        help="unseen-labels: the teacher's classes (names or ids; default every other class)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="one teacher, one student per method and one scratch draw per seed (default 0 1 2)")
+
+
+@dataclass
+class ClassPlan:
+    """Which image classes the teacher learns and which ones the students are probed on."""
+    protocol: str
+    labels: Optional[str]  # the class label set, None when the data have none
+    teacher: Optional[list[str]] = None  # unseen-labels: the teacher's classes
+    held_out: Optional[list[str]] = None
+    num_classes: Optional[int] = None  # outputs of the teacher's classifier (KD's student needs as many)
+
+    @property
+    def unseen(self) -> bool:
+        return self.protocol == "unseen-labels"
+
+    def teacher_task(self) -> list[str]:
+        """The teacher's ``task.classes`` (and ``task.class_subset``) overrides."""
+        subset = [f"task.class_subset=[{', '.join(self.teacher)}]"] if self.unseen else []
+        return [f"task.classes={self.labels or 'null'}"] + subset
+
+    def probe_sets(self) -> dict[str, Optional[list[str]]]:
+        return {"held-out": self.held_out, "all": None} if self.unseen else {"all": None}
+
+    def headlines(self, stage: str, knn_on_all: bool) -> list[Headline]:
+        """Probe headlines: held-out classes first (unseen-labels), then all classes."""
+        if not self.labels:
+            return []
+        found = []
+        if self.unseen:
+            found += [Headline("linear, held-out classes", "probe", "held-out", f"linear:{stage}"),
+                      Headline("kNN, held-out classes", "probe", "held-out", f"knn:{stage}")]
+        found.append(Headline("linear, all classes", "probe", "all", f"linear:{stage}"))
+        if knn_on_all:
+            found.append(Headline("kNN, all classes", "probe", "all", f"knn:{stage}"))
+        return found
+
+
+def plan_classes(args, data: str, labels: Optional[str]) -> ClassPlan:
+    """The class plan of ``args.protocol`` / ``args.teacher_classes`` on ``data``'s class set ``labels``."""
+    from crossmodal.data.format import read_layout
+
+    if args.protocol == "seen-labels" and args.teacher_classes:
+        raise StudyError("--teacher-classes goes with --protocol unseen-labels")
+    if labels is None:
+        if args.protocol == "unseen-labels":
+            raise StudyError("--protocol unseen-labels trains the teacher on image classes, and none are given; "
+                             "name a class label set or use --protocol seen-labels")
+        return ClassPlan(args.protocol, None)
+    check_label_set(data, labels, "class", "class labels")
+    if args.protocol == "seen-labels":
+        return ClassPlan(args.protocol, labels, num_classes=read_layout(data).labels[labels].num_classes)
+    teacher, held_out = class_split(data, labels, args.teacher_classes)
+    say(f"teacher classes: {', '.join(teacher)}; held out: {', '.join(held_out)}")
+    return ClassPlan(args.protocol, labels, teacher, held_out, len(teacher))
 
 
 @dataclass
@@ -162,34 +242,49 @@ class Study:
     def record_path(self) -> Path:
         return Path(self.out) / "study.json"
 
-    def claim_folder(self) -> dict:
-        """Create or check ``OUT/study.json``: a folder holds one protocol and setting; nothing is touched
-        when the command asks for another."""
-        wanted = {"protocol": self.protocol, **self.setting}
+    def wanted_setting(self) -> dict:
+        """What the folder is for; the data file by its path relative to the folder when it lies inside (so the
+        folder can move)."""
+        setting = {"protocol": self.protocol, **self.setting}
+        data = Path(self.data).resolve()
+        if data.is_relative_to(Path(self.out).resolve()):
+            setting["data"] = str(data.relative_to(Path(self.out).resolve()))
+        return setting
+
+    def claim_folder(self) -> None:
+        """Create or check ``OUT/study.json``: a folder holds one protocol and setting, and a command asking for
+        another stops before touching anything. While no teacher has started there, the setting may change (a
+        typo corrected after a refused start)."""
+        wanted = self.wanted_setting()
+        started = any(Path(self.out).glob("teacher-s*"))
         if self.record_path.exists():
             try:
                 record = json.loads(self.record_path.read_text())
                 recorded = {"protocol": record["protocol"], **record["setting"]}
             except (OSError, ValueError, KeyError, TypeError):
                 raise StudyError(f"{self.record_path}: unreadable study record; move the folder aside") from None
-            changed = [f"{key}: {recorded.get(key)!r} there, {value!r} asked" for key, value in wanted.items()
-                       if recorded.get(key) != value]
-            if changed:
+            changed = [f"{key}: {recorded.get(key)!r} there, {wanted.get(key)!r} asked"
+                       for key in dict.fromkeys([*wanted, *recorded]) if recorded.get(key) != wanted.get(key)]
+            if not changed:
+                return
+            if started:
                 raise StudyError(f"{self.out} holds a study of another protocol or setting ({'; '.join(changed)}); "
                                  f"give another --out")
-            return record
-        Path(self.out).mkdir(parents=True, exist_ok=True)
-        earlier = [name for name in ("results", "report") if (Path(self.out) / name).exists()]
-        earlier += [path.name for path in Path(self.out).glob("teacher-s*")]
-        if earlier:
-            raise StudyError(f"{self.out} holds results ({', '.join(sorted(earlier)[:3])}) without a study.json "
-                             f"(an earlier release's protocol); give another --out")
-        record = {"format": STUDY_FORMAT, "protocol": self.protocol, "setting": dict(self.setting),
-                  "invocations": []}
-        write_json(self.record_path, record)
-        return record
+            say(f"nothing trained in {self.out} yet: its setting is now the one asked ({'; '.join(changed)})")
+        else:
+            earlier = [name for name in ("results", "report") if (Path(self.out) / name).exists()]
+            if earlier or started:
+                raise StudyError(f"{self.out} holds results without a study.json (an earlier release's protocol, "
+                                 f"result names and CRD recipes); give another --out")
+        invocations = json.loads(self.record_path.read_text())["invocations"] if self.record_path.exists() else []
+        write_json(self.record_path, {"format": STUDY_FORMAT, "protocol": self.protocol,
+                                      "setting": {k: v for k, v in wanted.items() if k != "protocol"},
+                                      "invocations": invocations})
 
-    def add_wall_time(self, record: dict, seconds: float) -> float:
+    def add_wall_time(self, seconds: float) -> float:
+        """Append this invocation to ``study.json`` (read again: another invocation may have written since) and
+        return the wall time summed over every invocation."""
+        record = json.loads(self.record_path.read_text())
         record["invocations"].append({"seconds": round(seconds, 1), "seeds": list(self.seeds),
                                       "methods": list(self.methods),
                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -203,14 +298,17 @@ class Study:
                               self.teacher_overrides + [f"seed={seed}"], f"{self.out}/teacher-s{seed}", say)
 
     def run(self) -> None:
-        record = self.claim_folder()
-        start = time.monotonic()
+        """Every seed's steps, then the report; the wall time counts from the script's start (data preparation
+        included) to the report, and is recorded even when a step fails or the run is interrupted."""
+        self.claim_folder()
         try:
             for seed in self.seeds:
                 self.run_seed(seed)
+            self.report()
         finally:
-            wall = self.add_wall_time(record, time.monotonic() - start)
-        self.report(wall)
+            wall = self.add_wall_time(time.monotonic() - START)
+        if self.headlines:
+            self.summarize(wall)
 
     def run_seed(self, seed: int) -> None:
         teacher = self.teacher(seed)
@@ -295,48 +393,35 @@ class Study:
         """The study's markdown summary (mean ± std per headline, paired comparisons) and its final line."""
         methods = self.method_names()
         table = {method: [self.values(headline, method) for headline in self.headlines] for method in methods}
+        columns = " | ".join(headline.label for headline in self.headlines)
+        rule = "|---|" + "---|" * len(self.headlines)
         lines = [f"# {Path(self.out).name}: protocol {self.protocol}", "",
-                 f"Seeds {', '.join(map(str, self.all_seeds()))}; mean ± sample std over seeds (n), %. "
-                 f"Wall time {wall_seconds / 60:.1f} min over {len(self.runs())} invocation(s).", "",
-                 "| student | " + " | ".join(h.label for h in self.headlines) + " |",
-                 "|---|" + "---|" * len(self.headlines)]
+                 f"Seeds {', '.join(map(str, self.all_seeds()))}; mean ± sample std over seeds (number of seeds), "
+                 f"%. Wall time {wall_seconds / 60:.1f} min over {len(self.runs())} invocation(s).", "",
+                 f"| student | {columns} |", rule]
         for method in methods:
-            cells = []
-            for values in table[method]:
-                stats = summarize(list(values.values()))
-                if stats["mean"] is None:
-                    cells.append("–")
-                else:
-                    spread = f" ± {100 * stats['std']:.1f}" if stats["std"] is not None else ""
-                    cells.append(f"{100 * stats['mean']:.1f}{spread} ({stats['n']})")
+            cells = [mean_std(values, " ± ", " ({n})") for values in table[method]]
             lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
-        lines += ["", "Paired over seeds (same teacher, data and seed per pair). A claim holds when A is ahead in "
-                      "every seed by more than the larger of the two methods' seed-to-seed std; otherwise a tie.",
-                  "", "| claim | " + " | ".join(h.label for h in self.headlines) + " |",
-                  "|---|" + "---|" * len(self.headlines)]
+        lines += ["", f"Paired over seeds (same teacher, data and seed in each pair). A - B in points, mean ± std of "
+                      f"the per-seed differences, then the seeds where A is ahead. **A** or **B** names the better "
+                      f"method when it is ahead in every seed (at least {MIN_SEEDS}) by a mean larger than that std; "
+                      f"otherwise a tie.", "", f"| claim | {columns} |", rule]
         for a, b in self.claims(methods, table):
             cells = []
-            for number in range(len(self.headlines)):
-                first, second = table[a][number], table[b][number]
-                if set(first) & set(second):
-                    result = compare(first, second)
-                    verdict = {"A": f"**{a}**", "B": f"**{b}**", "tie": "tie"}[result.verdict]
-                    spread = f" ± {100 * result.std_difference:.1f}" if result.std_difference is not None else ""
-                    cells.append(f"{verdict}: {100 * result.mean_difference:+.1f}{spread}, "
-                                 f"{result.wins}/{len(result.seeds)}")
-                else:
+            for first, second in zip(table[a], table[b]):
+                if not set(first) & set(second):
                     cells.append("–")
+                    continue
+                result = compare(first, second)
+                verdict = {"A": f"**{a}**", "B": f"**{b}**", "tie": "tie"}[result.verdict]
+                spread = f" ± {100 * result.std_difference:.1f}" if result.std_difference is not None else ""
+                cells.append(f"{verdict}: {100 * result.mean_difference:+.1f}{spread}, "
+                             f"{result.wins}/{len(result.seeds)}")
             lines.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
-        lines += ["", "(cell: the verdict, then A - B in points as mean ± std over the paired seeds, then the "
-                      "number of seeds where A is ahead)"]
-        first = self.headlines[0]
-        parts = []
-        for method in methods:
-            stats = summarize(list(table[method][0].values()))
-            if stats["mean"] is not None:
-                spread = f"±{100 * stats['std']:.1f}" if stats["std"] is not None else ""
-                parts.append(f"{method}={100 * stats['mean']:.1f}{spread} ({stats['n']} seeds)")
-        final = f"study {self.protocol} [{first.label}]: {' '.join(parts)}; wall={wall_seconds / 60:.1f}min"
+        parts = [f"{method}={mean_std(table[method][0], '±', ' ({n} seeds)')}" for method in methods
+                 if table[method][0]]
+        final = (f"study {self.protocol} [{self.headlines[0].label}]: {' '.join(parts)}; "
+                 f"wall={wall_seconds / 60:.1f}min")
         return "\n".join(lines) + "\n", final
 
     def claims(self, methods: list[str], table: dict) -> list[tuple[str, str]]:
@@ -350,14 +435,18 @@ class Study:
     def runs(self) -> list[dict]:
         return json.loads(self.record_path.read_text())["invocations"]
 
-    def report(self, wall_seconds: float) -> None:
-        """Tables over every result in the study's folder (the seeds of earlier invocations too), the summary
-        over seeds and the final line."""
+    def report(self) -> None:
+        """Tables over every result in the study's folder (the seeds of earlier invocations too)."""
         report = write_report([self.out], f"{self.out}/report", Path(self.out).name)
         print(render_markdown(report), end="")
         say(f"wrote {self.out}/report/report.md")
-        if self.headlines:
-            text, final = self.summary(wall_seconds)
-            (Path(self.out) / "report" / "study.md").write_text(text + "\n" + final + "\n")
-            print(text)
-            print(final)
+
+    def summarize(self, wall_seconds: float) -> None:
+        """``OUT/report/study.md`` (mean ± std over seeds, paired comparisons) and the final line, printed."""
+        from crossmodal.files import atomic_output
+
+        text, final = self.summary(wall_seconds)
+        with atomic_output(Path(self.out) / "report" / "study.md") as temporary:
+            Path(temporary).write_text(text + "\n" + final + "\n")
+        print(text)
+        print(final)

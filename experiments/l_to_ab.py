@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _study import PROTOCOLS, ROOT, Evaluation, Headline, Study, class_split, guarded, say
+from _study import ROOT, Evaluation, Study, add_protocol_arguments, guarded, plan_classes, say
 
 CONFIGS = ROOT / "crossmodal" / "configs"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.zip"
@@ -74,60 +74,42 @@ def crd_options(negatives: int) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="unseen-labels",
-                        help="unseen-labels (default): the teacher learns a class subset, students are probed on "
-                             "the others; seen-labels: the teacher learns every class the probe asks for")
-    parser.add_argument("--teacher-classes", nargs="+", metavar="CLASS",
-                        help="unseen-labels: the teacher's classes (names or ids; default every other class)")
+    add_protocol_arguments(parser)
     parser.add_argument("--images", type=Path, help="a paired file with rgb and class labels 'label' "
                                                    "(default: CIFAR-10 from ../shared)")
     parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, help="default: the preset's")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", help="default runs/experiments/l_to_ab-PRESET[-seen-labels]")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    if args.protocol == "seen-labels" and args.teacher_classes:
-        parser.error("--teacher-classes goes with --protocol unseen-labels")
     preset = PRESETS[args.preset]
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     out = Path(args.out or f"runs/experiments/l_to_ab-{args.preset}{suffix}")
     data = prepare(out, preset["per_class"], args.images).resolve()
-    unseen = args.protocol == "unseen-labels"
-    teacher_classes, held_out = class_split(str(data), "label", args.teacher_classes) if unseen else (None, None)
+    plan = plan_classes(args, str(data), "label")
     encoder = f"{{name: {preset['encoder']}, small_input: {str(preset['small_input']).lower()}}}"
     common = [f"data.path={data}", f"device={args.device}", "train.progress=false"]
-    classifier = ["task.classes=label", "task.segmentation=null"]
-    subset = [f"task.class_subset=[{', '.join(teacher_classes)}]"] if unseen else []
-    logits = len(teacher_classes) if unseen else 10
     options = crd_options(preset["negatives"])
     methods = {}
     for name in args.methods or preset["methods"]:
         methods[name] = [f"distill.name={name.split('-')[0]}"] + ([options[name]] if name in options else [])
-        methods[name] += [f"student.encoder.num_classes={logits}"] if name in NEEDS_LOGITS else []
-    probe_sets = {"held-out": held_out, "all": None} if unseen else {"all": None}
-    embedding = "embedding"
-    headlines = ([Headline("linear, held-out classes", "probe", "held-out", f"linear:{embedding}"),
-                  Headline("kNN, held-out classes", "probe", "held-out", f"knn:{embedding}")] if unseen else [])
-    headlines += [Headline("linear, all classes", "probe", "all", f"linear:{embedding}"),
-                  Headline("kNN, all classes", "probe", "all", f"knn:{embedding}")]
+        methods[name] += [f"student.encoder.num_classes={plan.num_classes}"] if name in NEEDS_LOGITS else []
     study = Study(
         out=str(out), data=str(data), student_modality="lab_ab",
         teacher_config=str(CONFIGS / "demo_teacher.yaml"),
-        teacher_overrides=common + classifier + subset + ["model.modality=lab_l", f"model.encoder={encoder}",
-                                                          f"train.epochs={preset['teacher_epochs']}"],
+        teacher_overrides=common + plan.teacher_task() + [
+            "task.segmentation=null", "model.modality=lab_l", f"model.encoder={encoder}",
+            f"train.epochs={preset['teacher_epochs']}"],
         distill_config=str(CONFIGS / "demo_distill.yaml"),
         distill_overrides=common + ["teacher.modality=lab_l", "student.modality=lab_ab",
                                     f"student.encoder={encoder}", f"train.epochs={preset['student_epochs']}"],
         methods=methods,
-        evaluation=Evaluation(probe_labels="label", probe_sets=probe_sets, probe_stages=preset["stages"],
+        evaluation=Evaluation(probe_labels="label", probe_sets=plan.probe_sets(), probe_stages=preset["stages"],
                               device=args.device),
         protocol=args.protocol,
-        setting={"preset": args.preset, "data": str(data), "teacher_classes": teacher_classes},
-        headlines=headlines, seeds=args.seeds,
-        supervised_overrides=common + classifier + ["model.modality=lab_ab", f"model.encoder={encoder}",
-                                                    f"train.epochs={preset['student_epochs']}"])
-    if unseen:
-        say(f"teacher classes: {', '.join(teacher_classes)}; held out: {', '.join(held_out)}")
+        setting={"preset": args.preset, "data": str(data), "teacher_classes": plan.teacher},
+        headlines=plan.headlines("embedding", knn_on_all=True), seeds=args.seeds,
+        supervised_overrides=common + ["task.classes=label", "task.segmentation=null", "model.modality=lab_ab",
+                                       f"model.encoder={encoder}", f"train.epochs={preset['student_epochs']}"])
     study.run()
 
 

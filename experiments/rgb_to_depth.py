@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _study import PROTOCOLS, ROOT, Evaluation, Headline, Study, class_split, guarded, say
+from _study import (ROOT, Evaluation, Headline, Study, add_protocol_arguments, check_label_set, guarded,
+                    plan_classes, say)
 
-from crossmodal.data.format import read_layout
 
 CONFIGS = ROOT / "crossmodal" / "configs"
 PRESETS = {
@@ -72,12 +72,7 @@ def nyu_mini(source: Path, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="unseen-labels",
-                        help="unseen-labels (default): the teacher learns a subset of the image classes only; "
-                             "students are judged by segmentation and by probes of the other classes. "
-                             "seen-labels: the teacher learns every class and the segmentation")
-    parser.add_argument("--teacher-classes", nargs="+", metavar="CLASS",
-                        help="unseen-labels: the teacher's classes (names or ids; default every other class)")
+    add_protocol_arguments(parser)
     parser.add_argument("--data", help="a paired file with rgb, depth and a segmentation set (default: "
                                        "generated synthetic scenes)")
     parser.add_argument("--segment-labels", default="seg", help="segmentation set (synthetic: seg)")
@@ -88,19 +83,15 @@ def main() -> None:
     parser.add_argument("--nyu-mini", type=Path, help="smoke run on the folder of 10 real NYU frames (they "
                                                       "carry no image classes: --protocol seen-labels)")
     parser.add_argument("--methods", nargs="+", choices=list(ALL_METHODS), help=f"default: {DEFAULT_METHODS}")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=None, help="default runs/experiments/rgb_to_depth-PRESET[-seen-labels] "
                                                     "(or -nyu_mini)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     preset = dict(PRESETS[args.preset])
     classes = None if args.class_labels == "none" else args.class_labels
-    unseen = args.protocol == "unseen-labels"
-    if args.teacher_classes and not unseen:
-        parser.error("--teacher-classes goes with --protocol unseen-labels")
-    suffix = "" if unseen else f"-{args.protocol}"
+    suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     if args.nyu_mini:  # a smoke run of the real-data path: no claim from 10 frames
-        if unseen:
+        if args.protocol == "unseen-labels":
             parser.error("--nyu-mini: the 10 frames carry no image classes for the teacher; add --protocol "
                          "seen-labels")
         out = Path(args.out or "runs/experiments/rgb_to_depth-nyu_mini")
@@ -121,34 +112,22 @@ def main() -> None:
                                 "--num", str(preset["num"]), "--size", str(preset["size"]), "--seed", "0"],
                                check=True)
         batch = []
-    if unseen and not classes:
-        parser.error("--protocol unseen-labels trains the teacher on image classes: give --class-labels (or use "
-                     "--protocol seen-labels)")
     data = data.resolve()
-    teacher_classes, held_out = class_split(str(data), classes, args.teacher_classes) if unseen else (None, None)
+    check_label_set(str(data), seg, "segmentation", "--segment-labels")
+    plan = plan_classes(args, str(data), classes)
     device = [f"device={args.device}", "train.progress=false"]
-    if unseen:  # image classes of a subset only: neither the segmentation nor the held-out classes
-        teacher_task = [f"task.classes={classes}", "task.segmentation=null",
-                        f"task.class_subset=[{', '.join(teacher_classes)}]"]
-    else:
-        teacher_task = [f"task.classes={classes or 'null'}", f"task.segmentation={seg}"]
+    # unseen-labels: image classes of a subset only, never the segmentation; seen-labels: every label
+    teacher_task = plan.teacher_task() + [f"task.segmentation={'null' if plan.unseen else seg}"]
     oracle_task = [f"task.classes={classes or 'null'}", f"task.segmentation={seg}"]
     names = args.methods or DEFAULT_METHODS
     methods = {name: list(ALL_METHODS[name]) for name in names if classes or name not in NEEDS_LOGITS}
-    if classes:  # KD's student needs a classifier over the teacher's classes
-        count = len(teacher_classes) if unseen else read_layout(str(data)).labels[classes].num_classes
-        methods.update({name: methods[name] + [f"student.encoder.num_classes={count}"]
-                        for name in NEEDS_LOGITS if name in methods})
+    methods.update({name: methods[name] + [f"student.encoder.num_classes={plan.num_classes}"]
+                    for name in NEEDS_LOGITS if name in methods})  # KD's student: the teacher's classes
     if len(methods) < len(names):
         say(f"no class labels: {', '.join(sorted(set(names) - set(methods)))} skipped (they need the "
             f"teacher's logits)")
     protocols = args.segment_protocols or preset["segment_protocols"]
-    probe_sets = {"held-out": held_out, "all": None} if unseen else {"all": None}
     headlines = [Headline(f"{protocol} mIoU", "segment", protocol, "miou") for protocol in protocols]
-    if classes:
-        headlines += ([Headline("linear, held-out classes", "probe", "held-out", "linear:embedding"),
-                       Headline("kNN, held-out classes", "probe", "held-out", "knn:embedding")] if unseen else [])
-        headlines += [Headline("linear, all classes", "probe", "all", "linear:embedding")]
     study = Study(
         out=str(out), data=str(data), student_modality="depth",
         teacher_config=str(CONFIGS / "demo_teacher.yaml"),
@@ -157,17 +136,17 @@ def main() -> None:
         distill_config=str(CONFIGS / "demo_distill.yaml"),
         distill_overrides=[f"data.path={data}", f"train.epochs={preset['student_epochs']}"] + device + batch,
         methods=methods,
-        evaluation=Evaluation(probe_labels=classes, probe_sets=probe_sets, probe_stages=[-1], segment_labels=seg,
-                              segment_protocols=protocols, segment_epochs=preset["segment_epochs"],
-                              device=args.device, segment_batch=4 if args.nyu_mini else 32),
+        evaluation=Evaluation(probe_labels=classes, probe_sets=plan.probe_sets(), probe_stages=[-1],
+                              segment_labels=seg, segment_protocols=protocols,
+                              segment_epochs=preset["segment_epochs"], device=args.device,
+                              segment_batch=4 if args.nyu_mini else 32),
         protocol=args.protocol,
         setting={"preset": "nyu-mini" if args.nyu_mini else args.preset, "data": str(data),
-                 "teacher_classes": teacher_classes, "segment_labels": seg},
-        headlines=headlines, seeds=args.seeds,
+                 "teacher_classes": plan.teacher, "class_labels": classes, "segment_labels": seg,
+                 "segment_protocols": sorted(protocols)},
+        headlines=headlines + plan.headlines("embedding", knn_on_all=False), seeds=args.seeds,
         supervised_overrides=[f"data.path={data}", f"train.epochs={preset['student_epochs']}",
                               "model.modality=depth", "data.augment=false"] + oracle_task + device + batch)
-    if unseen:
-        say(f"teacher classes: {', '.join(teacher_classes)}; held out: {', '.join(held_out)}")
     study.run()
 
 

@@ -62,7 +62,7 @@ TRAIN_TEACHER = {
     "task": {
         "classes": Field("str", None, nullable=True, help="image-level class label set to train on"),
         "class_subset": Field("list:str", None, nullable=True,
-                              help="train on these classes of task.classes only (names or ids): the other "
+                              help="train on these classes of task.classes only (class names): the other "
                                    "classes' samples are left out of training and evaluation, and the "
                                    "classifier's outputs follow this order"),
         "segmentation": Field("str", None, nullable=True, help="segmentation label set to train on"),

@@ -110,7 +110,7 @@ def test_a_folder_of_another_protocol_or_release_is_refused_untouched(l_to_ab, t
     shutil.copy(out / "cifar10.h5", old / "cifar10.h5")
     line = one_error_line(run_script("l_to_ab.py", "--preset", "smoke", "--out", old, "--device", "cpu"),
                           "l_to_ab.py")
-    assert "holds results (results) without a study.json (an earlier release's protocol)" in line
+    assert "holds results without a study.json (an earlier release's protocol, result names" in line
 
 
 def test_a_bad_class_split_is_one_line(l_to_ab, tmp_path):
@@ -174,3 +174,31 @@ def test_rgb_to_depth_runs_the_real_nyu_frames_end_to_end(shared_data, tmp_path)
     assert again.returncode == 0 and "epoch 1/" not in again.stdout  # every finished step reused
     refused = run_script("rgb_to_depth.py", "--nyu-mini", shared_data / "nyu_mini", "--out", tmp_path / "x")
     assert refused.returncode == 2 and "add --protocol seen-labels" in refused.stderr
+
+
+def test_a_setting_may_change_until_a_teacher_has_started(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        from _study import Evaluation, Study, StudyError
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+
+    def study(**setting) -> Study:
+        return Study(out=str(tmp_path / "s"), data=str(tmp_path / "s" / "d.h5"), student_modality="depth",
+                     teacher_config="t.yaml", teacher_overrides=[], distill_config="d.yaml", distill_overrides=[],
+                     methods={}, evaluation=Evaluation(), setting=setting)
+
+    study(segment_labels="sgg").claim_folder()  # a typo, refused later by a training step
+    record = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert record["setting"] == {"segment_labels": "sgg", "data": "d.h5"}  # inside the folder: relative
+    study(segment_labels="seg").claim_folder()  # nothing trained yet: corrected
+    assert json.loads((tmp_path / "s" / "study.json").read_text())["setting"]["segment_labels"] == "seg"
+    (tmp_path / "s" / "teacher-s0").mkdir()
+    study(segment_labels="seg").claim_folder()  # the same setting: continues
+    with pytest.raises(StudyError, match="segment_labels: 'seg' there, 'other' asked"):
+        study(segment_labels="other").claim_folder()
+    moved = tmp_path / "moved"
+    (tmp_path / "s").rename(moved)
+    Study(out=str(moved), data=str(moved / "d.h5"), student_modality="depth", teacher_config="t.yaml",
+          teacher_overrides=[], distill_config="d.yaml", distill_overrides=[], methods={}, evaluation=Evaluation(),
+          setting={"segment_labels": "seg"}).claim_folder()  # a moved folder is the same study
