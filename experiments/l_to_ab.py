@@ -1,8 +1,8 @@
 """L -> ab on real CIFAR-10: a luminance teacher, chrominance students by the distillers, linear and kNN probes of
 classes the teacher never saw.
 
-    python experiments/l_to_ab.py --preset quick --seeds 0 1 2   # 2,000 training images (see the README's time)
-    python experiments/l_to_ab.py --seeds 0 1 2                  # cpu: 10,000 images, 30 epochs: hours on 2 cores
+    python experiments/l_to_ab.py --preset quick   # 2,000 training images, seeds 0 1 2: ~86 min on 2 cores
+    python experiments/l_to_ab.py                  # cpu: 10,000 images, 30 epochs, every distiller: hours
     python experiments/l_to_ab.py --preset gpu     # all 50,000 images, resnet18 at full resolution, for one GPU
     python experiments/l_to_ab.py --images stl10.h5   # a user's STL-10 file from `crossmodal prepare stl10`
     python experiments/l_to_ab.py --protocol seen-labels   # the previous releases' protocol

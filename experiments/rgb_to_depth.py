@@ -1,14 +1,23 @@
-"""RGB -> depth: a depth student initialised randomly or by KD, FitNet, AT, CRD, CRD+KD from an RGB teacher, then
-segmentation transfer (fine-tuned, as the paper, and over the frozen encoder) and a linear probe.
+"""RGB -> depth: depth students from an RGB teacher by KD, FitNet, AT, CRD (ours and RepDistiller's recipe) and
+CRD+KD, judged by segmentation transfer and probes of labels the teacher never saw.
 
-    python experiments/rgb_to_depth.py                       # synthetic scenes, CPU preset (~40 min, 2 cores)
-    python experiments/rgb_to_depth.py --preset gpu          # larger scenes and schedules, for one GPU
+    python experiments/rgb_to_depth.py                 # synthetic scenes, cpu preset, seeds 0 1 2 (~94 min, 2 cores)
+    python experiments/rgb_to_depth.py --preset gpu    # larger scenes and schedules, for one GPU
     python experiments/rgb_to_depth.py --data nyu.h5 --segment-labels seg13 --class-labels scene
-    python experiments/rgb_to_depth.py --nyu-mini ../shared/data/nyu_mini   # the real-data path, 10 frames
+    python experiments/rgb_to_depth.py --nyu-mini ../shared/data/nyu_mini --protocol seen-labels --seeds 0
+    python experiments/rgb_to_depth.py --protocol seen-labels   # the previous releases' protocol
+
+Protocol ``unseen-labels`` (default): the RGB teacher learns the image classes of half the classes
+(``--teacher-classes``; default every other class) and never the segmentation; depth students are distilled
+from it without labels (KD and CRD+KD over its subset outputs) and judged by segmentation transfer and by linear
+and kNN probes of the held-out classes (and of all classes). ``supervised`` is an oracle trained on the
+evaluation's labels, ``scratch`` the random initialisation. Protocol ``seen-labels``: the teacher learns every
+class and the segmentation the students are judged on.
 
 ``--data`` takes a user's NYU-Depth V2 file from ``crossmodal prepare nyu`` (``seg13`` or ``seg40``; its
-``scene`` labels give the teacher a classifier, which KD and CRD+KD need). Writes every run and
-``OUT/report/report.md`` (tables, plots); finished steps are reused when the command runs again.
+``scene`` labels give the teacher its classes). Writes every run, ``OUT/report/report.md`` (tables, plots) and
+``OUT/report/study.md`` (mean ± std over seeds, paired comparisons); finished steps are reused when the command
+runs again, and the last line printed is ``study PROTOCOL [...]: METHOD=mean±std (n seeds) ...; wall=..min``.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from _study import (ROOT, Evaluation, Headline, Study, add_protocol_arguments, c
 CONFIGS = ROOT / "crossmodal" / "configs"
 PRESETS = {
     # 2,000 scenes of 48 x 48 (the demo's generator and seed, smaller pictures), resnet10t, 10 teacher and
-    # 10 student epochs, 8 decoder epochs over the frozen encoder: three seeds fit in about an hour on 2 cores
+    # 10 student epochs, 8 decoder epochs over the frozen encoder: three seeds in 94 min on 2 shared cores
     "cpu": {"num": 2000, "size": 48, "teacher_epochs": 10, "student_epochs": 10, "segment_epochs": 8,
             "segment_protocols": ["frozen"]},
     # the script's own check, seconds
