@@ -30,9 +30,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from crossmodal.errors import CrossmodalError, DataError  # noqa: E402
 from crossmodal.eval.paired import MIN_SEEDS, compare  # noqa: E402
-from crossmodal.eval.probe_run import ProbeOptions  # noqa: E402
 from crossmodal.eval.report import render_markdown, summarize, write_report  # noqa: E402
-from crossmodal.eval.segment import SegmentOptions  # noqa: E402
 from crossmodal.files import write_json  # noqa: E402
 from crossmodal.pipeline import probe_or_reuse, segment_or_reuse, train_or_reuse  # noqa: E402
 
@@ -336,6 +334,9 @@ class Study:
         return Path(self.out) / f"segment-{name}" / "segment.json"
 
     def evaluate(self, method: str, run_dir: str, seed: int, random_init: bool) -> None:
+        from crossmodal.eval.probe_run import ProbeOptions
+        from crossmodal.eval.segment import SegmentOptions  # torch and timm: imported once there is work
+
         ev = self.evaluation
         name = f"{method}-s{seed}"
         if ev.probe_labels:

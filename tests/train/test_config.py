@@ -193,8 +193,8 @@ def test_missing_required_key_can_come_from_an_override(tmp_path):
 def test_train_teacher_schema(tmp_path):
     text = "data: {path: d.h5}\nmodel: {modality: rgb, encoder: {name: test_resnet}}\ntrain: {epochs: 1}\n"
     config = load_config(write(tmp_path, text), TEACHER, ["task.segmentation=seg13"])
-    assert config["task"] == {"classes": None, "segmentation": "seg13", "segmentation_weight": 1.0,
-                              "decoder_channels": 64}
+    assert config["task"] == {"classes": None, "class_subset": None, "segmentation": "seg13",
+                              "segmentation_weight": 1.0, "decoder_channels": 64}
     assert "teacher" not in config and "distill" not in config
     message = config_error(load_config, write(tmp_path, text), TEACHER, ["distill.name=crd"])
     assert "unknown key 'distill'" in message
