@@ -6,12 +6,7 @@ continues where it was when its command runs again; delete its folder to start o
 what the folder was made for (protocol, preset, data, class split) and the wall time of every invocation; a
 command asking for another protocol or setting in the same folder stops before touching anything.
 
-Two protocols:
-- ``unseen-labels`` (the default): the teacher is trained on a subset of the image classes only (no
-  segmentation); students are judged on the other classes (linear probe and kNN) and by segmentation transfer,
-  labels the teacher never saw. Logit methods (KD, CRD+KD) distil the teacher's subset classes.
-- ``seen-labels`` (the previous releases' protocol): the teacher is trained on every class (and segmentation)
-  that the students are then judged on.
+The protocols and class splits are in ``_protocol.py``.
 """
 from __future__ import annotations
 
@@ -28,14 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from crossmodal.errors import CrossmodalError, DataError  # noqa: E402
+from _protocol import Headline, StudyError  # noqa: E402,F401  (StudyError: the studies' own refusals)
+
+from crossmodal.errors import CrossmodalError  # noqa: E402
 from crossmodal.eval.paired import MIN_SEEDS, compare  # noqa: E402
 from crossmodal.eval.report import render_markdown, summarize, write_report  # noqa: E402
 from crossmodal.files import write_json  # noqa: E402
 from crossmodal.pipeline import probe_or_reuse, segment_or_reuse, train_or_reuse  # noqa: E402
 
 START = time.monotonic()
-PROTOCOLS = ("unseen-labels", "seen-labels")
 STUDY_FORMAT = "crossmodal-study/1"
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt", "vid", "nst")
 BEST_FEATURE = "best feature method"
@@ -57,10 +53,6 @@ def mean_std(values: Mapping[int, float], separator: str, count: str) -> str:
     return f"{100 * stats['mean']:.1f}{spread}{count.format(n=stats['n'])}"
 
 
-class StudyError(CrossmodalError):
-    """A study that cannot start: a bad class split, a folder made for another protocol or setting."""
-
-
 def say(message: str) -> None:
     print(f"[{(time.monotonic() - START) / 60:5.1f} min] {message}", flush=True)
 
@@ -80,116 +72,6 @@ def guarded(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-def check_label_set(data: str, name: str, kind: str, option: str) -> None:
-    """``name`` must be a ``kind`` (class / segmentation) label set of ``data``; one line otherwise."""
-    from crossmodal.data.format import read_layout
-
-    labels = read_layout(data).labels
-    if name not in labels or labels[name].type != kind:
-        choices = sorted(label for label, info in labels.items() if info.type == kind)
-        raise DataError(data, f"{option}: no {kind} label set '{name}'; it has {choices or 'none'}")
-
-
-def class_split(data: str, labels: str, teacher_classes: Optional[Sequence[str]]) -> tuple[list[str], list[str]]:
-    """The teacher's classes and the held-out ones (the rest) of class label set ``labels``.
-
-    ``teacher_classes`` None takes every other class (ids 0, 2, 4, ...). Every class of both parts must have
-    training and test images, and each part at least two classes.
-
-    Raises:
-        StudyError, ConfigError, DataError: one line naming the class, split or file.
-    """
-    import h5py
-
-    from crossmodal.data.classes import class_names, missing_classes, resolve_classes
-    from crossmodal.data.format import read_layout
-
-    layout = read_layout(data)
-    info = layout.labels[labels]
-    ids = (list(range(0, info.num_classes, 2)) if teacher_classes is None
-           else resolve_classes(info, teacher_classes, "--teacher-classes"))
-    held_out = [i for i in range(info.num_classes) if i not in ids]
-    if len(held_out) < 2:
-        raise StudyError(f"the teacher's classes leave {len(held_out)} class(es) of '{labels}' held out; the "
-                         f"transfer probe needs at least 2")
-    with h5py.File(data, "r") as handle:
-        values = handle["labels"][labels][()]
-        for split in ("train", "test"):
-            if split not in layout.splits:
-                raise DataError(data, f"no split '{split}'; it has {sorted(layout.splits)}")
-            empty = missing_classes(values[handle["splits"][split][()]], ids + held_out)
-            if empty:
-                raise StudyError(f"{data}: class {', '.join(class_names(info, empty))} of '{labels}' has no image "
-                                 f"in split '{split}'; the class split needs every class in train and test")
-    return class_names(info, ids), class_names(info, held_out)
-
-
-def add_protocol_arguments(parser) -> None:
-    """The options every study shares: protocol, the teacher's classes, seeds."""
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="unseen-labels",
-                        help="unseen-labels (default): the teacher learns a subset of the image classes only, the "
-                             "students are judged on labels it never saw; seen-labels: the teacher learns the "
-                             "labels the students are judged on (the previous releases' protocol)")
-    parser.add_argument("--teacher-classes", nargs="+", metavar="CLASS",
-                        help="unseen-labels: the teacher's classes (names or ids; default every other class)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="one teacher, one student per method and one scratch draw per seed (default 0 1 2)")
-
-
-@dataclass
-class ClassPlan:
-    """Which image classes the teacher learns and which ones the students are probed on."""
-    protocol: str
-    labels: Optional[str]  # the class label set, None when the data have none
-    teacher: Optional[list[str]] = None  # unseen-labels: the teacher's classes
-    held_out: Optional[list[str]] = None
-    num_classes: Optional[int] = None  # outputs of the teacher's classifier (KD's student needs as many)
-
-    @property
-    def unseen(self) -> bool:
-        return self.protocol == "unseen-labels"
-
-    def teacher_task(self) -> list[str]:
-        """The teacher's ``task.classes`` (and ``task.class_subset``) overrides."""
-        subset = [f"task.class_subset=[{', '.join(self.teacher)}]"] if self.unseen else []
-        return [f"task.classes={self.labels or 'null'}"] + subset
-
-    def probe_sets(self) -> dict[str, Optional[list[str]]]:
-        return {"held-out": self.held_out, "all": None} if self.unseen else {"all": None}
-
-    def headlines(self, stage: str, knn_on_all: bool) -> list[Headline]:
-        """Probe headlines: held-out classes first (unseen-labels), then all classes."""
-        if not self.labels:
-            return []
-        found = []
-        if self.unseen:
-            found += [Headline("linear, held-out classes", "probe", "held-out", f"linear:{stage}"),
-                      Headline("kNN, held-out classes", "probe", "held-out", f"knn:{stage}")]
-        found.append(Headline("linear, all classes", "probe", "all", f"linear:{stage}"))
-        if knn_on_all:
-            found.append(Headline("kNN, all classes", "probe", "all", f"knn:{stage}"))
-        return found
-
-
-def plan_classes(args, data: str, labels: Optional[str]) -> ClassPlan:
-    """The class plan of ``args.protocol`` / ``args.teacher_classes`` on ``data``'s class set ``labels``."""
-    from crossmodal.data.format import read_layout
-
-    if args.protocol == "seen-labels" and args.teacher_classes:
-        raise StudyError("--teacher-classes goes with --protocol unseen-labels")
-    if labels is None:
-        if args.protocol == "unseen-labels":
-            raise StudyError("--protocol unseen-labels trains the teacher on image classes, and none are given; "
-                             "name a class label set or use --protocol seen-labels")
-        return ClassPlan(args.protocol, None)
-    check_label_set(data, labels, "class", "class labels")
-    if args.protocol == "seen-labels":
-        return ClassPlan(args.protocol, labels, num_classes=read_layout(data).labels[labels].num_classes)
-    teacher, held_out = class_split(data, labels, args.teacher_classes)
-    say(f"teacher classes: {', '.join(teacher)}; held out: {', '.join(held_out)}")
-    return ClassPlan(args.protocol, labels, teacher, held_out, len(teacher))
-
-
 @dataclass
 class Evaluation:
     """How every student is judged: probes of class subsets and/or segmentation transfer.
@@ -205,15 +87,6 @@ class Evaluation:
     segment_lr: float = 0.05
     segment_batch: int = 32
     device: str = "auto"
-
-
-@dataclass(frozen=True)
-class Headline:
-    """One number per student and seed: a probe score (set, kind, stage) or a segmentation score."""
-    label: str
-    source: str  # "probe" or "segment"
-    where: str  # probe set name, or segmentation protocol
-    what: str  # probe: "linear:embedding", "knn:3"; segment: "miou", "pixel_acc"
 
 
 @dataclass

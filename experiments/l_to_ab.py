@@ -26,7 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _study import ROOT, Evaluation, Study, add_protocol_arguments, guarded, plan_classes, say
+from _study import ROOT, Evaluation, Study, guarded, say
+
+from _protocol import add_protocol_arguments, plan_classes
 
 CONFIGS = ROOT / "crossmodal" / "configs"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.zip"
@@ -85,7 +87,7 @@ def main() -> None:
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     out = Path(args.out or f"runs/experiments/l_to_ab-{args.preset}{suffix}")
     data = prepare(out, preset["per_class"], args.images).resolve()
-    plan = plan_classes(args, str(data), "label")
+    plan = plan_classes(args, str(data), "label", say)
     encoder = f"{{name: {preset['encoder']}, small_input: {str(preset['small_input']).lower()}}}"
     common = [f"data.path={data}", f"device={args.device}", "train.progress=false"]
     options = crd_options(preset["negatives"])

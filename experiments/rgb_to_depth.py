@@ -27,8 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _study import (ROOT, Evaluation, Headline, Study, add_protocol_arguments, check_label_set, guarded,
-                    plan_classes, say)
+from _study import ROOT, Evaluation, Study, guarded, say
+
+from _protocol import Headline, add_protocol_arguments, check_label_set, plan_classes
 
 
 CONFIGS = ROOT / "crossmodal" / "configs"
@@ -123,7 +124,7 @@ def main() -> None:
         batch = []
     data = data.resolve()
     check_label_set(str(data), seg, "segmentation", "--segment-labels")
-    plan = plan_classes(args, str(data), classes)
+    plan = plan_classes(args, str(data), classes, say)
     device = [f"device={args.device}", "train.progress=false"]
     # unseen-labels: image classes of a subset only, never the segmentation; seen-labels: every label
     teacher_task = plan.teacher_task() + [f"task.segmentation={'null' if plan.unseen else seg}"]

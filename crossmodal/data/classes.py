@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from crossmodal.data.format import LabelInfo
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, DataError
 
 
 def resolve_classes(info: LabelInfo, requested: Sequence[str | int], key: str) -> list[int]:
@@ -74,3 +74,16 @@ def missing_classes(labels: np.ndarray, ids: Sequence[int]) -> list[int]:
     """The ids of ``ids`` that no entry of ``labels`` holds (a class split that leaves a class empty)."""
     present = set(np.unique(labels).tolist())
     return [i for i in ids if i not in present]
+
+
+def require_classes(labels: np.ndarray, ids: Sequence[int], info: LabelInfo, path: str, split: str,
+                    note: str = "") -> None:
+    """One line naming the file, split and classes when a class of ``ids`` has no entry in ``labels``.
+
+    Raises:
+        DataError: ``PATH: split 'test' has no sample of class sofa in 'scene'`` (then ``note``).
+    """
+    missing = missing_classes(labels, ids)
+    if missing:
+        raise DataError(path, f"split '{split}' has no sample of class {', '.join(class_names(info, missing))} in "
+                              f"'{info.name}'{note}")

@@ -92,13 +92,10 @@ class PairedDataset(Dataset):
         Raises:
             DataError: a class of ``ids`` has no sample in this split.
         """
-        from crossmodal.data.classes import missing_classes, renumbering
+        from crossmodal.data.classes import renumbering, require_classes
 
         values = self.class_values[name]
-        missing = missing_classes(values[self.rows], ids)
-        if missing:
-            names = ", ".join(self.layout.labels[name].class_names[i] for i in missing)
-            raise DataError(self.path, f"split '{self.split}' has no sample of class {names} in '{name}'")
+        require_classes(values[self.rows], ids, self.layout.labels[name], self.path, str(self.split))
         self.rows = self.rows[np.isin(values[self.rows], np.asarray(ids))]
         self.class_values[name] = renumbering(self.layout.labels[name].num_classes, ids)[values]
 

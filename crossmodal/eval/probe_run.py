@@ -97,7 +97,7 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     from torch.utils.data import DataLoader
 
     from crossmodal.data import PairedDataset
-    from crossmodal.data.classes import class_names, missing_classes, resolve_classes
+    from crossmodal.data.classes import class_names, require_classes, resolve_classes
     from crossmodal.data.format import read_layout
     from crossmodal.data.modalities import resolve_modality
     from crossmodal.eval import feature_cache
@@ -164,11 +164,7 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     extraction_seconds = time.perf_counter() - start
     if subset is not None:
         for split, extracted in ((args.train_split, train), (args.test_split, test)):
-            missing = missing_classes(extracted.labels, subset)
-            if missing:
-                raise DataError(data_path, f"split '{split}' has no sample of class "
-                                           f"{', '.join(class_names(layout.labels[label_name], missing))} in "
-                                           f"'{label_name}' (--classes)")
+            require_classes(extracted.labels, subset, layout.labels[label_name], data_path, split, " (--classes)")
         train, test = restrict_classes(train, subset), restrict_classes(test, subset)
     train_classes = sorted(set(train.labels.tolist()))
     if len(train_classes) < 2:
