@@ -107,7 +107,7 @@ def _epochs(epochs: Optional[int]) -> list[str]:
 def _ensure_data(path: str, options: DemoOptions) -> None:
     """Generate the scenes, or check that an existing file is the demo's data with the asked-for options."""
     if not os.path.exists(path):
-        from data_prep.synthetic import generate
+        from crossmodal.data.synthetic import generate
 
         generate(path, num=options.num, size=options.size, seed=options.seed)
         return

@@ -9,25 +9,25 @@ import os
 import shutil
 from typing import Any, Callable, Sequence
 
+from crossmodal import run_folder
+
 Say = Callable[[str], None]
 
 
 def train_or_reuse(verb: str, config: str, overrides: Sequence[str], run_dir: str, say: Say = print) -> str:
     """Train one ``train-teacher`` / ``distill`` run into ``run_dir``; reuse it when finished, resume it when it
     stopped after a checkpoint, start it over when it stopped before one. Returns ``run_dir``."""
-    from crossmodal.train.builders import build_distillation, build_teacher_training
     from crossmodal.train.run import run_training
 
-    build = build_teacher_training if verb == "train-teacher" else build_distillation
-    if os.path.exists(os.path.join(run_dir, "model_card.json")):
+    if run_folder.is_finished(run_dir):
         say(f"      reusing the finished run {run_dir}")
         return run_dir
-    if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+    if run_folder.has_checkpoint(run_dir):
         say(f"      resuming {run_dir} from its checkpoint")
-        run_training(verb, build, None, [], resume=run_dir)
+        run_training(verb, None, [], resume=run_dir)
         return run_dir
     shutil.rmtree(run_dir, ignore_errors=True)  # a start that died before its first checkpoint
-    run_training(verb, build, config, list(overrides), out=run_dir)
+    run_training(verb, config, list(overrides), out=run_dir)
     return run_dir
 
 
@@ -49,7 +49,7 @@ def segment_or_reuse(options: Any, say: Say = print) -> dict[str, Any]:
     ``out/segment.json``; an interrupted run starts over."""
     from crossmodal.eval.segment import format_table, run_segment
 
-    path = os.path.join(options.out, "segment.json")
+    path = os.path.join(options.out, run_folder.SEGMENT_JSON)
     if os.path.exists(path):
         return _read(path)
     shutil.rmtree(options.out, ignore_errors=True)

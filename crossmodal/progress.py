@@ -4,9 +4,14 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional, TextIO
+from typing import Iterable, Iterator, Optional, TextIO, TypeVar
+
+from tqdm import tqdm
+
+from crossmodal import interrupts
 
 PIPE_INTERVAL_S = 10.0
+T = TypeVar("T")
 
 
 class _Lines:
@@ -66,3 +71,23 @@ def progress_bar(total: Optional[int], description: Optional[str], unit: str = "
         yield bar
     finally:
         bar.close()
+
+
+class _InterruptibleBar(tqdm):
+    """A tqdm bar whose every step re-raises a Ctrl-C that was swallowed (see crossmodal.interrupts)."""
+
+    def update(self, n: float | None = 1) -> bool | None:
+        interrupts.check()
+        return super().update(n)
+
+    def __iter__(self):
+        for item in super().__iter__():
+            interrupts.check()
+            yield item
+
+
+def sample_bar(items: Iterable[T] | None, total: int, desc: str) -> tqdm:
+    """A progress bar over samples on stderr that stops at a Ctrl-C: iterate over it, or call ``update(n)`` when
+    ``items`` is None (the converters and the synthetic generator)."""
+    return _InterruptibleBar(items, total=total, desc=desc, unit="sample", file=sys.stderr, dynamic_ncols=True,
+                             mininterval=0.5)

@@ -1,105 +1,15 @@
-"""The built-in NYU-style RGB-D scene generator -> paired file (the project's embedded default data set).
+"""The same as ``crossmodal prepare synthetic ...``: the built-in NYU-style synthetic scenes -> paired HDF5 file.
 
-Rooms with floor, walls, ceiling and objects, ray-cast through a pinhole camera into RGB, metric depth (clean,
-and with Kinect-like noise and holes), a 13-class per-pixel label and an image-level class (the main object's
-category). Five classes differ by shape (visible in depth), five share one shape and differ by colour and
-texture (visible in RGB only), so a depth network has something to learn from an RGB teacher.
-See :mod:`data_prep.synthetic_scenes` for the scenes themselves.
+A thin entry point to run from a checkout, not a module to import; the converter is
+:mod:`crossmodal.data_prep.synthetic` and ``--help`` lists its flags.
+
+Usage: python data_prep/synthetic.py --out synthetic.h5 [--num 4000] [--size 64] [--seed 0]
 """
-from __future__ import annotations
-
-import argparse
-import math
-import multiprocessing
 import os
-import signal
-from typing import Any
+import sys
 
-import numpy as np
+if __name__ == "__main__":  # worker processes re-import this file: only the script itself runs the command
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+    from crossmodal.cli.main import main
 
-from crossmodal.cli.arguments import positive_int
-from crossmodal.data.format import PairedWriter
-from crossmodal.errors import DataError
-from data_prep.common import add_output_arguments, progress
-from data_prep.synthetic_scenes import CLASS_NAMES, IGNORE_INDEX, SEG_CLASS_NAMES, render_scene
-
-NAME = "synthetic"
-HELP = "generate the built-in NYU-style synthetic RGB-D scene data set"
-CHUNK = 64
-MIN_SIZE, MAX_SIZE = 16, 1024
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, metavar="FILE.h5", help="the paired HDF5 file to write")
-    parser.add_argument("--num", type=positive_int, default=4000, help="number of scenes (default 4000)")
-    parser.add_argument("--size", type=positive_int, default=64,
-                        help=f"side of the square images in pixels, {MIN_SIZE}..{MAX_SIZE} (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="scene i is drawn from the seed (seed, i)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of scenes in the test split")
-    parser.add_argument("--no-noise", action="store_true", help="raw_depth without sensor noise or holes")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="rendering processes (default: the CPU count, at most 8); "
-                             "the output does not depend on it")
-    add_output_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> None:
-    generate(args.out, num=args.num, size=args.size, seed=args.seed, test_fraction=args.test_fraction,
-             noise=not args.no_noise, workers=args.workers, overwrite=args.overwrite,
-             compression=args.compression)
-
-
-def _ignore_interrupt() -> None:
-    # Ctrl-C reaches the whole process group: let the parent alone clean up, without one traceback per worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _render_chunk(job: tuple[int, int, int, int, bool]) -> dict[str, Any]:
-    start, stop, seed, size, noise = job
-    scenes = [render_scene(np.random.default_rng([seed, index]), size=size, noise=noise)
-              for index in range(start, stop)]
-    return {key: np.stack([scene[key] for scene in scenes]) for key in ("rgb", "depth", "raw_depth", "seg")} | {
-        "label": np.array([scene["label"] for scene in scenes], np.int64)}
-
-
-def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_fraction: float = 0.2,
-             noise: bool = True, workers: int | None = None, overwrite: bool = False,
-             compression: str = "lzf") -> None:
-    """Render ``num`` scenes of ``size`` x ``size``; scene i depends only on (seed, i)."""
-    if num < 2 or not MIN_SIZE <= size <= MAX_SIZE:
-        raise DataError(out, f"--num must be >= 2 and --size in {MIN_SIZE}..{MAX_SIZE} (got {num}, {size})")
-    if not math.isfinite(test_fraction):
-        raise DataError(out, f"--test-fraction must be a number in (0, 1), got {test_fraction}")
-    num_test = int(round(num * test_fraction))
-    if not 0 < num_test < num:
-        raise DataError(out, f"--test-fraction {test_fraction} of {num} scenes leaves a split empty")
-    workers = max(1, min(workers or os.cpu_count() or 1, 8))
-    jobs = [(start, min(start + CHUNK, num), seed, size, noise) for start in range(0, num, CHUNK)]
-    options = {"num": num, "size": size, "seed": seed, "test_fraction": test_fraction, "noise": noise}
-    labels = np.empty(num, np.int64)
-    with PairedWriter(out, num, source=f"crossmodal synthetic scenes (seed {seed})",
-                      converter=f"data_prep.{NAME}", options=options, overwrite=overwrite,
-                      compression=compression) as writer:
-        writer.add_modality("rgb", size, size, 3, np.uint8, kind="rgb", units="sRGB 0-255")
-        writer.add_modality("depth", size, size, 1, np.float32, kind="depth", units="m",
-                            description="clean z-depth, no holes")
-        writer.add_modality("raw_depth", size, size, 1, np.float32, kind="raw_depth", units="m",
-                            description="Kinect-like noise, 0 = hole" if noise else "equal to depth")
-        writer.add_segmentation("seg", size, size, SEG_CLASS_NAMES, ignore_index=IGNORE_INDEX)
-        bar = progress(None, num, "synthetic")
-        pool = multiprocessing.get_context("spawn").Pool(workers, _ignore_interrupt) if workers > 1 else None
-        try:
-            chunks = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
-            for (start, *_), chunk in zip(jobs, chunks):
-                labels[start:start + len(chunk["label"])] = chunk["label"]
-                writer.write_batch(start, rgb=chunk["rgb"], depth=chunk["depth"], raw_depth=chunk["raw_depth"],
-                                   seg=chunk["seg"])
-                bar.update(len(chunk["label"]))
-        finally:
-            if pool:
-                pool.terminate()
-            bar.close()
-        writer.add_class_labels("label", labels, CLASS_NAMES)
-        order = np.random.default_rng([seed, num]).permutation(num)
-        writer.add_split("train", np.sort(order[num_test:]))
-        writer.add_split("test", np.sort(order[:num_test]))
+    sys.exit(main(["prepare", "synthetic", *sys.argv[1:]]))

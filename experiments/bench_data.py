@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from crossmodal.data.dataset import PairedDataset  # noqa: E402
 from crossmodal.data.modalities import MODALITIES  # noqa: E402
-from data_prep.pairs import convert as convert_pairs  # noqa: E402
-from data_prep.synthetic import generate  # noqa: E402
+from crossmodal.data.synthetic import generate  # noqa: E402
+from crossmodal.data_prep.pairs import convert as convert_pairs  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -64,7 +64,7 @@ def small_features(out: Path, checkpoint: str | None, device: str) -> tuple[dict
 
     data = out / "synthetic.h5"
     if not data.exists():
-        from data_prep.synthetic import generate
+        from crossmodal.data.synthetic import generate
 
         generate(str(data), num=SMALL["num"], size=SMALL["size"], seed=0)
     if checkpoint is None:

@@ -51,16 +51,14 @@ from torch.utils.data import default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crossmodal.data import PairedDataset  # noqa: E402
+from crossmodal.data.synthetic import generate  # noqa: E402
 from crossmodal.distill import create_distiller  # noqa: E402
 from crossmodal.distill.teacher_cache import TeacherFeatureCache  # noqa: E402
 from crossmodal.models import Encoder, FrozenTeacher  # noqa: E402
 from crossmodal.models.outputs import EncoderOutput, TeacherNeeds  # noqa: E402
-from crossmodal.train.config import validate  # noqa: E402
+from crossmodal.config import RunConfig  # noqa: E402
+from crossmodal.engine import SupervisedTask, Trainer, TrainSetup  # noqa: E402
 from crossmodal.train.distillation import DistillTask, TeacherView  # noqa: E402
-from crossmodal.train.engine import Trainer, TrainSetup  # noqa: E402
-from crossmodal.train.schemas import COMMON  # noqa: E402
-from crossmodal.train.supervised import SupervisedTask  # noqa: E402
-from data_prep.synthetic import generate  # noqa: E402
 
 STUDENT, TEACHER = "depth", "rgb"
 CLASSES = "label"
@@ -141,8 +139,8 @@ class SizeBench:
                                     num_negatives=negatives)
 
         self.cache = _cache_of_n_rows(self.teacher, data_path, workdir, args.samples, crd().teacher_needs())
-        config = validate({"data": {"path": data_path}, "train": {"epochs": 1, "batch_size": args.batch_size,
-                                                                  "progress": False}}, COMMON, "bench_train")
+        config = RunConfig.validated({"data": {"path": data_path}, "train": {
+            "epochs": 1, "batch_size": args.batch_size, "progress": False}}, "bench_train")
         num_classes = train.layout.labels[CLASSES].num_classes
         tasks = {
             "supervised": SupervisedTask(encoder(1, num_classes), STUDENT, classes=CLASSES),

@@ -18,8 +18,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from data_prep.synthetic import generate
-from data_prep.synthetic_scenes import NUM_SHAPE_CLASSES
+from crossmodal.data.synthetic import NUM_SHAPE_CLASSES, generate
 
 C_GRID = (0.01, 0.1, 1.0)
 

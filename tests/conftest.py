@@ -66,7 +66,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_file(tmp_path_factory) -> Path:
     """A small synthetic RGB-D file (48 scenes, 32 x 32), made once per test session."""
-    from data_prep.synthetic import generate
+    from crossmodal.data.synthetic import generate
 
     path = tmp_path_factory.mktemp("synthetic") / "scenes.h5"
     generate(str(path), num=48, size=32, seed=1, workers=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from crossmodal.cli.arguments import positive_int
+from crossmodal.argtypes import positive_int
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import data_prep
+from crossmodal import data_prep
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from crossmodal.cli.arguments import non_negative_int, positive_int
+from crossmodal.argtypes import non_negative_int, positive_int
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from crossmodal.cli.arguments import non_negative_int, positive_int
+from crossmodal.argtypes import non_negative_int, positive_int
 
 PROTOCOL_CHOICES = ("finetune", "frozen", "both")
 

@@ -54,11 +54,9 @@ def _run(args: argparse.Namespace) -> int:
         args.parser.error("give either --out (a new run) or --resume (an existing one), not both")
     if config is None and not args.resume:
         args.parser.error("give a config file (or --resume RUN_DIR)")
-    from crossmodal.train.builders import build_distillation, build_teacher_training
     from crossmodal.train.run import run_training
 
-    build = build_distillation if args.verb == "distill" else build_teacher_training
-    run_dir, _ = run_training(args.verb, build, config, overrides, out=args.out, resume=args.resume)
+    run_dir, _ = run_training(args.verb, config, overrides, out=args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
         print(f"run folder: {run_dir}")
     return 0

@@ -84,7 +84,7 @@ class PairedTransform:
         arrays = {name: a.astype(np.float32) if a.dtype == np.float16 else a for name, a in arrays.items()}
         targets = {name: "mask" if name in nearest else "image" for name in arrays}
         primary = next((name for name, target in targets.items() if target == "image"), None)
-        compose = _compose(self, tuple(sorted(targets.items())), primary)
+        compose = geometric_compose(self, tuple(sorted(targets.items())), primary)
         inputs = {name: array for name, array in arrays.items() if name != primary}
         first = next(iter(arrays.values()))
         # albumentations needs an "image"; when every array is a mask, a 1-byte-per-pixel stand-in serves.
@@ -110,7 +110,10 @@ class PairedTransform:
 _CACHE: dict[tuple, A.Compose] = {}
 
 
-def _compose(transform: PairedTransform, targets: tuple[tuple[str, str], ...], primary: str | None) -> A.Compose:
+def geometric_compose(transform: PairedTransform, targets: tuple[tuple[str, str], ...],
+                      primary: str | None) -> A.Compose:
+    """The (cached) albumentations pipeline of ``transform``'s geometry for these (name, target kind) pairs,
+    ``primary`` passed as ``image``; strict, so a key it was not built for is an error, never passed through."""
     key = (transform, targets, primary)
     if key not in _CACHE:
         additional = {name: target for name, target in targets if name != primary}

@@ -6,11 +6,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._spatial import default_inner_stages, match_spatial
+from crossmodal.distill.spatial import default_inner_stages, match_spatial
 from crossmodal.distill.base import StagewiseDistiller, stage_pairs
-from crossmodal.distill._options import is_finite_number
+from crossmodal.distill.options import require_positive
 from crossmodal.distill.registry import register_distiller
-from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import FeatureSpec
 
 
@@ -57,9 +56,7 @@ class AT(StagewiseDistiller):
                  labels: Optional[torch.Tensor] = None, p: float = 2.0,
                  stages: Optional[Sequence[int]] = None) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        if not is_finite_number(p) or not p > 0:
-            raise ConfigError(f"at: 'p' must be a finite positive number, got {p!r}")
-        self.p = float(p)
+        self.p = require_positive("p", p, "at")
         depth = min(student.num_stages, teacher.num_stages)
         self.pairs = stage_pairs(student, teacher, stages, default_inner_stages(depth), "at")
 

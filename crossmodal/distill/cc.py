@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from crossmodal.distill.base import DistillResult, Distiller
+from crossmodal.distill.options import require_positive_int
 from crossmodal.distill.registry import register_distiller
-from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 
 
@@ -45,8 +45,7 @@ class CC(Distiller):
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, num_samples: int,
                  labels: Optional[torch.Tensor] = None, feat_dim: int = 128) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        if not isinstance(feat_dim, int) or isinstance(feat_dim, bool) or feat_dim < 1:
-            raise ConfigError(f"cc: 'feat_dim' must be a positive integer, got {feat_dim!r}")
+        require_positive_int("feat_dim", feat_dim, "cc")
         self.embed_student = nn.Linear(student.embed_dim, feat_dim)
         self.embed_teacher = nn.Linear(teacher.embed_dim, feat_dim)
 

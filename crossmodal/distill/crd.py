@@ -12,13 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossmodal import distributed
-from crossmodal.distill._contrast_memory import EmbeddingQueue, MemoryBank
-from crossmodal.distill._contrast_objective import (AttachGradient, choose_scoring, contrast_scores,
-                                                    info_nce_objective, mean_exp_score, nce_objective)
-from crossmodal.distill._contrast_sampler import ContrastSampler
-from crossmodal.distill._options import is_finite_number
+from crossmodal import runtime
 from crossmodal.distill.base import DistillResult, Distiller
+from crossmodal.distill.contrast import (AttachGradient, ContrastSampler, EmbeddingQueue, MemoryBank, choose_scoring,
+                                         contrast_scores, info_nce_objective, mean_exp_score, nce_objective)
+from crossmodal.distill.options import is_finite_number, is_integer
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
@@ -64,7 +62,7 @@ class EmbedHead(nn.Module):
 def _batch_moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Per-column mean and (biased) variance over the batch, over every rank's batch under torch.distributed
     (as SyncBatchNorm: the all-reduce is differentiable, so the gradient is that of the whole batch)."""
-    if not distributed.is_distributed():
+    if not runtime.is_distributed():
         return values.mean(0), values.var(0, unbiased=False), float(values.shape[0])
     from torch.distributed.nn.functional import all_reduce
 
@@ -110,7 +108,7 @@ class CRD(Distiller):
         head_batchnorm: centre the heads' outputs with a BatchNorm before the l2 normalisation (True); False is
             RepDistiller's bare linear head.
         scoring: ``'auto'``, ``'dense'`` or ``'gather'``: how per-sample scores are computed (identical values;
-            see ``_contrast_objective``).
+            see :mod:`crossmodal.distill.contrast.objective`).
         seed: seed of the memory initialisation and of the negative sampler (must match on all ranks).
 
     Examples:
@@ -192,9 +190,9 @@ class CRD(Distiller):
         update = self.training and torch.is_grad_enabled()
         with torch.autocast(student_anchor.device.type, enabled=False):
             sizes = None
-            if update and distributed.is_distributed():
-                sizes = distributed.gather_sizes(index.shape[0], index.device)
-            global_index = distributed.all_gather_rows(index, sizes) if sizes else index
+            if update and runtime.is_distributed():
+                sizes = runtime.gather_sizes(index.shape[0], index.device)
+            global_index = runtime.all_gather_rows(index, sizes) if sizes else index
             positives, negatives = self._draw(index, global_index, sizes, contrast_index, update)
             per_sample = self.student_memory.per_sample
             loss_s, positive_score = self._contrast(student_anchor, self.teacher_memory,
@@ -204,8 +202,8 @@ class CRD(Distiller):
                                        positives if per_sample else student_anchor.detach(),
                                        negatives, self.z_teacher, update)
             if update:  # sizes is None exactly when not distributed, where all_gather_rows returns its input
-                self.student_memory.update(global_index, distributed.all_gather_rows(student_anchor.detach(), sizes))
-                self.teacher_memory.update(global_index, distributed.all_gather_rows(teacher_anchor.detach(), sizes))
+                self.student_memory.update(global_index, runtime.all_gather_rows(student_anchor.detach(), sizes))
+                self.teacher_memory.update(global_index, runtime.all_gather_rows(teacher_anchor.detach(), sizes))
         logs = {"loss_student_anchor": loss_s.detach(), "loss_teacher_anchor": loss_t.detach(),
                 "positive_score": positive_score}
         if self.objective == "nce":
@@ -230,7 +228,7 @@ class CRD(Distiller):
             return self.sampler.draw(index, generator=side)
         positives, negatives = self.sampler.draw(global_index)
         if sizes is not None:  # keep this rank's slice of the draws made for the whole batch
-            start = sum(sizes[: distributed.rank()])
+            start = sum(sizes[: runtime.rank()])
             positives = positives[start:start + index.shape[0]]
             if negatives.dim() == 2:
                 negatives = negatives[start:start + index.shape[0]]
@@ -268,7 +266,7 @@ class CRD(Distiller):
         count = positive.numel() + negative.numel()
         batch_mean = mean_exp_score(positive, negative, self.temperature)
         if update:
-            batch_mean = distributed.all_reduce_mean(batch_mean, count)
+            batch_mean = runtime.all_reduce_mean(batch_mean, count)
         estimate = float(batch_mean) * self.num_samples
         if not update:
             return estimate
@@ -283,7 +281,7 @@ class CRD(Distiller):
 
 
 def _check_integer(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_integer(value) or value < minimum:
         raise ConfigError(f"crd: {name} must be an integer >= {minimum}, not {value!r}")
 
 

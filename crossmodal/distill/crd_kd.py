@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from crossmodal.distill.base import DistillResult, Distiller
-from crossmodal.distill._options import is_finite_number
+from crossmodal.distill.options import require_non_negative
 from crossmodal.distill.registry import create_distiller, register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
@@ -36,14 +36,12 @@ class CRDPlusKD(Distiller):
                  labels: Optional[torch.Tensor] = None, crd_weight: float = 0.8, kd_weight: float = 1.0,
                  crd: Optional[dict[str, Any]] = None, kd: Optional[dict[str, Any]] = None) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        for name, weight in (("crd_weight", crd_weight), ("kd_weight", kd_weight)):
-            if not is_finite_number(weight) or weight < 0:
-                raise ConfigError(f"crd+kd: '{name}' must be a finite number >= 0, got {weight!r}")
+        self.crd_weight = require_non_negative("crd_weight", crd_weight, "crd+kd")
+        self.kd_weight = require_non_negative("kd_weight", kd_weight, "crd+kd")
         for name, options in (("crd", crd), ("kd", kd)):
             if options is not None and (not isinstance(options, Mapping)
                                         or not all(isinstance(key, str) for key in options)):
                 raise ConfigError(f"crd+kd: '{name}' must be a mapping of {name} options or None, got {options!r}")
-        self.crd_weight, self.kd_weight = float(crd_weight), float(kd_weight)
         self.crd = create_distiller("crd", student, teacher, num_samples=num_samples, labels=labels, **(crd or {}))
         self.kd = create_distiller("kd", student, teacher, num_samples=num_samples, labels=labels, **(kd or {}))
 

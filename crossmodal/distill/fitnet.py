@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossmodal.distill._spatial import match_spatial
+from crossmodal.distill.spatial import match_spatial
 from crossmodal.distill.base import StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
 from crossmodal.models.outputs import FeatureSpec

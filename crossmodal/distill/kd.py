@@ -6,8 +6,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._options import is_finite_number
 from crossmodal.distill.base import DistillResult, Distiller
+from crossmodal.distill.options import require_positive
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
@@ -52,9 +52,7 @@ class KD(Distiller):
         if student.num_classes <= 0 or student.num_classes != teacher.num_classes:
             raise ConfigError(f"kd needs classifier heads with the same number of classes on student "
                               f"({student.num_classes}) and teacher ({teacher.num_classes})")
-        if not is_finite_number(temperature) or not temperature > 0:
-            raise ConfigError(f"kd: 'temperature' must be a finite positive number, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = require_positive("temperature", temperature, "kd")
 
     def teacher_needs(self) -> TeacherNeeds:
         return TeacherNeeds(logits=True)

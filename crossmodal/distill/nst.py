@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._spatial import default_inner_stages, match_spatial
+from crossmodal.distill.spatial import default_inner_stages, match_spatial
 from crossmodal.distill.base import StagewiseDistiller, stage_pairs
 from crossmodal.distill.registry import register_distiller
 from crossmodal.models.outputs import FeatureSpec

@@ -1,8 +1,11 @@
-"""Registry of distillers by name: ``@register_distiller`` on the class, ``create_distiller`` to build one."""
+"""Registry of distillers by name: ``@register_distiller`` on the class, ``create_distiller`` to build one.
+
+The built-in distillers register when :mod:`crossmodal.distill` is imported (its ``__init__`` imports each).
+"""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import torch
 
@@ -27,7 +30,6 @@ def register_distiller(name: str) -> Callable[[T], T]:
 
 def list_distillers() -> list[str]:
     """Registered names, in registration order (the order of the paper's comparison)."""
-    _load_builtin()
     return list(DISTILLERS)
 
 
@@ -39,7 +41,7 @@ def distiller_options(name: str) -> dict[str, Any]:
 
 
 def get_distiller(name: str) -> type:
-    _load_builtin()
+    """The class registered as ``name``; an unknown name is a :class:`ConfigError` listing the registered ones."""
     if name not in DISTILLERS:
         raise ConfigError(f"unknown distiller {name!r}; registered: {', '.join(DISTILLERS)}")
     return DISTILLERS[name]
@@ -48,13 +50,27 @@ def get_distiller(name: str) -> type:
 def create_distiller(name: str, student: FeatureSpec, teacher: FeatureSpec, *, num_samples: int,
                      labels: Optional[torch.Tensor] = None, **options: Any):
     """Build the distiller ``name``; an option it does not know is a :class:`ConfigError` naming it."""
-    accepted = distiller_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"distiller {name!r} has no option {unknown[0]!r}; its options: "
-                          f"{', '.join(accepted) or '(none)'}")
+    check_options(name, options)
     return get_distiller(name)(student, teacher, num_samples=num_samples, labels=labels, **options)
 
 
-def _load_builtin() -> None:
-    import crossmodal.distill.library  # noqa: F401  (registers the built-in distillers on import)
+def check_options(name: str, options: Mapping[str, Any], key: Optional[str] = None) -> None:
+    """Refuse an option the distiller ``name`` does not accept (the first unknown one, alphabetically).
+
+    Args:
+        name: a registered distiller.
+        options: option names (and values) meant for it.
+        key: where the options came from in a config (``"distill.options.crd"``), which then starts the
+            message; None for a message about the distiller alone.
+
+    Raises:
+        ConfigError: ``name`` is not registered, or ``options`` holds a name it does not accept.
+    """
+    accepted = distiller_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if not unknown:
+        return
+    listed = ", ".join(accepted) or "(none)"
+    if key is None:
+        raise ConfigError(f"distiller {name!r} has no option {unknown[0]!r}; its options: {listed}")
+    raise ConfigError(f"{key}.{unknown[0]}: '{name}' has no such option; its options: {listed}")

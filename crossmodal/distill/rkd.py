@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from crossmodal.distill.base import DistillResult, Distiller
+from crossmodal.distill.options import require_non_negative
 from crossmodal.distill.registry import register_distiller
-from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 
 
@@ -72,11 +72,8 @@ class RKD(Distiller):
                  labels: Optional[torch.Tensor] = None, distance_weight: float = 25.0,
                  angle_weight: float = 50.0) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        for name, value in (("distance_weight", distance_weight), ("angle_weight", angle_weight)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ConfigError(f"rkd: '{name}' must be a non-negative number, got {value!r}")
-        self.distance_weight = float(distance_weight)
-        self.angle_weight = float(angle_weight)
+        self.distance_weight = require_non_negative("distance_weight", distance_weight, "rkd", finite=False)
+        self.angle_weight = require_non_negative("angle_weight", angle_weight, "rkd", finite=False)
 
     def teacher_needs(self) -> TeacherNeeds:
         return TeacherNeeds(embedding=True)

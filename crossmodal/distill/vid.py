@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossmodal.distill._spatial import default_inner_stages, match_spatial
+from crossmodal.distill.spatial import default_inner_stages, match_spatial
 from crossmodal.distill.base import DistillResult, StagewiseDistiller, stage_pairs
-from crossmodal.distill._options import is_finite_number
+from crossmodal.distill.options import require_positive
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
@@ -82,9 +82,8 @@ class VID(StagewiseDistiller):
                  labels: Optional[torch.Tensor] = None, stages: Optional[Sequence[int]] = None,
                  init_pred_var: float = 5.0, eps: float = 1e-5) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        for name, value in (("init_pred_var", init_pred_var), ("eps", eps)):
-            if not is_finite_number(value) or not value > 0:
-                raise ConfigError(f"vid: '{name}' must be a finite positive number, got {value!r}")
+        require_positive("init_pred_var", init_pred_var, "vid")
+        require_positive("eps", eps, "vid")
         if not init_pred_var > eps:
             raise ConfigError(f"vid: 'init_pred_var' ({init_pred_var}) must exceed 'eps' ({eps})")
         depth = min(student.num_stages, teacher.num_stages)

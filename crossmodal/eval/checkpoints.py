@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from crossmodal.errors import DataError
 from crossmodal.models.encoder import Encoder
-from crossmodal.train.export import MODEL_CARD
+from crossmodal import run_folder
 
 
 @dataclass
@@ -46,13 +46,8 @@ def load_encoder(checkpoint: str | os.PathLike, random_init: bool = False, seed:
     path = os.path.abspath(os.fspath(checkpoint))
     card = None
     if os.path.isdir(path):
-        card_path = os.path.join(path, MODEL_CARD)
-        try:
-            with open(card_path, encoding="utf-8") as handle:
-                card = json.load(handle)
-            weights, config, modality = os.path.join(path, card["weights"]), dict(card["encoder"]), card["modality"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise DataError(path, f"not a finished run folder (no readable {MODEL_CARD})") from None
+        card = run_folder.read_model_card(path)
+        weights, config, modality = run_folder.card_weights(path, card), dict(card["encoder"]), card["modality"]
     elif os.path.isfile(path):
         weights, config, modality = path, _config_from_metadata(path), None
     else:

@@ -99,15 +99,16 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     from crossmodal.data import PairedDataset
     from crossmodal.data.classes import class_names, require_classes, resolve_classes
     from crossmodal.data.format import read_layout
-    from crossmodal.data.modalities import resolve_modality
     from crossmodal.eval import feature_cache
     from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
     from crossmodal.eval.features import (DEFAULT_MAX_DIM, extract_features, merge_equal_stages,
                                           restrict_classes, select_stages)
     from crossmodal.eval.knn import knn_probe
     from crossmodal.eval.probe import SOLVERS, linear_probe
+    from crossmodal.data.setup import modality_channels
     from crossmodal.files import write_json
-    from crossmodal.train.run import resolve_device
+    from crossmodal.models.config import check_input_channels
+    from crossmodal.runtime import resolve_device
 
     if not 0 < args.holdout_fraction < 1:
         raise ConfigError(f"--holdout-fraction must be in (0, 1), got {args.holdout_fraction}")
@@ -125,13 +126,9 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
         raise ConfigError(f"--modality: {loaded.source} does not say which modality it encodes; name it")
     data_path = os.path.abspath(args.data)
     layout = read_layout(data_path)
-    try:
-        channels = resolve_modality(modality, layout).channels
-    except KeyError as err:
-        raise DataError(data_path, err.args[0]) from None
-    if channels != loaded.encoder.in_chans:
-        raise ConfigError(f"--modality {modality} has {channels} channels, the encoder of {loaded.source} "
-                          f"takes {loaded.encoder.in_chans} (trained on {loaded.modality or 'an unknown modality'})")
+    channels = modality_channels(data_path, {"--modality": modality})["--modality"]
+    check_input_channels("--modality", modality, channels, loaded.encoder.in_chans,
+                         f"the encoder of {loaded.source} (trained on {loaded.modality or 'an unknown modality'})")
     label_name = _class_label_set(layout, args.labels, data_path)
     subset = None
     if args.classes is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from crossmodal.errors import DataError
+from crossmodal.eval.report_plots import plot_probe, plot_segmentation, protocol_order, stage_order
 
 PROBE_FORMAT = "crossmodal-probe/1"
 SEGMENT_FORMAT = "crossmodal-segment/1"
@@ -137,17 +138,6 @@ def method_order(methods: Iterable[str]) -> list[str]:
     """
     first = {"scratch": 0, "supervised": 1}
     return sorted(set(methods), key=lambda method: (first.get(method, 2), method))
-
-
-def stage_order(stages: Iterable[str]) -> list[str]:
-    """Stage names in network order: indices ascending, then ``embedding``."""
-    return sorted(set(stages), key=lambda stage: (0, int(stage), "") if stage.isdigit() else (1, 0, stage))
-
-
-def protocol_order(protocols: Iterable[str]) -> list[str]:
-    """Segmentation protocols: ``finetune``, ``frozen``, then any other by name."""
-    first = {"finetune": 0, "frozen": 1}
-    return sorted(set(protocols), key=lambda protocol: (first.get(protocol, 2), protocol))
 
 
 def _deduplicate(results: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
@@ -336,7 +326,6 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
     Examples:
         >>> write_report(["runs/"], "report/")  # doctest: +SKIP
     """
-    from crossmodal.eval.report_plots import plot_probe, plot_segmentation
     from crossmodal.files import ensure_folder
 
     report = aggregate(load_results(paths), title)

@@ -6,8 +6,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Iterable
 
-from crossmodal.eval.report import protocol_order, stage_order
+
+def stage_order(stages: Iterable[str]) -> list[str]:
+    """Stage names in network order: indices ascending, then ``embedding``."""
+    return sorted(set(stages), key=lambda stage: (0, int(stage), "") if stage.isdigit() else (1, 0, stage))
+
+
+def protocol_order(protocols: Iterable[str]) -> list[str]:
+    """Segmentation protocols: ``finetune``, ``frozen``, then any other by name."""
+    first = {"finetune": 0, "frozen": 1}
+    return sorted(set(protocols), key=lambda protocol: (first.get(protocol, 2), protocol))
 
 
 def _subplots(count: int, width: float):

@@ -1,6 +1,6 @@
 """Segmentation transfer: train a light decoder over a student encoder, fine-tuned or frozen, and score it.
 
-Each protocol is one run of the training engine (:class:`~crossmodal.train.engine.Trainer`) on the train split,
+Each protocol is one run of the training engine (:class:`~crossmodal.engine.Trainer`) on the train split,
 from the same initial weights: ``finetune`` trains encoder and decoder, ``frozen`` only the decoder, with the
 encoder's parameters fixed and its BatchNorm statistics kept (eval mode). The test split is then scored once,
 after the last epoch, from a confusion matrix accumulated over the whole split: pixel accuracy, mean class
@@ -17,21 +17,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from crossmodal import run_folder, runtime
+from crossmodal.config import RunConfig, dump_config
 from crossmodal.data.format import LabelInfo, read_layout
+from crossmodal.data.setup import modality_channels, open_split, transforms
+from crossmodal.engine import SupervisedTask, Trainer, TrainSetup
+from crossmodal.engine.confusion import confusion_matrix, per_class_iou, segmentation_scores
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import LoadedEncoder, load_encoder, method_name, recorded_seed
-from crossmodal.eval.metrics import confusion_matrix, per_class_iou, segmentation_scores
 from crossmodal.eval.preview_segmentation import write_segmentation_preview
 from crossmodal.files import ensure_folder, write_json
-from crossmodal.train.config import validate
-from crossmodal.train.engine import Trainer, TrainSetup
-from crossmodal.train.run import modality_channels_in, open_dataset, resolve_device, transforms, write_config
-from crossmodal.train.schemas import COMMON
-from crossmodal.train.supervised import SupervisedTask
+from crossmodal.models.config import check_input_channels
 
 FORMAT = "crossmodal-segment/1"
 PROTOCOLS = ("finetune", "frozen")
-JSON_NAME = "segment.json"
+JSON_NAME = run_folder.SEGMENT_JSON
 PREVIEW_SAMPLES = 4
 
 
@@ -132,22 +132,21 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
     data_cfg = {"path": data_path, "split": options.train_split, "eval_split": options.test_split,
                 "size": list(options.size) if options.size else None, "augment": options.augment,
                 "num_workers": options.num_workers}
-    config = validate({"seed": options.seed, "device": options.device, "data": data_cfg,
-                       "optim": {"lr": options.lr},
-                       "train": {"epochs": options.epochs, "batch_size": options.batch_size,
-                                 "progress": options.progress}}, COMMON, "segment")
-    resolve_device(config["device"])  # a wrong device is refused before anything is written
-    channels = modality_channels_in(config["data"], {"--modality": modality})["--modality"]
-    if channels != loaded.encoder.in_chans:
-        raise ConfigError(f"--modality: '{modality}' has {channels} channel(s) but the encoder takes "
-                          f"{loaded.encoder.in_chans}")
+    config = RunConfig.validated({"seed": options.seed, "device": options.device, "data": data_cfg,
+                                  "optim": {"lr": options.lr},
+                                  "train": {"epochs": options.epochs, "batch_size": options.batch_size,
+                                            "progress": options.progress}}, "segment")
+    runtime.resolve_device(config.device)  # a wrong device is refused before anything is written
+    channels = modality_channels(data_path, {"--modality": modality})["--modality"]
+    check_input_channels("--modality", modality, channels, loaded.encoder.in_chans,
+                         f"the encoder of {loaded.source}")
     out = os.path.abspath(options.out or default_out(loaded, options))
     result = {"format": FORMAT, "checkpoint": loaded.source, "random_init": options.random_init,
               "method": options.method or method_name(loaded.card, options.random_init),
               "seed": recorded_seed(loaded.card, options.random_init, options.seed), "modality": modality,
               "data": data_path, "labels": options.labels, "train_split": options.train_split, "test_split": options.test_split,
               "epochs": options.epochs, "results": {}}
-    taken = [p for p in options.protocols if os.path.exists(os.path.join(out, p, "checkpoint.pt"))]
+    taken = [p for p in options.protocols if run_folder.has_checkpoint(os.path.join(out, p))]
     if taken:
         raise ConfigError(f"--out: {os.path.join(out, taken[0])} already holds a run; choose another --out")
     if options.json_path:
@@ -176,24 +175,25 @@ def segmentation_labels(data_path: str, labels: str) -> LabelInfo:
 
 
 def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: LabelInfo,
-                 config: Mapping[str, Any], run_dir: str, options: SegmentOptions) -> dict[str, Any]:
+                 config: RunConfig, run_dir: str, options: SegmentOptions) -> dict[str, Any]:
     """One protocol's training run in ``run_dir``, its test scores and its preview; returns its JSON entry."""
     os.makedirs(run_dir, exist_ok=True)
-    device = resolve_device(config["device"])
-    train_transform, eval_transform = transforms(config["data"])
-    data = config["data"]
-    train = open_dataset(data, data["split"], [modality], [options.labels], train_transform, config["seed"])
-    test = open_dataset(data, data["eval_split"], [modality], [options.labels], eval_transform, config["seed"])
-    torch.manual_seed(config["seed"])  # the same decoder initialisation for every protocol
+    device = runtime.resolve_device(config.device)
+    train_transform, eval_transform = transforms(config.data)
+    data = config.data
+    train = open_split(data.path, data.split, [modality], [options.labels], train_transform, config.seed)
+    test = open_split(data.path, data.eval_split, [modality], [options.labels], eval_transform, config.seed)
+    torch.manual_seed(config.seed)  # the same decoder initialisation for every protocol
     ignore_index = seg_info.ignore_index if seg_info.ignore_index is not None else -1
     task_class = FrozenEncoderTask if protocol == "frozen" else SupervisedTask
     task = task_class(copy.deepcopy(loaded.encoder), modality, segmentation=options.labels,
                       num_segmentation_classes=seg_info.num_classes, ignore_index=ignore_index,
                       decoder_channels=options.decoder_channels)
     trainer = Trainer(TrainSetup("segment", config, run_dir, task, train, test, device))
-    write_config({**config, "segment": {"checkpoint": loaded.source, "random_init": options.random_init,
-                                         "labels": options.labels, "modality": modality, "protocol": protocol,
-                                         "decoder_channels": options.decoder_channels}}, run_dir)
+    run_folder.write_config(run_dir, dump_config({
+        **config.to_tree(), "segment": {"checkpoint": loaded.source, "random_init": options.random_init,
+                                        "labels": options.labels, "modality": modality, "protocol": protocol,
+                                        "decoder_channels": options.decoder_channels}}))
     print(f"segment: {protocol} on {modality} -> {options.labels}, {len(train)} training samples", flush=True)
     trainer.run()
     confusion, samples = evaluate(task, test, config, device)
@@ -206,7 +206,7 @@ def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: 
 
 
 @torch.no_grad()
-def evaluate(task: SupervisedTask, test: Iterable[Mapping[str, Any]], config: Mapping[str, Any],
+def evaluate(task: SupervisedTask, test: Iterable[Mapping[str, Any]], config: RunConfig,
              device: torch.device) -> tuple[torch.Tensor, tuple[list, list, list]]:
     """The confusion matrix over the whole test split, and (inputs, truths, predictions) of its first few
     samples for the preview."""
@@ -216,8 +216,8 @@ def evaluate(task: SupervisedTask, test: Iterable[Mapping[str, Any]], config: Ma
     images: list[np.ndarray] = []
     truths: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
-    loader = DataLoader(test, batch_size=config["train"]["batch_size"], shuffle=False,
-                        num_workers=config["data"]["num_workers"])
+    loader = DataLoader(test, batch_size=config.train.batch_size, shuffle=False,
+                        num_workers=config.data.num_workers)
     for batch in loader:
         image, target = batch[task.modality].to(device), batch[task.segmentation]
         predicted = head(task.encoder(image).features, image.shape[-2:]).argmax(1).cpu()

@@ -8,11 +8,11 @@ from torch import nn
 
 from crossmodal.distill.base import Distiller
 from crossmodal.distill.teacher_cache import TeacherFeatureCache
-from crossmodal.distributed import all_reduce_sum
+from crossmodal.engine import Task, masked_cross_entropy
+from crossmodal.runtime import all_reduce_sum
 from crossmodal.models.encoder import Encoder
 from crossmodal.models.outputs import EncoderOutput
 from crossmodal.models.teacher import FrozenTeacher
-from crossmodal.train.supervised import masked_cross_entropy
 
 
 class TeacherView:
@@ -34,7 +34,7 @@ class TeacherView:
         return self.teacher(batch[self.modality])
 
 
-class DistillTask(nn.Module):
+class DistillTask(Task):
     """Loss = ``ce`` x CE(student logits, class labels) + sum over distillers of weight x distiller loss.
 
     KD is one of the distillers (``loss.kd`` is its weight), so CRD+KD, CRD+AT or KD alone are all one
@@ -68,7 +68,10 @@ class DistillTask(nn.Module):
         last_stage = student.spec.num_stages - 1
         paired = [student_stage for d in self.distillers.values() for student_stage, _ in getattr(d, "pairs", ())]
         reads_last_stage = reads_logits or any(n.embedding for n in needs) or last_stage in paired
-        self.may_leave_parameters_unused = (student.num_classes > 0 and not reads_logits) or not reads_last_stage
+        self._leaves_unused = (student.num_classes > 0 and not reads_logits) or not reads_last_stage
+
+    def may_leave_parameters_unused(self) -> bool:
+        return self._leaves_unused
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         student = self.student(batch[self.modality])

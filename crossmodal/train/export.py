@@ -1,17 +1,17 @@
 """The end products of a run: the encoder as a plain-timm ``.safetensors`` file and a JSON model card."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sized
 
-import torch
 from safetensors.torch import save_file
 
+from crossmodal import __version__, run_folder, runtime
+from crossmodal.config import RunConfig
 from crossmodal.files import atomic_output
 from crossmodal.models.encoder import Encoder
-
-MODEL_CARD = "model_card.json"
 
 
 def export_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
@@ -30,11 +30,36 @@ def export_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
         os.chmod(temporary, 0o666 & ~_umask())  # safetensors creates its files private (0600)
 
 
-def write_model_card(path: str | os.PathLike, card: Mapping[str, Any]) -> None:
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(card, handle, indent=2, default=_jsonable)
-            handle.write("\n")
+def finish_run(run_dir: str, verb: str, config: RunConfig, encoder: Encoder, modality: str, train: Sized,
+               record: Mapping[str, Any], **extra: Any) -> None:
+    """Export the trained encoder and write the model card, last: its presence marks the run finished."""
+    weights_name = run_folder.WEIGHTS[verb]
+    export_encoder(encoder, os.path.join(run_dir, weights_name))
+    run_folder.write_model_card(run_dir, model_card(verb, config, encoder, weights_name, modality, train, record,
+                                                    **extra))
+    print(f"{'teacher' if verb == 'train-teacher' else 'student'} written to {os.path.join(run_dir, weights_name)}")
+
+
+def model_card(verb: str, config: RunConfig, encoder: Encoder, weights_name: str, modality: str, train: Sized,
+               record: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The run's model card: what was trained, on what, how to load it, and the final metrics."""
+    data = config.data
+    return {
+        "format": run_folder.MODEL_CARD_FORMAT,
+        "verb": verb,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "crossmodal_version": __version__,
+        "weights": weights_name,
+        "modality": modality,
+        "encoder": encoder.config,
+        "data": {"path": data.path, "split": data.split, "num_samples": len(train), "eval_split": data.eval_split,
+                 "size": data.size, "augment": data.augment},
+        **extra,
+        "processes": runtime.world_size(),
+        "final_metrics": {k: v for k, v in record.items() if k != "scope"},
+        "load_with_timm": load_snippet(encoder, weights_name),
+        "config": config.to_tree(),
+    }
 
 
 def load_snippet(encoder: Encoder, weights_name: str) -> str:
@@ -65,11 +90,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)

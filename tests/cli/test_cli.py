@@ -12,7 +12,7 @@ import cv2
 import pytest
 
 from conftest import ROOT, error_line, run_cli
-import data_prep
+from crossmodal import data_prep
 
 
 @pytest.mark.parametrize("verb", [[], ["prepare"], ["inspect"], ["distill"]] + [["prepare", n] for n in data_prep.CONVERTERS])
@@ -62,8 +62,12 @@ def test_interrupted_conversion_leaves_nothing_at_out(tmp_path, how):
     deadline = time.time() + 60
     while not list(tmp_path.glob(".big.h5.tmp-*")) and time.time() < deadline:
         time.sleep(0.1)
-    assert list(tmp_path.glob(".big.h5.tmp-*")), "the conversion never started writing"
-    time.sleep(1.0)
+    temporary = list(tmp_path.glob(".big.h5.tmp-*"))
+    assert temporary, "the conversion never started writing"
+    first_size = temporary[0].stat().st_size
+    while temporary[0].stat().st_size == first_size and time.time() < deadline:  # rows are being written
+        time.sleep(0.05)
+    assert temporary[0].stat().st_size > first_size, "the conversion never wrote a row"
     process.send_signal(how)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0

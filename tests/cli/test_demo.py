@@ -14,6 +14,8 @@ import pytest
 
 from conftest import cli, error_line
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 TINY = ["--num", "120", "--size", "32", "--teacher-epochs", "1", "--student-epochs", "1", "--segment-epochs", "1",
         "--device", "cpu"]
 

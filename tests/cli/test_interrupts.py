@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from crossmodal import interrupts
-from data_prep.common import progress
+from crossmodal.progress import sample_bar
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def swallowed_interrupt():
 
 
 def test_a_swallowed_interrupt_stops_the_next_progress_step():
-    bar = progress(None, 10, "test")
+    bar = sample_bar(None, 10, "test")
     bar.update(1)  # no request: goes on
     swallowed_interrupt()
     with pytest.raises(KeyboardInterrupt):
@@ -34,7 +34,7 @@ def test_a_swallowed_interrupt_stops_the_next_progress_step():
 def test_a_swallowed_interrupt_stops_an_iterated_bar():
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        for item in progress(range(5), 5, "test"):
+        for item in sample_bar(range(5), 5, "test"):
             seen.append(item)
             if item == 1:
                 swallowed_interrupt()
@@ -42,5 +42,5 @@ def test_a_swallowed_interrupt_stops_an_iterated_bar():
 
 
 def test_without_a_request_nothing_is_raised():
-    assert list(progress(range(3), 3, "test")) == [0, 1, 2]
+    assert list(sample_bar(range(3), 3, "test")) == [0, 1, 2]
     interrupts.check()

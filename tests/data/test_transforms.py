@@ -68,8 +68,8 @@ def test_flip_moves_every_modality_together():
 def test_undeclared_key_is_an_error_not_a_silent_pass_through():
     transform = PairedTransform(size=(32, 32), train=True)
     compose_keys = {"rgb": "image", "seg": "mask"}
-    from crossmodal.data.transforms import _compose
-    compose = _compose(transform, tuple(sorted(compose_keys.items())), "rgb")
+    from crossmodal.data.transforms import geometric_compose
+    compose = geometric_compose(transform, tuple(sorted(compose_keys.items())), "rgb")
     frame = _frame()
     with pytest.raises(ValueError, match="thermal"):
         compose(image=frame["rgb"], seg=frame["seg"], thermal=frame["depth"])

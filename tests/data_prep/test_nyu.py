@@ -8,7 +8,7 @@ import scipy.io
 
 from conftest import error_line, run_cli
 from crossmodal.data.format import read_layout
-from data_prep.nyu import convert
+from crossmodal.data_prep.nyu import convert
 
 SCENES = ["kitchen", "bedroom", "office"]
 

@@ -5,8 +5,7 @@ import h5py
 import numpy as np
 
 from crossmodal.data.format import read_layout
-from data_prep.synthetic import generate
-from data_prep.synthetic_scenes import CLASS_NAMES, SEG_CLASS_NAMES
+from crossmodal.data.synthetic import CLASS_NAMES, SEG_CLASS_NAMES, generate
 
 
 def test_layout_and_splits(synthetic_file):

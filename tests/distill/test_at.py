@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._spatial import match_spatial
+from crossmodal.distill.spatial import match_spatial
 from crossmodal.distill.at import AT, at_loss, attention_map
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec

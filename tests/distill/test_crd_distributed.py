@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 from crossmodal.distill import create_distiller
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 STUDENT = FeatureSpec(channels=(12,), reductions=(4,), embed_dim=12)
 TEACHER = FeatureSpec(channels=(10,), reductions=(4,), embed_dim=10)
 N, K, STEPS = 48, 20, 3

@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crossmodal.distill._contrast_objective import contrast_scores, info_nce_objective, nce_objective
-from crossmodal.distill._contrast_sampler import ContrastSampler
+from crossmodal.distill.contrast import ContrastSampler, contrast_scores, info_nce_objective, nce_objective
 
 N, K, B = 40, 16, 6
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from crossmodal.distill._contrast_sampler import ContrastSampler
+from crossmodal.distill.contrast import ContrastSampler
 
 N, K, B = 40, 16, 6
 

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import ROOT, cli, error_line
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 SMOKE_DISTILL = ROOT / "experiments" / "configs" / "smoke_distill.yaml"
 
 

@@ -9,11 +9,11 @@ import torch
 
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
-from crossmodal.eval.metrics import confusion_matrix, per_class_iou
+from crossmodal.engine.confusion import confusion_matrix, per_class_iou
 from crossmodal.eval.segment import FORMAT, SegmentOptions, run_segment, segmentation_labels
 from crossmodal.models import Encoder
 from crossmodal.train.export import export_encoder
-from crossmodal.train.supervised import SupervisedTask
+from crossmodal.engine import SupervisedTask
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli, error_line, run_cli
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMOKE_DISTILL = ROOT / "experiments" / "configs" / "smoke_distill.yaml"
 

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import ROOT, error_line
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 FINAL = re.compile(r"^study (unseen-labels|seen-labels) \[[^\]]+\]: (\S+=\d+\.\d(±\d+\.\d)? \(\d+ seeds\) ?)+; "
                    r"wall=\d+\.\dmin$")
 

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models._manipulate import adapt_input_conv
+from timm.models import adapt_input_conv
 
 from crossmodal.errors import DataError
 from crossmodal.models import Encoder, apply_small_input_stem, load_weights, read_state_dict

@@ -57,12 +57,10 @@ def one_thread():
 
 def run_in_process(verb: str, config: Path, overrides: Sequence[str], out: Path, hooks=()) -> dict[str, Any]:
     """One training run in this process; returns the last epoch's record."""
-    from crossmodal.train.builders import build_distillation, build_teacher_training
     from crossmodal.train.run import run_training
 
-    build = build_distillation if verb == "distill" else build_teacher_training
     with one_thread():
-        _, record = run_training(verb, build, str(config), list(overrides), out=str(out), hooks=list(hooks))
+        _, record = run_training(verb, str(config), list(overrides), out=str(out), hooks=list(hooks))
     return record
 
 

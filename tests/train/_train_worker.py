@@ -16,8 +16,7 @@ import sys
 
 import torch
 
-from crossmodal.train.builders import build_distillation, build_teacher_training
-from crossmodal.train.run import run_training
+from crossmodal.train.run import BUILDERS, run_training
 
 
 def main() -> None:
@@ -41,8 +40,10 @@ def main() -> None:
         return {key: value.detach().cpu().clone() for key, value in task.distillers.state_dict().items()
                 if isinstance(value, torch.Tensor)}
 
+    builtin = BUILDERS[args.verb]
+
     def build(config, run_dir, device):
-        setup = (build_distillation if args.verb == "distill" else build_teacher_training)(config, run_dir, device)
+        setup = builtin(config, run_dir, device)
         if args.dump:
             captured["initial"] = distiller_state(setup.task)
         return setup
@@ -54,7 +55,8 @@ def main() -> None:
             trainers.append(trainer)
 
     hooks = ([kill] if args.kill_at is not None else []) + ([capture] if args.dump else [])
-    run_training(args.verb, build, args.config, args.overrides, out=args.out, hooks=hooks)
+    BUILDERS[args.verb] = build  # the verb's builder, wrapped to capture the initial distiller state
+    run_training(args.verb, args.config, args.overrides, out=args.out, hooks=hooks)
     if args.dump:  # after the run: the epoch's end averages BatchNorm statistics over the ranks
         captured["final"] = distiller_state(trainers[0].task)
         captured["student"] = {key: value.detach().cpu().clone()

@@ -15,7 +15,9 @@ import torch
 from _run_helpers import (ENGINE_SMALL, ENGINE_STEPS_PER_EPOCH, ROOT, SMOKE_TEACHER, load_checkpoint,
                           run_in_process, subprocess_env, teacher_overrides)
 
-from crossmodal.train.engine import TrainingDiverged
+from crossmodal.engine import TrainingDiverged
+
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
 STEPS_PER_EPOCH = ENGINE_STEPS_PER_EPOCH
 SMALL = ENGINE_SMALL
@@ -73,7 +75,6 @@ def test_divergence_between_records_keeps_the_last_good_checkpoint(synthetic_fil
 SIGNAL_WORKER = """
 import json, os, signal, sys
 import torch
-from crossmodal.train.builders import build_teacher_training
 from crossmodal.train.run import run_training
 
 config, out, report, *overrides = sys.argv[1:]
@@ -87,7 +88,7 @@ def hook(trainer):
         with open(report, "w") as handle:
             json.dump([checkpoint["step"], checkpoint["epoch"], checkpoint["batch_in_epoch"]], handle)
 
-run_training("train-teacher", build_teacher_training, config, overrides, out=out, hooks=[hook])
+run_training("train-teacher", config, overrides, out=out, hooks=[hook])
 """
 
 

@@ -4,9 +4,9 @@ import os
 import pytest
 
 from crossmodal.errors import ConfigError
-from crossmodal.train.checkpoint import config_differences
-from crossmodal.train.config import Field, _assign, flatten, load_config, parse_override, positive, validate
-from crossmodal.train.schemas import RESUME_MAY_CHANGE, SCHEMAS
+from crossmodal.engine.checkpoint import config_differences
+from crossmodal.config.schema import Field, assign_override, flatten, load_config, parse_override, positive, validate
+from crossmodal.config import RESUME_MAY_CHANGE, SCHEMAS
 
 DISTILL = SCHEMAS["distill"]
 TEACHER = SCHEMAS["train-teacher"]
@@ -238,10 +238,10 @@ def test_overrides_inside_free_mappings(tmp_path):
 
 def test_assign_creates_sections_and_replaces_values():
     data = {"count": 1}
-    _assign(data, ["inner", "opts", "deep", "x"], 5, SMALL, "cfg", "inner.opts.deep.x=5")
-    _assign(data, ["count"], 9, SMALL, "cfg", "count=9")
+    assign_override(data, ["inner", "opts", "deep", "x"], 5, SMALL, "cfg", "inner.opts.deep.x=5")
+    assign_override(data, ["count"], 9, SMALL, "cfg", "count=9")
     assert data == {"count": 9, "inner": {"opts": {"deep": {"x": 5}}}}
-    message = config_error(_assign, data, ["inner", "nope"], 1, SMALL, "cfg", "inner.nope=1")
+    message = config_error(assign_override, data, ["inner", "nope"], 1, SMALL, "cfg", "inner.nope=1")
     assert message == ("cfg: override 'inner.nope=1': unknown key 'inner.nope'; known keys here: need, opts")
 
 

@@ -15,6 +15,8 @@ from crossmodal.errors import ConfigError
 from crossmodal.models import Encoder, FrozenTeacher
 from crossmodal.train.distillation import DistillTask, TeacherView
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 STEPS_PER_EPOCH = ENGINE_STEPS_PER_EPOCH
 SMALL = ENGINE_SMALL
 
@@ -24,20 +26,20 @@ def test_runs_of_one_config_in_the_same_second_get_their_own_default_folders(syn
     """Without --out the folder is runs/VERB-CONFIG-TIME. Before the fix, a sweep launching several runs of one
     config within a second trained them all into one folder (the check for an existing run came before any of
     them had written its config): one checkpoint and export overwrote the other, metrics interleaved."""
+    from crossmodal import run_folder
     from crossmodal.train import run as run_module
-    from crossmodal.train.builders import build_teacher_training
 
     monkeypatch.chdir(tmp_path)
     taken = tmp_path / "runs" / "same-second"
-    monkeypatch.setattr(run_module, "_default_run_dir", lambda verb, config_path: str(taken))
+    monkeypatch.setattr(run_folder, "default_run_dir", lambda verb, config_path: str(taken))
     taken.mkdir(parents=True)
     (taken / "building.txt").write_text("a run that has not written its config yet")
     overrides = teacher_overrides(synthetic_file)
     with one_thread():
         with pytest.raises(ConfigError, match="train.batch_size 64"):  # rejected: its claimed folder goes
-            run_module.run_training("train-teacher", build_teacher_training, str(SMOKE_TEACHER),
+            run_module.run_training("train-teacher", str(SMOKE_TEACHER),
                                     [*overrides, "train.batch_size=64"])
-        folders = [run_module.run_training("train-teacher", build_teacher_training, str(SMOKE_TEACHER),
+        folders = [run_module.run_training("train-teacher", str(SMOKE_TEACHER),
                                            overrides)[0] for _ in range(2)]
     assert folders == [f"{taken}-2", f"{taken}-3"]
     assert sorted(path.name for path in taken.parent.iterdir()) == ["same-second", "same-second-2",
@@ -122,4 +124,4 @@ def test_ddp_is_told_when_a_distillation_leaves_parameters_unused(name, student_
     loss, _ = task({"depth": torch.randn(4, 1, 16, 16), "rgb": torch.randn(4, 3, 16, 16), "index": torch.arange(4)})
     loss.backward()
     unused = [key for key, p in task.named_parameters() if p.requires_grad and p.grad is None]
-    assert task.may_leave_parameters_unused == bool(unused), unused
+    assert task.may_leave_parameters_unused() == bool(unused), unused

@@ -12,7 +12,10 @@ from _run_helpers import (ENGINE_SMALL, ENGINE_STEPS_PER_EPOCH, SMOKE_DISTILL, S
                           teacher_overrides)
 from conftest import error_line
 
-from crossmodal.train.schedule import learning_rate
+from crossmodal.config import ScheduleSection
+from crossmodal.engine.schedule import learning_rate
+
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
 STEPS_PER_EPOCH = ENGINE_STEPS_PER_EPOCH
 SMALL = ENGINE_SMALL
@@ -110,7 +113,7 @@ def test_step_schedule_with_warmup_is_the_rate_each_step_ran_at(synthetic_file, 
     config = load_checkpoint(run)["config"]
     steps = records(run, "step")
     assert [r["step"] for r in steps] == list(range(1, 3 * STEPS_PER_EPOCH + 1))
-    expected = [learning_rate(config["schedule"], 0.4, r["step"] - 1, STEPS_PER_EPOCH, 3) for r in steps]
+    expected = [learning_rate(ScheduleSection(**config["schedule"]), 0.4, r["step"] - 1, STEPS_PER_EPOCH, 3) for r in steps]
     # by hand: 2 warm-up steps (0.2, 0.4), the rest of epoch 1 at 0.4, then x0.1 at epoch 1 and again at epoch 2
     assert expected == pytest.approx([0.2, 0.4, 0.4, 0.4] + [0.04] * 4 + [0.004] * 4)
     assert [r["lr"] for r in steps] == expected  # the rate recorded for each step

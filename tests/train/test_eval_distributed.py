@@ -8,8 +8,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from crossmodal.models import Encoder
-from crossmodal.train.engine import Trainer
-from crossmodal.train.supervised import SupervisedTask
+from crossmodal.engine import Trainer
+from crossmodal.engine import SupervisedTask
+
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
 NUM_CLASSES, SIZE, SAMPLES = 4, 16, 11  # an odd count: the ranks hold 6 and 5 samples
 

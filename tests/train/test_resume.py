@@ -14,6 +14,8 @@ from _run_helpers import (SMOKE_DISTILL, SMOKE_TEACHER, assert_same_tensors, cli
                           load_exported, read_csv, run_in_process, start_worker, wait)
 from conftest import error_line, run_cli
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 STEPS_PER_EPOCH = 4  # 38 training scenes of the session's synthetic file, batch 8, the last partial batch dropped
 # Checkpoints every 2 steps and a record every 3: a kill at step 3 loses one step and a half-filled record
 # window, which the resumed run must rebuild exactly.

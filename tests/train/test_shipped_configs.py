@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from crossmodal.train.builders import _distiller_plan
-from crossmodal.train.config import load_config, read_yaml
-from crossmodal.train.schemas import SCHEMAS
+from crossmodal.config import CONFIGS as SCHEMA_CLASSES
+from crossmodal.config import read_yaml
+from crossmodal.train.distill_setup import distiller_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted([*(ROOT / "experiments" / "configs").glob("*.yaml"), *(ROOT / "crossmodal" / "configs").glob("*.yaml")])
@@ -25,10 +25,10 @@ def test_the_demo_configs_are_installed_with_the_package():
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
 def test_shipped_config_validates(path):
     verb = "distill" if "student" in read_yaml(path) else "train-teacher"
-    config = load_config(path, SCHEMAS[verb])
-    assert Path(config["data"]["path"]).is_absolute()
+    config = SCHEMA_CLASSES[verb].load(path)
+    assert Path(config.data.path).is_absolute()
     if verb == "distill":
-        plan = _distiller_plan(config)
+        plan = distiller_plan(config)
         assert plan, "a distill config names at least one distiller"
         for weight, options in plan.values():
             assert weight > 0 and isinstance(options, dict)

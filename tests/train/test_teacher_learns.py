@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 from _run_helpers import SMOKE_TEACHER, records, run_in_process
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 @pytest.fixture(scope="module")
 def classes_file(tmp_path_factory) -> Path:
     """320 scenes at 16 x 16 (256 train, 64 test): the session file's 10-scene test split is too small for a
     top-1 that must beat chance reliably."""
-    from data_prep.synthetic import generate
+    from crossmodal.data.synthetic import generate
 
     path = tmp_path_factory.mktemp("classes") / "scenes.h5"
     generate(str(path), num=320, size=16, seed=3, workers=1)

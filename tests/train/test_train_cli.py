@@ -19,8 +19,10 @@ from conftest import error_line, run_cli
 
 from crossmodal.data import read_layout
 from crossmodal.models import FrozenTeacher, create_encoder
-from crossmodal.train.config import load_config
-from crossmodal.train.schemas import SCHEMAS
+from crossmodal.config.schema import load_config
+from crossmodal.config import SCHEMAS
+
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
 SMOKE_STEPS_PER_EPOCH = 8  # 256 training scenes of the 320 generated, batch 32
 SMALL = ["train.batch_size=8", "train.epochs=1", "train.progress=false"]

@@ -12,6 +12,8 @@ import pytest
 import torch
 from _run_helpers import ROOT, SMOKE_DISTILL, WORKER, load_checkpoint, subprocess_env
 
+pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
+
 STEPS_PER_EPOCH = 2  # 38 training scenes split over 2 ranks (19 each, padded), batch 8 per rank
 OVERRIDES = ["train.batch_size=8", "train.epochs=2", "train.progress=false", "distill.options.crd.num_negatives=16"]
 

@@ -1,0 +1,80 @@
+"""From a config's ``data`` section to data sets: the file (generated when asked), transforms, splits, channels.
+
+Every verb that reads a paired file goes through these, so that each check (a missing file, an empty split,
+a modality the file cannot give) is made, and worded, once.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+
+from crossmodal import runtime
+from crossmodal.data.dataset import PairedDataset
+from crossmodal.data.format import read_layout
+from crossmodal.data.modalities import resolve_modality
+from crossmodal.data.transforms import PairedTransform
+from crossmodal.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from crossmodal.config import DataSection
+
+GENERATE_OPTIONS = {"num", "size", "seed", "test_fraction", "noise", "workers"}
+
+
+def ensure_data(data: DataSection) -> None:
+    """Generate the synthetic data file when it is absent and ``data.generate`` asks for it (rank 0; the
+    others wait); a missing file otherwise is a one-line error."""
+    options = dict(data.generate or {})
+    unknown = sorted(set(options) - GENERATE_OPTIONS)
+    if unknown:
+        raise ConfigError(f"data.generate: unknown option '{unknown[0]}'; options: "
+                          f"{', '.join(sorted(GENERATE_OPTIONS))}")
+    if not os.path.exists(data.path) and data.generate is not None:
+        if runtime.rank() == 0:
+            from crossmodal.data.synthetic import generate
+
+            os.makedirs(os.path.dirname(data.path) or ".", exist_ok=True)
+            print(f"generating the synthetic data set {data.path}", file=sys.stderr)
+            generate(data.path, **options)
+        runtime.barrier()
+    if not os.path.exists(data.path):
+        raise DataError(data.path, "no such data file (data.path)")
+
+
+def transforms(data: DataSection) -> tuple[Optional[PairedTransform], Optional[PairedTransform]]:
+    """(training transform, evaluation transform) for the ``data`` section."""
+    size = tuple(data.size) if data.size is not None else None
+    if size is not None and len(size) != 2:
+        raise ConfigError(f"data.size must be [height, width], got {list(size)}")
+    scale = data.scale
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"data.scale must be [low, high] with 0 < low <= high <= 1, got {scale}")
+    evaluation = PairedTransform(size=size, train=False) if size is not None else None
+    if data.augment:
+        return PairedTransform(size=size, train=True, scale=tuple(scale), color_jitter=data.color_jitter), evaluation
+    return evaluation, evaluation
+
+
+def open_split(path: str, split: str, modalities: Sequence[str], labels: Sequence[Optional[str]],
+               transform: Optional[PairedTransform], seed: int) -> PairedDataset:
+    """One split of the file with the given modalities and label sets (duplicates and Nones dropped); an empty
+    split is a one-line error."""
+    dataset = PairedDataset(path, split, modalities=list(dict.fromkeys(modalities)),
+                            labels=[name for name in dict.fromkeys(labels) if name], transform=transform, seed=seed)
+    if len(dataset) == 0:
+        raise DataError(path, f"split '{split}' is empty")
+    return dataset
+
+
+def modality_channels(path: str, modalities: Mapping[str, str]) -> dict[str, int]:
+    """The channel count of each modality (by the key that chose it: a config key or a flag), from the file's
+    layout alone; a modality the file can neither read nor derive is a one-line error naming the key."""
+    layout = read_layout(path)
+    channels = {}
+    for key, name in modalities.items():
+        try:
+            channels[key] = resolve_modality(name, layout).channels
+        except KeyError as err:
+            raise DataError(path, f"{key}: {err.args[0]}") from None
+    return channels

@@ -1,0 +1,80 @@
+"""The synthetic scenes -> a paired file: render in worker processes, write in chunks, add labels and splits.
+
+Usage: ``generate("scenes.h5", num=4000, size=64, seed=0)``; ``crossmodal prepare synthetic`` is its command line.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+from typing import Any
+
+import numpy as np
+
+from crossmodal.data.format import PairedWriter
+from crossmodal.data.synthetic.scenes import CLASS_NAMES, IGNORE_INDEX, SEG_CLASS_NAMES, render_scene
+from crossmodal.errors import DataError
+from crossmodal.progress import sample_bar
+
+CHUNK = 64
+MIN_SIZE, MAX_SIZE = 16, 1024
+# The provenance name stored in the file (``converter``): the converter's name since the first files, kept so
+# that files written before and after the generator moved into the library are alike.
+CONVERTER = "data_prep.synthetic"
+
+
+def _ignore_interrupt() -> None:
+    # Ctrl-C reaches the whole process group: let the parent alone clean up, without one traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _render_chunk(job: tuple[int, int, int, int, bool]) -> dict[str, Any]:
+    start, stop, seed, size, noise = job
+    scenes = [render_scene(np.random.default_rng([seed, index]), size=size, noise=noise)
+              for index in range(start, stop)]
+    return {key: np.stack([scene[key] for scene in scenes]) for key in ("rgb", "depth", "raw_depth", "seg")} | {
+        "label": np.array([scene["label"] for scene in scenes], np.int64)}
+
+
+def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_fraction: float = 0.2,
+             noise: bool = True, workers: int | None = None, overwrite: bool = False,
+             compression: str = "lzf") -> None:
+    """Render ``num`` scenes of ``size`` x ``size``; scene i depends only on (seed, i)."""
+    if num < 2 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise DataError(out, f"--num must be >= 2 and --size in {MIN_SIZE}..{MAX_SIZE} (got {num}, {size})")
+    if not math.isfinite(test_fraction):
+        raise DataError(out, f"--test-fraction must be a number in (0, 1), got {test_fraction}")
+    num_test = int(round(num * test_fraction))
+    if not 0 < num_test < num:
+        raise DataError(out, f"--test-fraction {test_fraction} of {num} scenes leaves a split empty")
+    workers = max(1, min(workers or os.cpu_count() or 1, 8))
+    jobs = [(start, min(start + CHUNK, num), seed, size, noise) for start in range(0, num, CHUNK)]
+    options = {"num": num, "size": size, "seed": seed, "test_fraction": test_fraction, "noise": noise}
+    labels = np.empty(num, np.int64)
+    with PairedWriter(out, num, source=f"crossmodal synthetic scenes (seed {seed})",
+                      converter=CONVERTER, options=options, overwrite=overwrite,
+                      compression=compression) as writer:
+        writer.add_modality("rgb", size, size, 3, np.uint8, kind="rgb", units="sRGB 0-255")
+        writer.add_modality("depth", size, size, 1, np.float32, kind="depth", units="m",
+                            description="clean z-depth, no holes")
+        writer.add_modality("raw_depth", size, size, 1, np.float32, kind="raw_depth", units="m",
+                            description="Kinect-like noise, 0 = hole" if noise else "equal to depth")
+        writer.add_segmentation("seg", size, size, SEG_CLASS_NAMES, ignore_index=IGNORE_INDEX)
+        bar = sample_bar(None, num, "synthetic")
+        pool = multiprocessing.get_context("spawn").Pool(workers, _ignore_interrupt) if workers > 1 else None
+        try:
+            chunks = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
+            for (start, *_), chunk in zip(jobs, chunks):
+                labels[start:start + len(chunk["label"])] = chunk["label"]
+                writer.write_batch(start, rgb=chunk["rgb"], depth=chunk["depth"], raw_depth=chunk["raw_depth"],
+                                   seg=chunk["seg"])
+                bar.update(len(chunk["label"]))  # re-raises a Ctrl-C swallowed inside a callback
+        finally:
+            if pool:
+                pool.terminate()
+            bar.close()
+        writer.add_class_labels("label", labels, CLASS_NAMES)
+        order = np.random.default_rng([seed, num]).permutation(num)
+        writer.add_split("train", np.sort(order[num_test:]))
+        writer.add_split("test", np.sort(order[:num_test]))

@@ -1,0 +1,267 @@
+"""A folder (or a CSV index) of paired image files -> paired file.
+
+Folder layout: ``<id>_<modality>.<ext>``, e.g. ``0001_rgb.png``, ``0001_depth.png``, ``0001_label13.png``;
+every id must have the same modalities. CSV layout: a header ``id,<modality>,...[,split]`` (the first column is
+the id, whatever its name) with file paths relative to the CSV; an optional ``split`` column names each row's
+split. Modalities are recognised by name:
+
+- ``rgb`` / ``color`` / ``image``: colour, 8 or 16 bit (16-bit scaled to 8);
+- ``depth``, ``raw_depth``: depth, converted to metres with ``--depth-scale`` (16-bit PNG default: millimetres);
+  ``depth`` holes (0) stay 0;
+- ``label*`` / ``seg*``: segmentation, stored as ``seg<suffix>`` (``label13`` -> ``seg13``); by default the
+  NYU convention (0 = void, 1..K = classes, stored as 0..K-1 with void -> 255), ``--label-base 0`` for files
+  whose values already are class ids with 255 as void;
+- anything else (``thermal``, ``normals`` ...): stored as is, with its own name.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+from collections import defaultdict
+
+import numpy as np
+from PIL import Image
+
+from crossmodal.argtypes import positive_int
+from crossmodal.data.format import DEFAULT_IGNORE_INDEX, PairedWriter
+from crossmodal.data_prep.common import (add_common_arguments, checked_size, read_image, resize_image,
+                                         resize_nearest, to_rgb8)
+from crossmodal.progress import sample_bar
+from crossmodal.errors import DataError
+
+NAME = "pairs"
+HELP = "a folder of <id>_<modality>.png files, or a CSV index of them"
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+COLOR_NAMES = ("rgb", "color", "image")
+DEPTH_NAMES = ("depth", "raw_depth")
+FILE_PATTERN = re.compile(r"^(?P<id>[^_]+)_(?P<modality>.+)\.(?P<ext>[A-Za-z]+)$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--src", required=True, metavar="DIR_OR_CSV", help="the folder of pairs, or a CSV index")
+    parser.add_argument("--depth-scale", type=float, default=None, metavar="S",
+                        help="metres per depth unit (default: 0.001 for 16-bit PNG millimetres; "
+                             "required for 8-bit depth)")
+    parser.add_argument("--label-base", type=int, choices=(0, 1), default=1,
+                        help="1: label value 0 is void, 1..K are the classes (NYU); 0: values are class ids, "
+                             "255 is void (default 1)")
+    parser.add_argument("--num-classes", type=positive_int, default=None,
+                        help="classes per segmentation set (default: the largest class id seen + 1)")
+    parser.add_argument("--class-names", metavar="FILE", help="a text file with one class name per line")
+    parser.add_argument("--split", default="train", help="the split of every row without a split column")
+    add_common_arguments(parser)
+
+
+def _kind(modality: str) -> str:
+    if modality in COLOR_NAMES:
+        return "rgb"
+    if modality in DEPTH_NAMES:
+        return modality
+    if modality.startswith(("label", "seg")):
+        return "segmentation"
+    return "other"
+
+
+def _stored_name(modality: str) -> str:
+    if _kind(modality) == "rgb":
+        return "rgb"
+    if _kind(modality) == "segmentation":
+        return "seg" + re.sub(r"^(label|seg)_?", "", modality)
+    return modality
+
+
+def _natural_key(text: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def index_pairs(src: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
+    """(ids, modalities, files[id][modality], split per id) from a folder or a CSV index; every file exists."""
+    if os.path.isfile(src):
+        ids, modalities, files, splits = _index_csv(src, default_split)
+    elif os.path.isdir(src):
+        ids, modalities, files, splits = _index_folder(src, default_split)
+    else:
+        raise DataError(src, "no such folder or CSV file")
+    for sample_id in ids:  # before writing anything: a missing file is found now, not an hour in
+        for modality, path in files[sample_id].items():
+            if not os.path.isfile(path):
+                raise DataError(path, f"no such file (sample '{sample_id}', modality '{modality}')")
+    return ids, modalities, files, splits
+
+
+def _index_folder(src: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
+    files: dict[str, dict[str, str]] = defaultdict(dict)
+    for name in sorted(os.listdir(src)):
+        match = FILE_PATTERN.match(name)
+        if match and name.lower().endswith(EXTENSIONS):
+            files[match["id"]][match["modality"]] = os.path.join(src, name)
+    if not files:
+        raise DataError(src, "no <id>_<modality> image files found (e.g. 0001_rgb.png, 0001_depth.png)")
+    modalities = sorted(set().union(*(set(entry) for entry in files.values())))
+    for sample_id, entry in files.items():
+        missing = [m for m in modalities if m not in entry]
+        if missing:
+            raise DataError(src, f"sample '{sample_id}' lacks {missing} (every id needs the same modalities)")
+    ids = sorted(files, key=_natural_key)
+    return ids, modalities, files, [default_split] * len(ids)
+
+
+def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = [cell.strip() for cell in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(path, f"not a readable CSV text file: {err}") from None
+    split_column = next((c for c in header[1:] if c.lower() == "split"), None)
+    modalities = [column for column in header[1:] if column != split_column]
+    if not modalities or "" in header or len(set(header)) != len(header):
+        raise DataError(path, f"needs a header id,<modality>,...[,split] with distinct names "
+                              f"(e.g. frame,rgb,depth,label13), found {','.join(header)}")
+    root = os.path.dirname(os.path.abspath(path))
+    ids, files, splits = [], {}, []
+    for line, row in rows:
+        if len(row) != len(header):
+            raise DataError(path, f"line {line} has {len(row)} fields, the header {len(header)}")
+        record = dict(zip(header, (cell.strip() for cell in row)))
+        sample_id = record[header[0]]
+        if sample_id in files:
+            raise DataError(path, f"line {line}: id '{sample_id}' appears twice")
+        empty = [m for m in modalities if not record[m]]
+        if empty:
+            raise DataError(path, f"line {line}: no file given for {empty}")
+        ids.append(sample_id)
+        files[sample_id] = {m: os.path.join(root, record[m]) for m in modalities}
+        splits.append((record[split_column] if split_column else "") or default_split)
+    if not ids:
+        raise DataError(path, "lists no samples")
+    return ids, modalities, files, splits
+
+
+def run(args: argparse.Namespace) -> None:
+    convert(args.src, args.out, size=checked_size(args.size), overwrite=args.overwrite,
+            compression=args.compression, depth_scale=args.depth_scale, label_base=args.label_base,
+            num_classes=args.num_classes, class_names_file=args.class_names, split=args.split)
+
+
+def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
+            compression: str = "lzf", depth_scale: float | None = None, label_base: int = 1,
+            num_classes: int | None = None, class_names_file: str | None = None, split: str = "train") -> None:
+    """Convert a folder or CSV index of paired image files (see the module docstring)."""
+    ids, modalities, files, splits = index_pairs(src, split)
+    stored = {m: _stored_name(m) for m in modalities}
+    if len(set(stored.values())) != len(stored):
+        raise DataError(src, f"modalities {modalities} map onto the same stored name")
+    first = {m: _convert_file(files[ids[0]][m], m, depth_scale, label_base) for m in modalities}
+    shapes = {m: array.shape for m, array in first.items()}
+    frame = shapes[modalities[0]][:2]
+    for m, shape in shapes.items():
+        if shape[:2] != frame:
+            raise DataError(files[ids[0]][m], f"is {shape[1]}x{shape[0]}, its pair {frame[1]}x{frame[0]}: "
+                                              f"modalities must align")
+    height, width = size or frame
+    print("pairs: " + ", ".join(f"{m} -> {stored[m]} ({KIND_WORDS[_kind(m)]})" for m in modalities),
+          file=sys.stderr)
+    segmentation = [m for m in modalities if _kind(m) == "segmentation"]
+    listed = _listed_class_names(class_names_file, num_classes)
+    largest = {m: -1 for m in segmentation}
+    options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes}
+    with PairedWriter(out, len(ids), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
+                      options=options, overwrite=overwrite, compression=compression) as writer:
+        for m in modalities:
+            if m in largest:
+                writer.add_segmentation(stored[m], height, width, listed if listed is not None else [])
+            else:
+                units = {"rgb": "sRGB 0-255", "depth": "m", "raw_depth": "m"}.get(_kind(m), "")
+                writer.add_modality(stored[m], height, width, shapes[m][2], first[m].dtype, kind=_kind(m),
+                                    units=units)
+        for row, sample_id in enumerate(sample_bar(ids, len(ids), "pairs")):
+            arrays = first if row == 0 else {
+                m: _convert_file(files[sample_id][m], m, depth_scale, label_base) for m in modalities}
+            for m, array in arrays.items():
+                if array.shape != shapes[m]:
+                    raise DataError(files[sample_id][m], f"has shape {array.shape}, the first sample {shapes[m]}")
+                if m in largest:
+                    valid = array[array != DEFAULT_IGNORE_INDEX]
+                    largest[m] = max(largest[m], int(valid.max()) if valid.size else -1)
+                    if listed is not None and largest[m] >= len(listed):
+                        raise DataError(files[sample_id][m], f"has class id {largest[m]}, beyond the "
+                                                             f"{len(listed)} classes given")
+            writer.write(row, **{stored[m]: (resize_nearest if m in largest or _kind(m) in DEPTH_NAMES
+                                             else resize_image)(array, size) for m, array in arrays.items()})
+        for m in segmentation:  # without given classes: as many as the largest id seen
+            if listed is None and largest[m] < 0:
+                raise DataError(src, f"every '{m}' pixel is void: no classes to store (pass --num-classes)")
+            writer.set_class_names(stored[m], listed if listed is not None else
+                                   [f"class_{i}" for i in range(largest[m] + 1)])
+        for name in sorted(set(splits)):
+            writer.add_split(name, [row for row, s in enumerate(splits) if s == name])
+
+
+def _listed_class_names(names_file: str | None, num_classes: int | None) -> list[str] | None:
+    """Class names from --class-names, or class_<i> for --num-classes; None to count them from the labels."""
+    if names_file:
+        if not os.path.isfile(names_file):
+            raise DataError(names_file, "no such file")
+        with open(names_file) as handle:
+            listed = [line.strip() for line in handle if line.strip()]
+        if num_classes is not None and num_classes != len(listed):
+            raise DataError(names_file, f"lists {len(listed)} names, --num-classes says {num_classes}")
+        return listed
+    return None if num_classes is None else [f"class_{i}" for i in range(num_classes)]
+
+
+def _read_labels(path: str) -> np.ndarray:
+    """A label image as class ids: palette PNGs give their indices (OpenCV would give their colours)."""
+    try:
+        with Image.open(path) as picture:
+            labels = np.asarray(picture)
+    except (OSError, ValueError) as err:
+        raise DataError(path, f"cannot decode the label image: {err}") from None
+    if labels.ndim == 3 and labels.shape[2] >= 3 and (labels[..., :3] == labels[..., :1]).all():
+        labels = labels[..., 0]  # grey stored as RGB
+    if labels.ndim != 2 or labels.dtype.kind not in "ui":
+        raise DataError(path, f"labels must be a single-channel (grey or palette) 8/16-bit image, found "
+                              f"shape {labels.shape} {labels.dtype}")
+    return labels
+
+
+def _convert_file(path: str, modality: str, depth_scale: float | None, label_base: int) -> np.ndarray:
+    kind = _kind(modality)
+    if kind == "segmentation":
+        image = _read_labels(path)
+        if image.max() > 255:
+            _too_many(path)
+        if label_base == 0:  # 255 is void already
+            return image.astype(np.uint8)
+        labels = image.astype(np.int64) - 1  # ids 1..255 become 0..254
+        labels[image == 0] = DEFAULT_IGNORE_INDEX
+        return labels.astype(np.uint8)
+    image = read_image(path)
+    if kind == "rgb":
+        return to_rgb8(image, path)
+    if kind in DEPTH_NAMES:
+        if image.ndim != 2:
+            raise DataError(path, f"depth must be a single-channel image, found shape {image.shape}")
+        scale = depth_scale
+        if scale is None:
+            if image.dtype != np.uint16:
+                raise DataError(path, f"{image.dtype} depth needs --depth-scale (metres per unit)")
+            scale = 0.001
+        depth = image.astype(np.float32) * np.float32(scale)
+        return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)[..., None]  # non-finite: a hole
+    if image.dtype == np.float64:
+        image = image.astype(np.float32)
+    return image if image.ndim == 3 else image[..., None]
+
+
+KIND_WORDS = {"rgb": "colour", "depth": "depth, m", "raw_depth": "depth with holes, m",
+              "segmentation": "segmentation", "other": "stored as is"}
+
+
+def _too_many(path: str) -> np.ndarray:
+    raise DataError(path, "class ids above 254 are not supported (segmentation is stored as uint8, 255 = void)")

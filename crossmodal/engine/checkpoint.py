@@ -1,0 +1,114 @@
+"""Training checkpoints: everything a run needs to continue exactly, written atomically, read back safely.
+
+A checkpoint is one ``torch.save``-d dict of tensors and plain values (so ``torch.load(weights_only=True)``
+reads it): the trainable modules' state (student, heads, every distiller's banks and normalisation
+constants, its sampler's generator), the optimizer, the position (epoch, batch within the epoch, step),
+the random states of torch, CUDA, numpy and Python, and the resolved config it was written for.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossmodal.errors import ConfigError, DataError
+from crossmodal.files import atomic_output
+from crossmodal.config import flatten
+
+FORMAT = "crossmodal-checkpoint/1"
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states, as tensors and plain values."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": [version, list(mt_state), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, Any], module: nn.Module,
+                    optimizer: torch.optim.Optimizer, epoch: int, batch_in_epoch: int, step: int,
+                    extra: Mapping[str, Any] | None = None) -> None:
+    """Write a checkpoint to ``path`` through a temporary name, so a kill mid-write leaves the previous one."""
+    payload = {"format": FORMAT, "verb": verb, "config": dict(config), "model": module.state_dict(),
+               "optimizer": optimizer.state_dict(), "epoch": int(epoch), "batch_in_epoch": int(batch_in_epoch),
+               "step": int(step), "rng": rng_state(), "extra": dict(extra or {})}
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, Any],
+                    may_change: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a checkpoint (``weights_only=True``) and check that it belongs to this verb and config.
+
+    Raises:
+        DataError: unreadable, not a crossmodal checkpoint, or written by another verb.
+        ConfigError: written for another config (the first differing keys are named).
+    """
+    path = os.fspath(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(path, "no such checkpoint") from None
+    except Exception as err:  # unpickling errors come in many types; report one line
+        raise DataError(path, f"not a readable checkpoint ({' '.join(str(err).split())[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DataError(path, f"not a crossmodal checkpoint (expected format {FORMAT})")
+    if payload.get("verb") != verb:
+        raise DataError(path, f"written by 'crossmodal {payload.get('verb')}', not 'crossmodal {verb}'")
+    saved_config = payload.get("config")
+    if not isinstance(saved_config, dict):
+        raise DataError(path, "a damaged checkpoint: it holds no config")
+    differences = config_differences(saved_config, config, may_change)
+    if differences:
+        raise ConfigError(f"{path}: written for another config: {'; '.join(differences[:3])}"
+                          + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""))
+    return payload
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       may_change: tuple[str, ...] = ()) -> list[str]:
+    """``'key: saved -> current'`` for every flattened key that differs, except those in ``may_change``."""
+    old, new = flatten(saved), flatten(current)
+    absent = object()  # unlike None, which is a value
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is absent else repr(value)
+
+    return [f"{key}: {shown(old.get(key, absent))} -> {shown(new.get(key, absent))}"
+            for key in sorted(set(old) | set(new))
+            if key not in may_change and (key not in old or key not in new or old[key] != new[key])]
+
+
+def load_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Strict ``load_state_dict`` whose mismatch is one line naming the first differing keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [key for key in own if key in state and isinstance(state[key], torch.Tensor)
+              and tuple(state[key].shape) != tuple(own[key].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {', '.join(keys[:3])}" + (" ..." if len(keys) > 3 else "")
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+                 if keys]
+        raise DataError(path, f"the checkpoint's model state does not fit this architecture: {'; '.join(parts)}")
+    module.load_state_dict(state, strict=True)
+

@@ -1,0 +1,155 @@
+"""The process's runtime: its device, its seeds and its process group.
+
+The collective helpers degrade to no-ops in a single process, so that every caller is written once for one
+process and for ``torchrun``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from crossmodal.errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------------- device
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (cuda:LOCAL_RANK when CUDA is available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``; a name torch
+    does not know, or CUDA asked for where there is none, is a one-line :class:`ConfigError`."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}': CUDA is not available on this machine")
+    return device
+
+
+# --------------------------------------------------------------------------------------------------- seeds
+def seed_random(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global random streams."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """:func:`seed_random`, and with ``deterministic`` torch's deterministic algorithms (warn-only)."""
+    seed_random(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# --------------------------------------------------------------------------------------------------- process group
+def init_process_group() -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) initialise the process group (NCCL on GPUs, gloo on CPU); whether
+    this call created it (and so must tear it down with :func:`destroy_process_group`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's picklable ``value`` on every rank (``value`` itself in a single process)."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+@torch.no_grad()
+def gather_sizes(count: int, device: torch.device) -> list[int]:
+    """Every rank's ``count``, in rank order."""
+    if not is_distributed():
+        return [count]
+    local = torch.tensor([count], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(sizes, local)
+    return [int(size.item()) for size in sizes]
+
+
+@torch.no_grad()
+def all_gather_rows(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, in rank order; ranks may hold different row counts.
+
+    No gradient flows through the result. ``sizes`` (from :func:`gather_sizes`) saves one collective when the
+    caller already knows every rank's row count.
+    """
+    if not is_distributed():
+        return tensor
+    sizes = sizes if sizes is not None else gather_sizes(tensor.shape[0], tensor.device)
+    largest = max(sizes)
+    padded = tensor.new_zeros((largest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+@torch.no_grad()
+def all_reduce_mean(value: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """Weighted mean of ``value`` over ranks (weight: e.g. the number of elements it averages)."""
+    if not is_distributed():
+        return value
+    weighted = value.detach().double() * weight if weight else torch.zeros((), dtype=torch.float64,
+                                                                             device=value.device)
+    packed = torch.stack([weighted, torch.tensor(float(weight), dtype=torch.float64, device=value.device)])
+    dist.all_reduce(packed)
+    return (packed[0] / packed[1]).to(value.dtype)
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's picklable ``value``, in rank order (a one-element list in a single process)."""
+    if not is_distributed():
+        return [value]
+    values: list[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+@torch.no_grad()
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of ``value`` over ranks (a new tensor; counts and confusion matrices)."""
+    value = value.detach().clone()
+    if is_distributed():
+        dist.all_reduce(value)
+    return value

@@ -1,0 +1,169 @@
+"""``crossmodal distill``: from a validated config to the engine's :class:`~crossmodal.engine.TrainSetup`.
+
+The distillers named by the config are checked (names, options, weights) before any data is read; the teacher
+comes from a weight file or a train-teacher run folder (whose model card gives its encoder); its outputs are
+cached when the teacher's view of the data is not augmented.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import torch
+
+from crossmodal import run_folder, runtime
+from crossmodal.config import DistillRunConfig, TeacherSection
+from crossmodal.data.setup import ensure_data, modality_channels, open_split, transforms
+from crossmodal.distill import check_options, create_distiller, get_distiller
+from crossmodal.distill.teacher_cache import TeacherFeatureCache
+from crossmodal.engine import TrainSetup
+from crossmodal.engine.sampler import check_batch_size
+from crossmodal.errors import ConfigError, DataError
+from crossmodal.models.config import encoder_config
+from crossmodal.models.encoder import create_encoder
+from crossmodal.models.outputs import TeacherNeeds
+from crossmodal.models.teacher import FrozenTeacher
+from crossmodal.train.distillation import DistillTask, TeacherView
+from crossmodal.train.export import finish_run
+
+Plan = dict[str, tuple[float, dict[str, Any]]]
+
+
+def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.device) -> TrainSetup:
+    """A modality-B student from a frozen modality-A teacher."""
+    data, teacher_cfg, student_cfg, loss_cfg = config.data, config.teacher, config.student, config.loss
+    plan = distiller_plan(config)
+    class_labels = loss_cfg.class_labels
+    if loss_cfg.ce > 0 and not class_labels:
+        raise ConfigError("loss.ce > 0 needs loss.class_labels (the class label set of the transfer split)")
+    ensure_data(data)
+    train_transform, eval_transform = transforms(data)
+    use_cache = _use_cache(teacher_cfg.cache, data.augment)
+    tm, sm = teacher_cfg.modality, student_cfg.modality
+    channels = modality_channels(data.path, {"teacher.modality": tm, "student.modality": sm})
+    train = open_split(data.path, data.split, [sm] + ([] if use_cache else [tm]), [class_labels], train_transform,
+                       config.seed)
+    check_batch_size(config.train.batch_size, len(train))
+    num_classes = train.layout.labels[class_labels].num_classes if class_labels else None
+    if class_labels and train.layout.labels[class_labels].type != "class":
+        raise ConfigError(f"loss.class_labels: '{class_labels}' is not an image-level class label set")
+
+    teacher_encoder_cfg, teacher_weights = teacher_source(teacher_cfg)
+    teacher = FrozenTeacher(create_encoder({**encoder_config(teacher_encoder_cfg, tm, channels["teacher.modality"],
+                                                             "teacher"),
+                                            "weights": teacher_weights})).to(device)
+    if teacher_weights is None and runtime.rank() == 0:
+        print("warning: teacher.weights is null, so the teacher is randomly initialised (fine for a smoke test, "
+              "meaningless otherwise)", flush=True)
+    student_config = encoder_config(student_cfg.encoder, sm, channels["student.modality"], "student",
+                                    num_classes if loss_cfg.ce > 0 else None)
+    student = create_encoder({**student_config, "weights": student_cfg.weights})
+
+    labels = (torch.from_numpy(train.class_values[class_labels][train.rows]).long() if class_labels else None)
+    distillers = {}
+    for name, (_, options) in plan.items():
+        try:
+            distillers[name] = create_distiller(name, student.spec, teacher.spec, num_samples=len(train),
+                                                labels=labels, **options)
+        except ConfigError as err:  # name the config key that leads to it
+            key = "loss.kd" if name == "kd" and loss_cfg.kd > 0 else f"distill.options.{name}"
+            raise ConfigError(f"{key}: {err}") from None
+    weights = {name: weight for name, (weight, _) in plan.items()}
+    needs = TeacherNeeds()
+    for distiller in distillers.values():
+        needs = needs | distiller.teacher_needs()
+    cache = None
+    if use_cache and distillers:
+        cache = _teacher_cache(config, run_dir, teacher, tm, needs, eval_transform)
+    task = DistillTask(student, sm, TeacherView(teacher, tm, cache), distillers, weights, loss_cfg.ce, class_labels)
+    eval_data = None
+    if class_labels and student.num_classes and data.eval_split is not None:
+        eval_data = open_split(data.path, data.eval_split, [sm], [class_labels], eval_transform, config.seed)
+
+    def finish(record: dict[str, Any]) -> None:
+        finish_run(run_dir, "distill", config, student, sm, train, record,
+                   teacher={"modality": tm, "encoder": teacher.encoder.config, "weights": teacher_weights,
+                            "fingerprint": teacher.fingerprint(), "cached": cache is not None},
+                   distillers={name: {"weight": weight, "options": options}
+                               for name, (weight, options) in plan.items()},
+                   loss={"ce": loss_cfg.ce, "class_labels": class_labels})
+
+    return TrainSetup("distill", config, run_dir, task, train, eval_data, device, finish)
+
+
+def distiller_plan(config: DistillRunConfig) -> Plan:
+    """name -> (weight, options) of every loss term but CE, checked: registered names, known option names,
+    numeric weights; KD from ``loss.kd`` joins them."""
+    section = config.distill
+    names = list(section.name)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"distill.name lists a distiller twice: {names}")
+    for key, listed in (("name", names), ("weights", section.weights), ("options", section.options)):
+        for name in listed:
+            try:
+                get_distiller(name)
+            except ConfigError as err:  # unknown: one line naming the key and the registered names
+                raise ConfigError(f"distill.{key}{'' if key == 'name' else '.' + str(name)}: {err}") from None
+    for name, options in section.options.items():
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"distill.options.{name} must be a mapping of option: value, got {options!r}")
+        check_options(name, options, key=f"distill.options.{name}")
+    for name, weight in section.weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"distill.weights.{name} must be a number >= 0, got {weight!r}")
+    kd_weight = config.loss.kd
+    if kd_weight > 0:
+        if "kd" in names:
+            raise ConfigError("KD is both in distill.name and weighted by loss.kd; use one of the two")
+        names.append("kd")
+    plan = {}
+    for name in names:
+        weight = kd_weight if name == "kd" and kd_weight > 0 else section.weights.get(
+            name, get_distiller(name).default_weight)
+        plan[name] = (float(weight), dict(section.options.get(name, {})))
+    if not plan and config.loss.ce == 0:
+        raise ConfigError("nothing to train: distill.name is empty and loss.ce and loss.kd are 0")
+    return plan
+
+
+def teacher_source(teacher_cfg: TeacherSection) -> tuple[dict[str, Any], Optional[str]]:
+    """(encoder config, weight file) of the teacher; ``weights`` may be a train-teacher run folder, whose model
+    card supplies the encoder config when ``teacher.encoder`` is not given."""
+    weights, encoder = teacher_cfg.weights, teacher_cfg.encoder
+    if weights is not None and os.path.isdir(weights):
+        try:
+            card = run_folder.read_model_card(weights)
+        except DataError as err:
+            raise DataError(weights, f"teacher.weights is a folder but {err.problem}") from None
+        encoder = encoder if encoder is not None else {k: v for k, v in card["encoder"].items() if v is not None}
+        weights = run_folder.card_weights(weights, card)
+    elif weights is not None and not os.path.isfile(weights):
+        raise DataError(weights, "no such teacher weight file (teacher.weights)")
+    if encoder is None:
+        raise ConfigError("teacher.encoder is missing (it may be omitted only when teacher.weights is a "
+                          "train-teacher run folder)")
+    return dict(encoder), weights
+
+
+def _use_cache(mode: str | bool, augment: bool) -> bool:
+    """``teacher.cache``: auto (on when the data are not augmented), true or false."""
+    if mode is True and augment:
+        raise ConfigError("teacher.cache=true needs an unaugmented teacher view; set data.augment=false or "
+                          "teacher.cache=auto")
+    return mode is True or (mode == "auto" and not augment)
+
+
+def _teacher_cache(config: DistillRunConfig, run_dir: str, teacher: FrozenTeacher, modality: str,
+                   needs: TeacherNeeds, transform) -> TeacherFeatureCache:
+    """Build the cache on rank 0 (the others wait), then open it everywhere."""
+    data, teacher_cfg = config.data, config.teacher
+    path = teacher_cfg.cache_path or os.path.join(run_dir, run_folder.TEACHER_CACHE)
+    view = open_split(data.path, data.split, [modality], [], transform, config.seed)
+    options = dict(batch_size=config.train.batch_size, num_workers=data.num_workers,
+                   progress=config.train.progress, stage_dtype=teacher_cfg.cache_dtype)
+    if runtime.rank() == 0:
+        cache = TeacherFeatureCache.build_or_load(path, teacher, view, modality, needs, **options)
+    runtime.barrier()
+    if runtime.rank() != 0:
+        cache = TeacherFeatureCache.build_or_load(path, teacher, view, modality, needs, **options)
+    return cache
