@@ -24,12 +24,18 @@ reports the median step, and a ratio is the median distillation step over the me
 step of the same round), a measure of the noise. To show where the distillation's extra time goes, the same
 rounds also time the parts on their own: the cache lookup, the CRD distiller's forward and backward on
 random 512-d embeddings (heads, negative draw, scores, loss, bank update), and the teacher's forward. With
-``--device cuda`` every timed call is bracketed by ``torch.cuda.synchronize``. The defaults take about 3 to
+``--device cuda`` every timed call is bracketed by ``torch.cuda.synchronize``, and after the timing the host
+synchronisations of a CRD step (the distiller's forward and backward on inputs already on the device) and of a
+whole cached distillation step are counted over ``--sync-steps`` calls: ``torch.cuda.set_sync_debug_mode("warn")``
+makes every synchronising CUDA call warn, and the warnings are counted. The load average (1, 5 and 15 minutes)
+is printed at the start and the end, as a busy machine skews the figures. The defaults take about 3 to
 4 minutes on 2 quiet CPU cores; ``--quick`` (tiny ``test_resnet`` models) a few seconds.
 
 Usage: python experiments/bench_train.py [--rounds 10] [--rounds-64 5] [--batch-size 64] [--samples 50000]
                                          [--sizes 32 64] [--stem-64 cifar|imagenet] [--device cpu] [--quick]
-Ends with: distill-vs-supervised cached=<ratio>x uncached=<ratio>x   (the ratios of step times at 32 x 32)
+                                         [--sync-steps 10]
+Ends with: crd host syncs/step=<count> ...   (on CUDA; on the CPU a line saying it needs CUDA)
+           distill-vs-supervised cached=<ratio>x uncached=<ratio>x   (the ratios of step times at 32 x 32)
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,6 +87,8 @@ def main() -> None:
                              "stem and max-pool: 16x less compute, so CRD's fixed cost weighs more)")
     parser.add_argument("--model", default="resnet18", help="timm encoder of student and teacher")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--sync-steps", type=int, default=10,
+                        help="steps over which host synchronisations are counted on CUDA (default 10)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke check in seconds: test_resnet, batch 32, N=4096, K=1024, 2 rounds")
     args = parser.parse_args()
@@ -90,19 +99,27 @@ def main() -> None:
     started = time.perf_counter()
     print(f"training step, batch {args.batch_size}, {args.model} student (depth, 1 channel) and teacher (rgb, 3 "
           f"channels), CRD 128-d K={negatives} N={args.samples}, SGD momentum 0.9, float32, "
-          f"{torch.get_num_threads()} threads, {device}, torch {torch.__version__}")
+          f"{torch.get_num_threads()} threads, {device}, torch {torch.__version__}, {load_average()}")
     results: dict[int, dict[str, list[float]]] = {}
+    syncs: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
         for size in args.sizes:
             small_input = size == 32 or args.stem_64 == "cifar"
             rounds = args.rounds if size == 32 else args.rounds_64
             bench = SizeBench(args, size, small_input, negatives, device, os.path.join(workdir, str(size)))
             results[size] = bench.time(rounds, args.warmup)
+            if device.type == "cuda" and not syncs:  # counted at the first size (32 x 32 by default)
+                syncs = bench.host_syncs(args.sync_steps)
             print(f"  {size} x {size} done: {rounds} rounds, {time.perf_counter() - started:.0f} s so far",
                   flush=True)
             del bench
     report(args, results)
-    print(f"total {time.perf_counter() - started:.0f} s")
+    print(f"total {time.perf_counter() - started:.0f} s, {load_average()}")
+    if syncs:
+        print(f"crd host syncs/step={syncs['crd']:.2f} (the distiller's forward and backward, over "
+              f"{args.sync_steps} steps; a whole cached distillation step: {syncs['distill cached']:.2f})")
+    else:
+        print("crd host syncs/step: not counted, it needs CUDA (--device cuda: torch.cuda.set_sync_debug_mode)")
     size = 32 if 32 in results else args.sizes[0]  # 32 x 32 unless --sizes leaves it out
     ratio = ratios(medians(results[size]))
     print(f"distill-vs-supervised cached={ratio['distill cached']:.2f}x uncached={ratio['distill uncached']:.2f}x"
@@ -170,7 +187,7 @@ class SizeBench:
         return times
 
     def _timed(self, job: Callable[[torch.Tensor], Any]) -> float:
-        index = torch.randperm(self.num_samples, generator=self.generator)[:self.batch_size]
+        index = self._index()
         self._sync()
         start = time.perf_counter()
         job(index)
@@ -198,11 +215,29 @@ class SizeBench:
 
     def _crd(self, index: torch.Tensor) -> None:
         """The distiller alone, on random 512-d embeddings: forward, bank update, backward to the embedding."""
+        self._crd_step(*self._crd_inputs(index))
+
+    def _crd_inputs(self, index: torch.Tensor) -> tuple[EncoderOutput, EncoderOutput, torch.Tensor]:
         dim = self.crd_alone.embed_student.linear.in_features
         student = torch.randn(self.batch_size, dim, generator=self.generator).to(self.device).requires_grad_()
         teacher = torch.randn(self.batch_size, dim, generator=self.generator).to(self.device)
-        result = self.crd_alone(EncoderOutput([], student), EncoderOutput([], teacher), index.to(self.device))
-        (0.8 * result.loss).backward()
+        return EncoderOutput([], student), EncoderOutput([], teacher), index.to(self.device)
+
+    def _crd_step(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor) -> None:
+        (0.8 * self.crd_alone(student, teacher, index).loss).backward()
+
+    def host_syncs(self, steps: int) -> dict[str, float]:
+        """Host synchronisations per call (CUDA only) of the CRD step, its inputs moved to the device
+        beforehand, and of the whole cached distillation step, its index pinned as a DataLoader would."""
+        crd_inputs = [self._crd_inputs(self._index()) for _ in range(steps)]
+        indices = [self._index().pin_memory() for _ in range(steps)]
+        step = self._train_step("distill cached")
+        self._sync()
+        return {"crd": count_host_syncs([lambda inputs=inputs: self._crd_step(*inputs) for inputs in crd_inputs]),
+                "distill cached": count_host_syncs([lambda index=index: step(index) for index in indices])}
+
+    def _index(self) -> torch.Tensor:
+        return torch.randperm(self.num_samples, generator=self.generator)[:self.batch_size]
 
 
 def _cache_of_n_rows(teacher: FrozenTeacher, data_path: str, workdir: str, num_samples: int,
@@ -220,6 +255,32 @@ def _cache_of_n_rows(teacher: FrozenTeacher, data_path: str, workdir: str, num_s
             array = rows[np.arange(num_samples) % len(rows)]
             target.create_dataset(name, data=array, chunks=(min(64, num_samples),) + array.shape[1:])
     return TeacherFeatureCache(path, needs, teacher.spec.num_stages, small.key)
+
+
+def count_host_syncs(calls: list[Callable[[], Any]]) -> float:
+    """Host synchronisations per call on CUDA: under ``torch.cuda.set_sync_debug_mode("warn")`` every
+    synchronising CUDA call (``.item()``, ``float(t)``, a device-to-host copy, ``torch.unique``, boolean-mask
+    indexing, ...) warns once; the warnings over ``calls`` are counted."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for call in calls:
+                call()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message).lower() for w in caught) / max(len(calls), 1)
+
+
+def load_average() -> str:
+    """The system's load average over 1, 5 and 15 minutes (other work on the machine skews the timings)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):  # not on every platform
+        return "load average unknown"
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min)"
 
 
 def medians(times: dict[str, list[float]]) -> dict[str, float]:

@@ -50,7 +50,7 @@ class EmbedHead(nn.Module):
         if self.training and torch.is_grad_enabled() and embedded.shape[0] > 1:
             mean, variance, count = _batch_moments(embedded)
             with torch.no_grad():
-                unbiased = variance * (count / max(count - 1.0, 1.0))
+                unbiased = variance * _bessel_factor(count)
                 norm.running_mean.lerp_(mean.detach(), norm.momentum)
                 norm.running_var.lerp_(unbiased.detach(), norm.momentum)
                 norm.num_batches_tracked.add_(1)
@@ -59,9 +59,10 @@ class EmbedHead(nn.Module):
         return F.normalize((embedded - mean) * torch.rsqrt(variance + norm.eps), dim=1).float()
 
 
-def _batch_moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+def _batch_moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
     """Per-column mean and (biased) variance over the batch, over every rank's batch under torch.distributed
-    (as SyncBatchNorm: the all-reduce is differentiable, so the gradient is that of the whole batch)."""
+    (as SyncBatchNorm: the all-reduce is differentiable, so the gradient is that of the whole batch), and the
+    number of rows: a number, or under torch.distributed a scalar tensor (reading it would wait for the device)."""
     if not runtime.is_distributed():
         return values.mean(0), values.var(0, unbiased=False), float(values.shape[0])
     from torch.distributed.nn.functional import all_reduce
@@ -70,7 +71,14 @@ def _batch_moments(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, fl
     count = totals[-1]
     mean = totals[:-1] / count
     variance = all_reduce(((values - mean) ** 2).sum(0)) / count  # two passes, as var() does on one process
-    return mean, variance, float(count)
+    return mean, variance, count.detach()
+
+
+def _bessel_factor(count: float | torch.Tensor) -> float | torch.Tensor:
+    """count / (count - 1), the factor from the biased to the unbiased variance (1 for a count of 1 or less)."""
+    if torch.is_tensor(count):
+        return count / (count - 1.0).clamp(min=1.0)
+    return count / max(count - 1.0, 1.0)
 
 
 @register_distiller("crd")
@@ -158,9 +166,11 @@ class CRD(Distiller):
         self.sampler = ContrastSampler(self.student_memory.rows.shape[0], num_negatives, labels=labels, mode=mode,
                                        other_classes=negatives == "other_classes", shared=shared_negatives,
                                        seed=seed)
-        # Z for student anchors (against the teacher memory) and for teacher anchors; -1 until estimated.
+        # Z for student anchors (against the teacher memory) and for teacher anchors; -1 until estimated. They
+        # stay on the device: a step never reads them back (see _normalizer).
         self.register_buffer("z_student", torch.tensor(-1.0, dtype=torch.float64))
         self.register_buffer("z_teacher", torch.tensor(-1.0, dtype=torch.float64))
+        self._z_known_set = False  # a training step of this module has set both Z (reset when a state is loaded)
 
     def teacher_needs(self) -> TeacherNeeds:
         return TeacherNeeds(embedding=True)
@@ -201,6 +211,7 @@ class CRD(Distiller):
             loss_t, _ = self._contrast(teacher_anchor, self.student_memory,
                                        positives if per_sample else student_anchor.detach(),
                                        negatives, self.z_teacher, update)
+            self._z_known_set = self._z_known_set or (update and self.objective == "nce")
             if update:  # sizes is None exactly when not distributed, where all_gather_rows returns its input
                 self.student_memory.update(global_index, runtime.all_gather_rows(student_anchor.detach(), sizes))
                 self.teacher_memory.update(global_index, runtime.all_gather_rows(teacher_anchor.detach(), sizes))
@@ -257,21 +268,35 @@ class CRD(Distiller):
         return loss, positive.mean()
 
     @torch.no_grad()
-    def _normalizer(self, z: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, update: bool) -> float:
-        """Z: estimated from the first batch (all ranks), then fixed or moved as an average; evaluation before
-        any training step uses the batch's own estimate without storing it."""
-        current = float(z)
-        if current > 0 and (self.normalization == "first_batch" or not update):
-            return current
-        count = positive.numel() + negative.numel()
+    def _normalizer(self, z: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                    update: bool) -> torch.Tensor:
+        """Z, as a scalar tensor on the scores' device: estimated from the first batch (all ranks), then fixed or
+        moved as an average; evaluation before any training step uses the batch's own estimate without storing
+        it.
+
+        Nothing is read back to the host. Whether ``z`` is set (> 0) is decided on the device by ``torch.where``;
+        once a training step of this module has set it (a Python flag, cleared when a state is loaded), a fixed
+        Z is returned as it is, without computing the batch's estimate.
+        """
+        if self._z_known_set and (self.normalization == "first_batch" or not update):
+            return z
         batch_mean = mean_exp_score(positive, negative, self.temperature)
         if update:
-            batch_mean = runtime.all_reduce_mean(batch_mean, count)
-        estimate = float(batch_mean) * self.num_samples
-        if not update:
-            return estimate
-        z.fill_(estimate if current <= 0 else self.z_momentum * current + (1.0 - self.z_momentum) * estimate)
-        return float(z)
+            batch_mean = runtime.all_reduce_mean(batch_mean, positive.numel() + negative.numel())
+        estimate = batch_mean * self.num_samples
+        is_set = z > 0
+        if self.normalization == "ema" and update:
+            kept = z * self.z_momentum + estimate * (1.0 - self.z_momentum)
+        else:
+            kept = z
+        value = torch.where(is_set, kept, estimate)
+        if update:
+            z.copy_(value)
+        return value
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._z_known_set = False  # the loaded Z may be unset; the next training step finds out on the device
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state()}

@@ -43,6 +43,11 @@ class TeacherFeatureCache:
     is read from the file per lookup (h5py fancy indexing of the sorted unique indices), opened once per
     process and never pickled.
 
+    The in-memory arrays live on the device of the lookups: the first lookup with indices on an accelerator
+    (or :meth:`to`) moves them there, and from then on a lookup is an ``index_select`` per array on that device,
+    with no host read (a training step does not wait for the device). Indices on the CPU are range-checked;
+    indices on an accelerator are not (that check would wait), and one out of range fails in ``index_select``.
+
     Args:
         path: the cache file.
         needs: the outputs :meth:`lookup` returns.
@@ -65,7 +70,7 @@ class TeacherFeatureCache:
         self.names = _array_names(needs)
         self._file: h5py.File | None = None
         self._pid: int | None = None
-        self._memory: dict[str, torch.Tensor] | None = None
+        self._memory: dict[str, torch.Tensor] | None = None  # the arrays when held in memory, all on one device
         with h5py.File(self.path, "r") as handle:
             self.num_samples = int(handle["embedding"].shape[0])
             size = sum(handle[name].size * handle[name].dtype.itemsize for name in self.names)
@@ -125,26 +130,58 @@ class TeacherFeatureCache:
                stage_dtype)
         return cls(path, needs, teacher.spec.num_stages, key, memory_limit_bytes)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the in-memory arrays are (the CPU for a file-backed cache)."""
+        return self._memory["embedding"].device if self._memory is not None else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "TeacherFeatureCache":
+        """Move the in-memory arrays to ``device`` (a file-backed cache stays on the CPU); returns ``self``."""
+        if self._memory is not None:
+            self._memory = {name: array.to(device) for name, array in self._memory.items()}
+        return self
+
     def lookup(self, index: torch.Tensor) -> EncoderOutput:
         """The teacher's outputs for samples ``index`` (B,), as float32 tensors on ``index``'s device.
 
         ``features`` has one entry per teacher stage, the stored map at each stage in ``needs.stages`` and
         None elsewhere; ``logits`` is None unless ``needs.logits``.
+
+        Raises:
+            IndexError: an index on the CPU, or any index of a file-backed cache, outside [0, N).
         """
-        rows = index.detach().to("cpu", torch.int64).reshape(-1)
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.num_samples):
-            raise IndexError(f"teacher cache {self.path}: index out of range [0, {self.num_samples})")
+        index = index.detach().reshape(-1)
         if self._memory is not None:
-            arrays = {name: self._memory[name].index_select(0, rows) for name in self.names}
+            arrays = self._select_in_memory(index)
         else:
-            # h5py reads increasing unique rows: read those, then restore the batch's order and repeats
-            unique, inverse = np.unique(rows.numpy(), return_inverse=True)
-            handle = self._handle()
-            arrays = {name: torch.from_numpy(handle[name][unique] if len(unique) else handle[name][0:0])
-                      [torch.from_numpy(inverse.reshape(-1))] for name in self.names}
-        out = {name: array.to(index.device, torch.float32, non_blocking=True) for name, array in arrays.items()}
+            arrays = self._read_from_file(index.to("cpu", torch.int64))
+        to_host = index.device.type == "cpu"  # a non-blocking copy to the host could be read before it lands
+        out = {name: array.to(index.device, torch.float32, non_blocking=not to_host) for name, array in arrays.items()}
         features: list[Any] = [out.get(f"stage_{s}") for s in range(self.num_stages)]
         return EncoderOutput(features, out["embedding"], out.get("logits"))
+
+    def _select_in_memory(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows of each in-memory array, selected on the arrays' device (moved to ``index``'s accelerator)."""
+        if index.device.type == "cpu":
+            self._check_range(index)
+        elif self.device != index.device:
+            self.to(index.device)
+        rows = index.to(self.device, torch.int64)
+        return {name: self._memory[name].index_select(0, rows) for name in self.names}
+
+    def _read_from_file(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows of each array read from the file (h5py reads increasing unique rows: read those, then
+        restore the batch's order and repeats)."""
+        self._check_range(rows)
+        unique, inverse = np.unique(rows.numpy(), return_inverse=True)
+        handle = self._handle()
+        return {name: torch.from_numpy(handle[name][unique] if len(unique) else handle[name][0:0])
+                [torch.from_numpy(inverse.reshape(-1))] for name in self.names}
+
+    def _check_range(self, rows: torch.Tensor) -> None:
+        """Refuse CPU indices outside [0, N) with a clear error."""
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.num_samples):
+            raise IndexError(f"teacher cache {self.path}: index out of range [0, {self.num_samples})")
 
     def _handle(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():

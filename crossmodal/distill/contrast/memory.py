@@ -48,22 +48,34 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
-        """Move rows ``index`` (B,) towards ``embeddings`` (B, d); of repeated indices the last one counts."""
-        index, embeddings = _last_occurrences(index, embeddings)
+        """Move rows ``index`` (B,) towards ``embeddings`` (B, d); of repeated indices the last one counts.
+
+        Runs on the device without a host read: every position computes its mixed row, then takes the one
+        computed at the last occurrence of its index, so repeated indices copy identical values and the order
+        in which ``index_copy_`` writes them does not matter.
+        """
         mixed = self.rows.index_select(0, index).mul_(self.momentum).add_(embeddings.to(self.rows.dtype),
                                                                           alpha=1.0 - self.momentum)
-        self.rows.index_copy_(0, index, F.normalize(mixed, dim=1))
+        updated = F.normalize(mixed, dim=1).index_select(0, last_occurrence(index, self.rows.shape[0]))
+        self.rows.index_copy_(0, index, updated)
 
 
-def _last_occurrences(index: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep one row per repeated index (the last, as a sequential copy would), so that the update is
-    deterministic on every device (``index_copy_`` with repeated indices is not on CUDA)."""
-    unique, inverse = torch.unique(index, return_inverse=True)
-    if unique.numel() == index.numel():
-        return index, embeddings
+def last_occurrence(index: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """For each position of ``index`` (B,), the last position that holds the same value (itself if none later).
+
+    A scatter of the positions into a ``num_rows`` buffer with ``amax`` and a gather back: a fixed number of
+    kernels whatever the duplicates, no sort and no host read (``torch.unique`` and a branch on its size would
+    wait for the device). Only the scattered entries of the buffer are read, so it needs no initialisation.
+
+    Examples:
+        >>> last_occurrence(torch.tensor([5, 5, 6, 5, 7]), num_rows=8)
+        tensor([3, 3, 2, 3, 4])
+    """
+    index = index.long()
     positions = torch.arange(index.numel(), device=index.device)
-    last = torch.full_like(unique, -1).scatter_reduce_(0, inverse, positions, reduce="amax")
-    return unique, embeddings[last]
+    last = torch.empty(num_rows, dtype=torch.long, device=index.device)
+    last.scatter_reduce_(0, index, positions, reduce="amax", include_self=False)
+    return last.index_select(0, index)
 
 
 class EmbeddingQueue(nn.Module):

@@ -134,7 +134,7 @@ def mean_exp_score(positive: torch.Tensor, negative: torch.Tensor, temperature: 
 
 
 @torch.no_grad()
-def nce_objective(positive: torch.Tensor, negative: torch.Tensor, temperature: float, z: float,
+def nce_objective(positive: torch.Tensor, negative: torch.Tensor, temperature: float, z: float | torch.Tensor,
                   num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The NCE loss of CRD (its eq. 18 as implemented by RepDistiller's ``ContrastLoss``) and its gradient.
 
@@ -149,7 +149,8 @@ def nce_objective(positive: torch.Tensor, negative: torch.Tensor, temperature: f
         positive: (B,) float32 positive scores (dot products).
         negative: (B, K) float32 negative scores.
         temperature: T.
-        z: the normalisation constant Z.
+        z: the normalisation constant Z, a number or a scalar tensor on the scores' device (CRD keeps it in a
+            buffer, so that the step never waits for the device to read it).
         num_samples: N, the size of the data set the negatives are drawn from.
 
     Returns:
@@ -166,7 +167,7 @@ def nce_objective(positive: torch.Tensor, negative: torch.Tensor, temperature: f
     batch, k = negative.shape
     noise = k / num_samples
     eps = NCE_EPS / noise
-    log_scale = math.log(z * noise) * temperature  # q = exp((score - log_scale) / T) = P / c
+    log_scale = _log(z * noise) * temperature  # q = exp((score - log_scale) / T) = P / c
     q_positive = torch.exp((positive - log_scale) * (1.0 / temperature))
     q = negative.sub(log_scale).mul_(1.0 / temperature).exp_()
     one_plus_q = q + 1.0
@@ -178,6 +179,11 @@ def nce_objective(positive: torch.Tensor, negative: torch.Tensor, temperature: f
     scale = 1.0 / (temperature * batch)
     grad_positive = (q_positive / (q_positive + 1.0) - 1.0).mul_(scale)
     return loss, grad_positive, grad_negative.mul_(scale)
+
+
+def _log(value: float | torch.Tensor) -> float | torch.Tensor:
+    """The natural log of a number (as a float64 number) or of a scalar tensor (as a float64 tensor)."""
+    return torch.log(value.double()) if torch.is_tensor(value) else math.log(value)
 
 
 @torch.no_grad()
