@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from crossmodal.argtypes import positive_int
 
@@ -18,6 +19,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--preview", metavar="OUT.png", help="also write a PNG grid of a few samples")
     parser.add_argument("--preview-samples", type=positive_int, default=6, metavar="K",
                         help="rows of the grid (default 6)")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every chunk of every modality and label map, checking its checksum; damaged "
+                             "rows are listed and the exit status is 2")
     parser.add_argument("--max-rows", type=positive_int, default=512, metavar="R",
                         help="compute value statistics over at most R evenly spaced rows (default 512)")
     parser.set_defaults(handler=_run)
@@ -25,12 +29,35 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from crossmodal.data.preview import write_preview
-    from crossmodal.data.summary import render_text, summarize
+    from crossmodal.data.summary import render_text, summarize, verify
 
-    summary = summarize(args.file, max_rows=args.max_rows)
+    if args.verify:  # first: damaged chunks would stop the statistics with the first one
+        check = verify(args.file)
+    summary = summarize(args.file, max_rows=args.max_rows) if not (args.verify and check["damaged_rows"]) else \
+        _layout_only(args.file)
+    if args.verify:
+        summary["verify"] = check
     if args.preview:
         summary["preview"] = write_preview(args.file, args.preview, args.preview_samples)
     print(json.dumps(summary) if args.json else render_text(summary))
     if args.preview and not args.json:
         print(f"  preview: {args.preview}")
+    if args.verify and check["damaged_rows"]:
+        damaged = sum(len(rows) for rows in check["damaged_rows"].values())
+        print(f"error: {args.file}: {damaged} damaged chunk(s) in {', '.join(check['damaged_rows'])}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _layout_only(path: str) -> dict:
+    """The summary's layout part without value statistics (for a file whose chunks are damaged)."""
+    from crossmodal.data.format import read_layout
+
+    layout = read_layout(path)
+    modalities = {name: {"shape": list(info.shape), "dtype": info.dtype.name, "kind": info.kind, "units": info.units,
+                         "stored_range": list(info.value_range) if info.value_range else None,
+                         "observed_range": None, "mean": None, "codec": info.codec, "checksum": info.checksum}
+                  for name, info in layout.modalities.items()}
+    return {"file": layout.path, "format_version": layout.format_version, "num_samples": layout.num_samples,
+            "rows_examined": 0, "modalities": modalities, "labels": {}, "splits": layout.splits,
+            "provenance": layout.provenance}

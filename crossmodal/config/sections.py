@@ -30,6 +30,10 @@ class DataSection(Section):
     scale: list[float] = setting("list:float", [0.2, 1.0], help="area range of the random resized crop")
     color_jitter: float = non_negative_setting("float", 0.4, help="colour jitter strength when augmenting")
     num_workers: int = non_negative_setting("int", 0, help="DataLoader worker processes per training process")
+    loader: str = setting("str", "workers", choices=("workers", "device"),
+                          help="workers: a DataLoader reads and augments each sample on the CPU; device: the "
+                               "split is loaded once into the training device's memory and augmented there "
+                               "per batch (data sets that fit; num_workers is then unused)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +167,7 @@ CONFIGS: dict[str, type[RunConfig]] = {"train-teacher": TeacherRunConfig, "disti
 SCHEMAS = {verb: cls.schema() for verb, cls in CONFIGS.items()}
 COMMON = RunConfig.schema()
 
-# Keys a resumed run may change: they affect speed and output, never the numbers.
+# Keys a resumed run may change: they affect speed and output, never the numbers (not data.loader: the device
+# loader draws its augmentation from its own hash, so switching it mid-run changes the batches).
 RESUME_MAY_CHANGE = ("device", "data.num_workers", "train.progress", "train.log_every",
                      "train.checkpoint_every_steps")

@@ -84,6 +84,19 @@ class Section:
         """A section from a partial tree built in code, checked like a file (``where`` names it in errors)."""
         return cls.from_tree(validate(tree, cls.schema(), where))
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The nested dict of every key's default (required keys left out)."""
+        def walk(schema: Mapping[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, spec in schema.items():
+                if isinstance(spec, Mapping):
+                    out[key] = walk(spec)
+                elif not spec.required:
+                    out[key] = copy.deepcopy(spec.default)
+            return out
+        return walk(cls.schema())
+
     def to_tree(self) -> dict[str, Any]:
         """The plain nested dict (key order kept): what config.yaml, checkpoints and model cards hold."""
         out: dict[str, Any] = {}

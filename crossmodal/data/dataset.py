@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from crossmodal.data.codecs import chunk_error, dequantize
 from crossmodal.data.format import Layout, read_layout
 from crossmodal.data.modalities import Modality, resolve_modality
 from crossmodal.data.transforms import PairedTransform
@@ -65,6 +66,7 @@ class PairedDataset(Dataset):
         # In shared memory, so that set_epoch in the main process reaches persistent DataLoader workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.sources = list(dict.fromkeys(m.source for m in self.modalities))
+        self._scales = {name: self.layout.modalities[name].scale for name in self.sources}
         self.nearest = frozenset([m.source for m in self.modalities if m.interpolation == "nearest"]
                                  + self.segmentation_names)
         with h5py.File(self.path, "r") as handle:
@@ -130,11 +132,18 @@ class PairedDataset(Dataset):
         return self._open
 
     def read_row(self, row: int) -> dict[str, np.ndarray]:
-        """The stored arrays of one file row that this dataset needs (sources and segmentation maps)."""
-        try:
-            arrays = {name: dset[row] for name, dset in self._datasets().items()}
-        except OSError as err:
-            raise DataError(self.path, f"cannot read row {row}: {err}") from None
+        """The arrays of one file row that this dataset needs (sources and segmentation maps), in physical
+        units: a modality stored as scaled integers (depth in millimetres) comes back as float32 (metres).
+
+        Raises:
+            DataError: a chunk that fails its checksum or cannot be decompressed, naming the modality and row.
+        """
+        arrays = {}
+        for name, dset in self._datasets().items():
+            try:
+                arrays[name] = dequantize(dset[row], self._scales.get(name))
+            except OSError as err:
+                raise DataError(self.path, f"{name}, row {row}: {chunk_error(err)}") from None
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""The paired-modality HDF5 format (version 1): its layout, a validating reader of that layout, and the writer.
+"""The paired-modality HDF5 format (version 2, reads version 1): its layout, a validating reader, and the writer.
 
 The full description is in ``docs/format.md``. In short::
 
-    /                       attrs: format="crossmodal-paired", format_version=1, num_samples=N, provenance
-    /modalities/<name>      (N, H, W, C) uint8|uint16|float16|float32, one chunk per sample, lzf + shuffle
-                            attrs: kind, units, value_range=[min, max]
+    /                       attrs: format="crossmodal-paired", format_version=2, num_samples=N, provenance
+    /modalities/<name>      (N, H, W, C) uint8|uint16|float16|float32, one chunk per sample, a codec
+                            (Blosc LZ4 by default, see :mod:`crossmodal.data.codecs`) and a fletcher32 checksum
+                            attrs: kind, units, value_range=[min, max], scale (physical = stored * scale;
+                            depth is uint16 millimetres, scale 0.001), clipped, nonfinite
     /labels/<name>          class: (N,) int, -1 = no label;  segmentation: (N, H, W) uint8|uint16
                             attrs: type, num_classes, class_names, ignore_index (segmentation)
     /splits/<name>          (M,) int64 row indices into 0..N-1
@@ -21,17 +23,21 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
+from crossmodal.data.codecs import CODECS, DEFAULT_CODEC, dataset_filters, describe, missing_filter, quantize
 from crossmodal.errors import DataError
 from crossmodal.files import temporary_name
 
 FORMAT_NAME = "crossmodal-paired"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MODALITY_DTYPES = (np.uint8, np.uint16, np.float16, np.float32)
 SEGMENTATION_DTYPES = (np.uint8, np.uint16)
 LABEL_TYPES = ("class", "segmentation")
 DEFAULT_IGNORE_INDEX = 255
-COMPRESSIONS: dict[str, dict[str, Any]] = {"lzf": {"compression": "lzf", "shuffle": True}, "none": {}}
+COMPRESSIONS = tuple(CODECS)
+DEPTH_KINDS = ("depth", "raw_depth")
+# How version 2 stores depth given in metres: "uint16" millimetres (the sensors' own resolution), or floats.
+DEPTH_STORAGE = {"uint16": (np.uint16, 0.001), "float16": (np.float16, None), "float32": (np.float32, None)}
 PROVENANCE_KEYS = ("source", "converter", "converter_version", "created", "options")
 
 
@@ -45,6 +51,11 @@ class ModalityInfo:
     kind: str
     units: str
     value_range: tuple[float, float] | None
+    scale: float | None = None
+    codec: str = "none"
+    checksum: bool = False
+    clipped: int = 0
+    nonfinite: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,11 +140,18 @@ def _read_layout(path: str, handle: h5py.File) -> Layout:
         if dset.dtype not in MODALITY_DTYPES:
             raise DataError(path, f"{where} has dtype {dset.dtype}, expected one of "
                                   f"{[np.dtype(d).name for d in MODALITY_DTYPES]}")
+        _check_filters(path, where, dset)
         value_range = dset.attrs.get("value_range")
+        scale = dset.attrs.get("scale")
+        if scale is not None and not (np.isfinite(scale) and float(scale) > 0):
+            raise DataError(path, f"{where} has scale {scale}; it must be a positive number")
+        codec, checksum = describe(dset)
         modalities[name] = ModalityInfo(
             name=name, shape=tuple(dset.shape), dtype=dset.dtype,
             kind=_text(dset.attrs.get("kind", "unknown")), units=_text(dset.attrs.get("units", "")),
-            value_range=None if value_range is None else (float(value_range[0]), float(value_range[1])))
+            value_range=None if value_range is None else (float(value_range[0]), float(value_range[1])),
+            scale=None if scale is None else float(scale), codec=codec, checksum=checksum,
+            clipped=int(dset.attrs.get("clipped", 0)), nonfinite=int(dset.attrs.get("nonfinite", 0)))
     if not modalities:
         raise DataError(path, "the file stores no modality (group /modalities is empty or missing)")
 
@@ -167,10 +185,18 @@ def _read_layout(path: str, handle: h5py.File) -> Layout:
     return Layout(path, version, num_samples, modalities, labels, splits, provenance)
 
 
+def _check_filters(path: str, where: str, dset: h5py.Dataset) -> None:
+    missing = missing_filter(dset)
+    if missing:
+        raise DataError(path, f"{where} is compressed with {missing}, which this Python's HDF5 cannot decode: "
+                              f"install hdf5plugin (pip install hdf5plugin) and import it before h5py opens the file")
+
+
 def _check_label(path: str, name: str, dset: Any, num_samples: int) -> LabelInfo:
     where = f"label set '{name}'"
     if not isinstance(dset, h5py.Dataset):
         raise DataError(path, f"{where} is not a dataset")
+    _check_filters(path, where, dset)
     label_type = _text(dset.attrs.get("type", ""))
     if label_type not in LABEL_TYPES:
         raise DataError(path, f"{where} has type '{label_type}', expected one of {LABEL_TYPES}")
@@ -224,8 +250,12 @@ class PairedWriter:
         converter: the converter's name, e.g. ``"data_prep.nyu"``.
         options: the options the converter ran with, stored as JSON.
         overwrite: replace an existing ``out`` (otherwise it is an error).
-        compression: ``"lzf"`` (lzf + shuffle, the default) or ``"none"``: a file about 1.4-2x larger whose
-            samples read many times faster (see ``experiments/bench_data.py``). Readers need not know.
+        compression: a codec of :data:`crossmodal.data.codecs.CODECS`: ``"blosc-lz4"`` (the default),
+            ``"blosc-zstd"``, ``"lzf"`` or ``"none"``; every chunk also gets a fletcher32 checksum. Readers
+            need not know (``experiments/bench_data.py`` compares their speed).
+        depth: how modalities of kind ``depth``/``raw_depth`` given in metres are stored: ``"uint16"``
+            millimetres (the default; values beyond 65.535 m are clipped and NaNs become holes, both counted
+            in the dataset's ``clipped``/``nonfinite`` attributes), ``"float16"`` or ``"float32"``.
 
     Examples:
         >>> with PairedWriter("pairs.h5", 2, source="demo", converter="doc") as writer:
@@ -237,10 +267,14 @@ class PairedWriter:
 
     def __init__(self, out: str | os.PathLike, num_samples: int, *, source: str, converter: str,
                  options: dict[str, Any] | None = None, overwrite: bool = False,
-                 compression: str = "lzf") -> None:
-        if compression not in COMPRESSIONS:
-            raise DataError(out, f"unknown compression '{compression}'; choose one of {sorted(COMPRESSIONS)}")
-        self._filters = COMPRESSIONS[compression]
+                 compression: str = DEFAULT_CODEC, depth: str = "uint16") -> None:
+        try:
+            self._filters = dataset_filters(compression)
+        except KeyError as err:
+            raise DataError(out, err.args[0]) from None
+        if depth not in DEPTH_STORAGE:
+            raise DataError(out, f"unknown depth storage '{depth}'; choose one of {', '.join(DEPTH_STORAGE)}")
+        self._depth = depth
         self.out = Path(out)
         self.num_samples = int(num_samples)
         self.tmp = Path(temporary_name(self.out))
@@ -253,9 +287,12 @@ class PairedWriter:
         if self.num_samples <= 0:
             raise DataError(self.out, "nothing to write: the source holds no samples")
         self._provenance = {"source": str(source), "converter": converter,
-                            "options": json.dumps({**(options or {}), "compression": compression},
+                            "options": json.dumps({**(options or {}), "compression": compression,
+                                                   "depth_storage": depth},
                                                   sort_keys=True, default=str)}
         self._ranges: dict[str, list[float]] = {}
+        self._scales: dict[str, float] = {}
+        self._counts: dict[str, list[int]] = {}  # modality -> [clipped, non-finite] of scaled integers
         self._file: h5py.File | None = None
 
     def __enter__(self) -> "PairedWriter":
@@ -279,6 +316,9 @@ class PairedWriter:
             if exc_type is None:
                 for name, (low, high) in self._ranges.items():
                     self._file["modalities"][name].attrs["value_range"] = np.array([low, high], np.float64)
+                for name, (clipped, nonfinite) in self._counts.items():
+                    self._file["modalities"][name].attrs["clipped"] = clipped
+                    self._file["modalities"][name].attrs["nonfinite"] = nonfinite
             self._file.close()
             if exc_type is None:
                 try:
@@ -298,16 +338,27 @@ class PairedWriter:
 
     def add_modality(self, name: str, height: int, width: int, channels: int, dtype: Any, *, kind: str,
                      units: str, description: str = "") -> None:
-        """Declare an (N, H, W, C) modality; one chunk per sample, lzf + shuffle compression by default."""
+        """Declare an (N, H, W, C) modality; one chunk per sample, with the writer's codec and a checksum.
+
+        Depth in metres (``kind`` depth or raw_depth, ``units`` m, a float ``dtype``) is written in the writer's
+        ``depth`` storage: the arrays passed to :meth:`write` stay in metres either way.
+        """
         _check_name(self.out, "modality", name)
         if np.dtype(dtype) not in MODALITY_DTYPES:
             raise DataError(self.out, f"modality '{name}' has dtype {np.dtype(dtype)}, the format stores "
                                       f"{[np.dtype(d).name for d in MODALITY_DTYPES]}")
+        scale = None
+        if kind in DEPTH_KINDS and units == "m" and np.dtype(dtype).kind == "f":
+            dtype, scale = DEPTH_STORAGE[self._depth]
         dset = self.file["modalities"].create_dataset(
             name, shape=(self.num_samples, height, width, channels), dtype=dtype,
             chunks=(1, height, width, channels), **self._filters)
         dset.attrs["kind"] = kind
         dset.attrs["units"] = units
+        if scale is not None:
+            dset.attrs["scale"] = scale
+            self._scales[name] = scale
+            self._counts[name] = [0, 0]
         if description:
             dset.attrs["description"] = description
         self._ranges[name] = [np.inf, -np.inf]
@@ -355,7 +406,13 @@ class PairedWriter:
                 dset = self.file["modalities"][name]
                 if batch.ndim == 3:
                     batch = batch[..., None]
-                finite = batch[np.isfinite(batch)] if batch.dtype.kind == "f" else batch
+                if name in self._scales:
+                    batch, clipped, nonfinite = quantize(batch, self._scales[name], dset.dtype)
+                    self._counts[name][0] += clipped
+                    self._counts[name][1] += nonfinite
+                    finite = batch.astype(np.float64) * self._scales[name]
+                else:
+                    finite = batch[np.isfinite(batch)] if batch.dtype.kind == "f" else batch
                 if finite.size:
                     bounds = self._ranges[name]
                     bounds[0] = min(bounds[0], float(finite.min()))

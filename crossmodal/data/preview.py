@@ -7,6 +7,7 @@ import cv2
 import h5py
 import numpy as np
 
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import read_layout
 from crossmodal.data.summary import DEPTH_KINDS, sample_rows
 from crossmodal.errors import DataError
@@ -79,7 +80,7 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
                 for name in columns:
                     if name in layout.modalities:
                         info = layout.modalities[name]
-                        tile = _to_tile(handle["modalities"][name][row], info.kind, info.value_range)
+                        tile = _to_tile(read_physical(handle["modalities"][name], row), info.kind, info.value_range)
                     else:
                         labels = handle["labels"][name][row]
                         tile = palette[(labels.astype(np.int64) + 1) % len(palette)]  # class 0 is not black

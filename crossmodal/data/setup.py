@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
+
+import torch
 
 from crossmodal import runtime
 from crossmodal.data.dataset import PairedDataset
+from crossmodal.data.device import DeviceResidentData
 from crossmodal.data.format import read_layout
 from crossmodal.data.modalities import resolve_modality
 from crossmodal.data.transforms import PairedTransform
@@ -65,6 +68,14 @@ def open_split(path: str, split: str, modalities: Sequence[str], labels: Sequenc
     if len(dataset) == 0:
         raise DataError(path, f"split '{split}' is empty")
     return dataset
+
+
+def for_loader(dataset: PairedDataset, loader: str,
+               device: torch.device) -> Union[PairedDataset, DeviceResidentData]:
+    """A split as the training engine reads it under ``data.loader``: ``workers`` gives it back (a DataLoader
+    reads it), ``device`` loads it into ``device``'s memory (:class:`DeviceResidentData`; a split too large for
+    it is a one-line error). Call it last, once the split's rows are final."""
+    return DeviceResidentData(dataset, device) if loader == "device" else dataset
 
 
 def modality_channels(path: str, modalities: Mapping[str, str]) -> dict[str, int]:

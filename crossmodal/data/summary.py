@@ -7,6 +7,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from crossmodal.data.codecs import chunk_error, read_physical
 from crossmodal.data.format import Layout, read_layout
 from crossmodal.errors import DataError
 
@@ -44,7 +45,7 @@ def _modality_stats(layout: Layout, dset: h5py.Dataset, rows: np.ndarray) -> dic
     info = layout.modalities[dset.name.rsplit("/", 1)[-1]]
     low, high, total, count, nans, infs, zeros = np.inf, -np.inf, 0.0, 0, 0, 0, 0
     for row in rows:
-        values = dset[row].astype(np.float64)
+        values = read_physical(dset, row).astype(np.float64)
         finite = values[np.isfinite(values)]
         nans += int(np.isnan(values).sum())
         infs += int(np.isinf(values).sum())
@@ -56,7 +57,9 @@ def _modality_stats(layout: Layout, dset: h5py.Dataset, rows: np.ndarray) -> dic
         "shape": list(info.shape), "dtype": info.dtype.name, "kind": info.kind, "units": info.units,
         "stored_range": list(info.value_range) if info.value_range else None,
         "observed_range": [float(low), float(high)] if count else None,
-        "mean": float(total / count) if count else None}
+        "mean": float(total / count) if count else None, "codec": info.codec, "checksum": info.checksum}
+    if info.scale is not None:
+        stats.update(scale=info.scale, clipped_values=info.clipped, nonfinite_as_holes=info.nonfinite)
     if info.kind in DEPTH_KINDS or info.dtype.kind == "f":
         pixels = len(rows) * int(np.prod(info.shape[1:]))
         stats["nan_pixels"] = nans
@@ -64,6 +67,33 @@ def _modality_stats(layout: Layout, dset: h5py.Dataset, rows: np.ndarray) -> dic
         if info.kind in DEPTH_KINDS:
             stats["hole_fraction"] = zeros / pixels
     return stats
+
+
+def verify(path: str | os.PathLike) -> dict[str, Any]:
+    """Read every chunk of every modality and label map (checksums and decompression); the damaged rows per
+    dataset, and the number of chunks read.
+
+    Raises:
+        DataError: for a malformed layout (a damaged chunk is reported, not raised).
+    """
+    layout = read_layout(path)
+    damaged: dict[str, list[int]] = {}
+    reasons: dict[str, str] = {}
+    chunks = 0
+    with h5py.File(layout.path, "r") as handle:
+        datasets = [f"modalities/{name}" for name in layout.modalities]
+        datasets += [f"labels/{name}" for name, info in layout.labels.items() if info.type == "segmentation"]
+        for key in datasets:
+            dset = handle[key]
+            buffer = np.empty(dset.shape[1:], dset.dtype)
+            for row in range(layout.num_samples):
+                chunks += 1
+                try:
+                    dset.read_direct(buffer, np.s_[row])
+                except OSError as err:
+                    damaged.setdefault(key.split("/", 1)[1], []).append(row)
+                    reasons.setdefault(key.split("/", 1)[1], chunk_error(err))
+    return {"chunks_read": chunks, "damaged_rows": damaged, "reasons": reasons}
 
 
 def _label_stats(layout: Layout, name: str, dset: h5py.Dataset, rows: np.ndarray) -> dict[str, Any]:
@@ -109,6 +139,12 @@ def render_text(summary: dict[str, Any]) -> str:
                 else f"    {name:<10} {tuple(stats['shape'])} {stats['dtype']} (no finite values)")
         if "hole_fraction" in stats:
             line += f"  holes {100 * stats['hole_fraction']:.2f}%"
+        if "scale" in stats:
+            line += f"  stored x {stats['scale']:g}"
+            if stats["clipped_values"] or stats["nonfinite_as_holes"]:
+                line += (f" ({stats['clipped_values']} values clipped to the stored range, "
+                         f"{stats['nonfinite_as_holes']} non-finite written as holes)")
+        line += f"  codec {stats['codec']}{', checksummed' if stats['checksum'] else ', no checksum'}"
         if "nan_pixels" in stats:
             line += f"  NaN pixels {stats['nan_pixels']}"
             if stats["inf_pixels"]:
@@ -127,6 +163,14 @@ def render_text(summary: dict[str, Any]) -> str:
             lines.append(f"    {name:<10} segmentation, {stats['num_classes']} classes, ignore index "
                          f"{stats['ignore_index']} ({100 * stats['void_fraction']:.1f}% void pixels); "
                          f"pixels: {shown}{more}")
+    check = summary.get("verify")
+    if check is not None:
+        if check["damaged_rows"]:
+            for name, rows in check["damaged_rows"].items():
+                shown = ", ".join(str(r) for r in rows[:10]) + (f" ... ({len(rows)} in all)" if len(rows) > 10 else "")
+                lines.append(f"  verify: {name}: damaged rows {shown}: {check['reasons'][name]}")
+        else:
+            lines.append(f"  verify: all {check['chunks_read']} chunks read back intact")
     lines.append("  splits: " + (", ".join(f"{n} {c}" for n, c in summary["splits"].items()) or "none"))
     provenance = summary["provenance"]
     if provenance:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-CONVERTERS = ("nyu", "stl10", "pairs", "images", "synthetic")
+CONVERTERS = ("nyu", "stl10", "pairs", "images", "synthetic", "repack")
 
 
 def converter(name: str) -> ModuleType:

@@ -8,6 +8,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from crossmodal.data.codecs import CODECS, DEFAULT_CODEC, codec_help
+from crossmodal.data.format import DEPTH_STORAGE
 from crossmodal.errors import DataError
 
 
@@ -20,10 +22,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """--overwrite and --compression."""
+    """--overwrite, --compression and --depth-storage."""
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--compression", choices=("lzf", "none"), default="lzf",
-                        help="lzf + shuffle (default, smaller) or none (larger, reads much faster)")
+    parser.add_argument("--compression", choices=tuple(CODECS), default=DEFAULT_CODEC,
+                        help=f"the codec of every chunk (each also gets a checksum): {codec_help()}")
+    parser.add_argument("--depth-storage", choices=tuple(DEPTH_STORAGE), default="uint16",
+                        help="how depth in metres is stored: uint16 millimetres (default; beyond 65.535 m is "
+                             "clipped and counted, NaN becomes a hole), float16 or float32")
 
 
 MAX_SIDE = 16384

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from crossmodal.argtypes import positive_int
+from crossmodal.data.codecs import DEFAULT_CODEC
 from crossmodal.data.format import PairedWriter
 from crossmodal.data_prep.common import (add_common_arguments, checked_size, decode_image, resize_image,
                                          to_rgb8)
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
-            compression: str = "lzf", max_per_class: int | None = None, split: str = "train") -> None:
+            compression: str = DEFAULT_CODEC, max_per_class: int | None = None, split: str = "train") -> None:
     """Convert a class-folder tree or zip; every image must share one size unless ``size`` is given."""
     names, read = _list_files(src)
     entries, class_names = index_tree(src, names, split, max_per_class)

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import scipy.io
 
+from crossmodal.data.codecs import DEFAULT_CODEC
 from crossmodal.data.format import DEFAULT_IGNORE_INDEX, PairedWriter
 from crossmodal.data_prep.common import add_common_arguments, checked_size, resize_image, resize_nearest
 from crossmodal.progress import sample_bar
@@ -89,11 +90,11 @@ def _matlab_string(handle: h5py.File, ref: Any) -> str:
 
 def run(args: argparse.Namespace) -> None:
     convert(args.mat, args.meta, args.out, size=checked_size(args.size), overwrite=args.overwrite,
-            compression=args.compression)
+            compression=args.compression, depth_storage=args.depth_storage)
 
 
 def convert(mat: str, meta: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
-            compression: str = "lzf") -> None:
+            compression: str = DEFAULT_CODEC, depth_storage: str = "uint16") -> None:
     """Convert the labelled NYU-Depth V2 file; see the module docstring for the layout it expects."""
     metadata = load_metadata(meta)
     if not os.path.isfile(mat):
@@ -127,7 +128,7 @@ def convert(mat: str, meta: str, out: str, size: tuple[int, int] | None = None, 
         options = {"size": size, "meta": os.path.abspath(meta)}
         with PairedWriter(out, count, source=os.path.abspath(mat), converter=f"data_prep.{NAME}",
                           options=options, overwrite=overwrite,
-                          compression=compression) as writer:
+                          compression=compression, depth=depth_storage) as writer:
             writer.add_modality("rgb", out_h, out_w, 3, np.uint8, kind="rgb", units="sRGB 0-255")
             writer.add_modality("depth", out_h, out_w, 1, np.float32, kind="depth", units="m",
                                 description="depth with holes filled (NYU's colorization in-painting)")

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from crossmodal.argtypes import positive_int
+from crossmodal.data.codecs import DEFAULT_CODEC
 from crossmodal.data.format import DEFAULT_IGNORE_INDEX, PairedWriter
 from crossmodal.data_prep.common import (add_common_arguments, checked_size, read_image, resize_image,
                                          resize_nearest, to_rgb8)
@@ -144,12 +145,12 @@ def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dic
 
 def run(args: argparse.Namespace) -> None:
     convert(args.src, args.out, size=checked_size(args.size), overwrite=args.overwrite,
-            compression=args.compression, depth_scale=args.depth_scale, label_base=args.label_base,
+            compression=args.compression, depth_storage=args.depth_storage, depth_scale=args.depth_scale, label_base=args.label_base,
             num_classes=args.num_classes, class_names_file=args.class_names, split=args.split)
 
 
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
-            compression: str = "lzf", depth_scale: float | None = None, label_base: int = 1,
+            compression: str = DEFAULT_CODEC, depth_storage: str = "uint16", depth_scale: float | None = None, label_base: int = 1,
             num_classes: int | None = None, class_names_file: str | None = None, split: str = "train") -> None:
     """Convert a folder or CSV index of paired image files (see the module docstring)."""
     ids, modalities, files, splits = index_pairs(src, split)
@@ -171,7 +172,7 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     largest = {m: -1 for m in segmentation}
     options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes}
     with PairedWriter(out, len(ids), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
-                      options=options, overwrite=overwrite, compression=compression) as writer:
+                      options=options, overwrite=overwrite, compression=compression, depth=depth_storage) as writer:
         for m in modalities:
             if m in largest:
                 writer.add_segmentation(stored[m], height, width, listed if listed is not None else [])

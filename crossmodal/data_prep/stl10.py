@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from crossmodal.argtypes import non_negative_int
+from crossmodal.data.codecs import DEFAULT_CODEC
 from crossmodal.data.format import PairedWriter
 from crossmodal.data_prep.common import add_common_arguments, checked_size, resize_image
 from crossmodal.progress import sample_bar
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
-            compression: str = "lzf", max_unlabeled: int | None = None) -> None:
+            compression: str = DEFAULT_CODEC, max_unlabeled: int | None = None) -> None:
     """Convert an STL-10 binary folder; splits train, test, unlabeled and fold0..fold9 when given."""
     if not os.path.isdir(src):
         raise DataError(src, "no such folder")

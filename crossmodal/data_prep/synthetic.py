@@ -35,4 +35,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     generate(args.out, num=args.num, size=args.size, seed=args.seed, test_fraction=args.test_fraction,
              noise=not args.no_noise, workers=args.workers, overwrite=args.overwrite,
-             compression=args.compression)
+             compression=args.compression, depth_storage=args.depth_storage)

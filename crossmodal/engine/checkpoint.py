@@ -56,7 +56,7 @@ def save_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
 
 
 def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, Any],
-                    may_change: tuple[str, ...] = ()) -> dict[str, Any]:
+                    may_change: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a checkpoint (``weights_only=True``) and check that it belongs to this verb and config.
 
     Raises:
@@ -77,7 +77,7 @@ def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
     saved_config = payload.get("config")
     if not isinstance(saved_config, dict):
         raise DataError(path, "a damaged checkpoint: it holds no config")
-    differences = config_differences(saved_config, config, may_change)
+    differences = config_differences(saved_config, config, may_change, defaults)
     if differences:
         raise ConfigError(f"{path}: written for another config: {'; '.join(differences[:3])}"
                           + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""))
@@ -85,10 +85,17 @@ def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                       may_change: tuple[str, ...] = ()) -> list[str]:
-    """``'key: saved -> current'`` for every flattened key that differs, except those in ``may_change``."""
+                       may_change: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``'key: saved -> current'`` for every flattened key that differs, except those in ``may_change``.
+
+    A key absent from ``saved`` whose current value is its value in ``defaults`` (a config tree of defaults) is
+    not a difference: it is a setting added by a later version, and the saved run behaved as its default.
+    """
     old, new = flatten(saved), flatten(current)
     absent = object()  # unlike None, which is a value
+    for key, value in flatten(defaults or {}).items():
+        if key not in old and key in new and new[key] == value:
+            old[key] = value
 
     def shown(value: Any) -> str:
         return "(absent)" if value is absent else repr(value)

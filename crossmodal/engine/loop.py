@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Union, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -38,6 +38,23 @@ class TrainingDiverged(CrossmodalError):
     """The loss became NaN or infinite."""
 
 
+@runtime_checkable
+class BatchSource(Protocol):
+    """A data set that assembles whole batches itself, on the training device (``data.loader: device``, e.g.
+    :class:`crossmodal.data.device.DeviceResidentData`): the engine hands it the sampler's index lists instead
+    of building a DataLoader, so the sampler still decides each batch's samples (and where a resumed epoch
+    starts); ``data.num_workers`` is unused."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: torch.Tensor) -> Mapping[str, Any]:
+        """The collated batch of the samples at ``indices`` (int64 positions, on the training device)."""
+        ...
+
+
+TrainData = Union[Dataset, BatchSource]
+
+
 @dataclass
 class TrainSetup:
     """What a verb hands to the :class:`Trainer`.
@@ -47,8 +64,9 @@ class TrainSetup:
         config: the resolved config (the engine reads its seed, data, optim, schedule and train sections).
         run_dir: the run folder (the same path on every rank).
         task: what is trained.
-        train_data: the training set (items carry ``index``); ``set_epoch`` is called when it has one.
-        eval_data: evaluated every ``train.eval_every`` epochs, or None.
+        train_data: the training set (items carry ``index``), a map-style Dataset read by a DataLoader or a
+            :class:`BatchSource`; ``set_epoch`` is called when it has one.
+        eval_data: evaluated every ``train.eval_every`` epochs (the same two kinds), or None.
         device: where the task runs.
         finish: called on rank 0 after the last epoch with the final epoch record (exports, model card).
     """
@@ -57,8 +75,8 @@ class TrainSetup:
     config: RunConfig
     run_dir: str
     task: Task
-    train_data: Dataset
-    eval_data: Optional[Dataset]
+    train_data: TrainData
+    eval_data: Optional[TrainData]
     device: torch.device
     finish: Callable[[dict[str, Any]], None] = lambda metrics: None
     hooks: list[Hook] = field(default_factory=list)
@@ -138,7 +156,10 @@ class Trainer:
         self._checkpoint_requested.set()
 
     # ----------------------------------------------------------------------------------------- epoch
-    def _loader(self, data: Dataset, sampler: EpochBatchSampler) -> DataLoader:
+    def _loader(self, data: TrainData, sampler: EpochBatchSampler) -> Iterable[Mapping[str, Any]]:
+        if isinstance(data, BatchSource):  # built on the device, from the sampler's index lists; no workers
+            return (data.batch(torch.as_tensor(indices, dtype=torch.int64, device=self.device))
+                    for indices in sampler)
         workers = self.config.data.num_workers
         # A private generator: creating the loader's iterator must not draw from the global torch RNG, or a
         # run resumed mid-epoch would diverge from an uninterrupted one.
@@ -278,7 +299,7 @@ class Trainer:
 
     def _restore(self) -> None:
         payload = load_checkpoint(self.checkpoint_path, verb=self.setup.verb, config=self.config.to_tree(),
-                                  may_change=RESUME_MAY_CHANGE)
+                                  may_change=RESUME_MAY_CHANGE, defaults=type(self.config).defaults())
         load_module_state(self.task, payload["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(payload["optimizer"])
         per_rank = payload["extra"].get("rng_per_rank") or [payload["rng"]]

@@ -13,7 +13,7 @@ import torch
 
 from crossmodal import run_folder, runtime
 from crossmodal.config import DistillRunConfig, TeacherSection
-from crossmodal.data.setup import ensure_data, modality_channels, open_split, transforms
+from crossmodal.data.setup import ensure_data, for_loader, modality_channels, open_split, transforms
 from crossmodal.distill import check_options, create_distiller, get_distiller
 from crossmodal.distill.teacher_cache import TeacherFeatureCache
 from crossmodal.engine import TrainSetup
@@ -88,7 +88,9 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
                                for name, (weight, options) in plan.items()},
                    loss={"ce": loss_cfg.ce, "class_labels": class_labels})
 
-    return TrainSetup("distill", config, run_dir, task, train, eval_data, device, finish)
+    # the teacher cache above read its own plain view of the split; the engine reads these as data.loader says
+    return TrainSetup("distill", config, run_dir, task, for_loader(train, data.loader, device),
+                      None if eval_data is None else for_loader(eval_data, data.loader, device), device, finish)
 
 
 def distiller_plan(config: DistillRunConfig) -> Plan:

@@ -12,7 +12,7 @@ import torch
 from crossmodal.config import TaskSection, TeacherRunConfig
 from crossmodal.data.classes import class_names, resolve_classes
 from crossmodal.data.format import Layout
-from crossmodal.data.setup import ensure_data, modality_channels, open_split, transforms
+from crossmodal.data.setup import ensure_data, for_loader, modality_channels, open_split, transforms
 from crossmodal.engine import SupervisedTask, TrainSetup
 from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError
@@ -62,7 +62,8 @@ def build_teacher_training(config: TeacherRunConfig, run_dir: str, device: torch
     def finish(record: dict[str, Any]) -> None:
         finish_run(run_dir, "train-teacher", config, encoder, model.modality, train, record, labels=labels)
 
-    return TrainSetup("train-teacher", config, run_dir, task, train, eval_data, device, finish)
+    return TrainSetup("train-teacher", config, run_dir, task, for_loader(train, data.loader, device),
+                      None if eval_data is None else for_loader(eval_data, data.loader, device), device, finish)
 
 
 def class_subset(task_cfg: TaskSection, layout: Layout) -> Optional[list[int]]:

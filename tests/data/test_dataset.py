@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.data.modalities import IMAGENET_MEAN, IMAGENET_STD, MAX_DEPTH_M, Modality, register_modality
 from crossmodal.data.transforms import PairedTransform
@@ -21,7 +22,7 @@ def test_sample_dict_matches_the_stored_rows(synthetic_file):
     with h5py.File(synthetic_file, "r") as handle:
         rows = handle["splits/test"][()]
         row = int(rows[3])
-        rgb, depth = handle["modalities/rgb"][row], handle["modalities/depth"][row]
+        rgb, depth = handle["modalities/rgb"][row], read_physical(handle["modalities/depth"], row)
         seg, label = handle["labels/seg"][row], int(handle["labels/label"][row])
     sample = data[3]
     assert len(data) == len(rows)
@@ -66,7 +67,7 @@ def test_new_modality_is_a_data_definition(synthetic_file):
         # depth is normalised in place first: the derived modality must still see metres
         sample = PairedDataset(synthetic_file, None, modalities=["depth", inverse.name])[0]
         with h5py.File(synthetic_file, "r") as handle:
-            depth = handle["modalities/depth"][0, ..., 0]
+            depth = read_physical(handle["modalities/depth"], 0)[..., 0]
         np.testing.assert_allclose(sample["inverse_depth"][0].numpy(), 1 / depth, rtol=1e-6)
     finally:
         from crossmodal.data.modalities import MODALITIES

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import error_line, run_cli
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import FORMAT_VERSION, PairedWriter, read_layout
 from crossmodal.errors import DataError
 
@@ -38,16 +39,21 @@ def test_round_trip_layout_and_values(tmp_path):
     assert layout.format_version == FORMAT_VERSION and layout.num_samples == 5
     assert layout.modalities["rgb"].shape == (5, 6, 7, 3) and layout.modalities["depth"].units == "m"
     assert layout.modalities["depth"].value_range == pytest.approx(
-        (arrays["depth"].min(), arrays["depth"].max()), rel=1e-6)
+        (arrays["depth"].min(), arrays["depth"].max()), abs=5e-4)  # stored as millimetres
+    depth = layout.modalities["depth"]
+    assert depth.dtype == np.uint16 and depth.scale == 0.001 and depth.clipped == 0 and depth.nonfinite == 0
+    assert depth.codec == "blosc lz4+shuffle level 5" and depth.checksum
     assert layout.labels["seg"].type == "segmentation" and layout.labels["seg"].ignore_index == 255
     assert layout.labels["label"].class_names == ("x", "y", "z")
     assert layout.splits == {"train": 3, "test": 2}
-    assert layout.provenance["converter"] == "tests" and layout.provenance["options"] == {"k": 1, "compression": "lzf"}
+    assert layout.provenance["converter"] == "tests" and layout.provenance["options"] == {
+        "k": 1, "compression": "blosc-lz4", "depth_storage": "uint16"}
     with h5py.File(path, "r") as handle:
         rgb = handle["modalities/rgb"]
-        assert rgb.chunks == (1, 6, 7, 3) and rgb.compression == "lzf" and rgb.shuffle
+        assert rgb.chunks == (1, 6, 7, 3) and rgb.fletcher32
         np.testing.assert_array_equal(rgb[()], arrays["rgb"])
-        np.testing.assert_array_equal(handle["modalities/depth"][()], arrays["depth"])
+        np.testing.assert_array_equal(handle["modalities/depth"][()], np.rint(arrays["depth"] * 1000))
+        np.testing.assert_allclose(read_physical(handle["modalities/depth"]), arrays["depth"], atol=5e-4 + 1e-6)
         np.testing.assert_array_equal(handle["labels/seg"][()], arrays["seg"])
         np.testing.assert_array_equal(handle["labels/label"][()], arrays["label"])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.data.transforms import PairedTransform
 
@@ -108,7 +109,7 @@ def test_synthetic_frame_stays_aligned_under_random_crops(synthetic_file, row):
     """Carry each pixel's source coordinates through the transform; every modality must agree with them."""
     import h5py
     with h5py.File(synthetic_file, "r") as handle:
-        frame = {"rgb": handle["modalities/rgb"][row], "depth": handle["modalities/depth"][row],
+        frame = {"rgb": handle["modalities/rgb"][row], "depth": read_physical(handle["modalities/depth"], row),
                  "seg": handle["labels/seg"][row]}
     height, width = frame["seg"].shape
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)

@@ -7,6 +7,7 @@ import pytest
 import scipy.io
 
 from conftest import error_line, run_cli
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import read_layout
 from crossmodal.data_prep.nyu import convert
 
@@ -73,8 +74,9 @@ def test_fixture_round_trip(tmp_path):
     assert layout.labels["scene"].class_names == tuple(sorted(SCENES))
     with h5py.File(out, "r") as handle:
         np.testing.assert_array_equal(handle["modalities/rgb"][()], frames["rgb"])
-        np.testing.assert_array_equal(handle["modalities/depth"][..., 0], frames["depth"])
-        np.testing.assert_array_equal(handle["modalities/raw_depth"][..., 0], frames["raw"])
+        for name, key in (("depth", "depth"), ("raw_depth", "raw")):  # stored as millimetres
+            np.testing.assert_allclose(read_physical(handle[f"modalities/{name}"])[..., 0], frames[key],
+                                       atol=5e-4 + 1e-6)
         np.testing.assert_array_equal(handle["splits/train"][()], meta["train"])
         np.testing.assert_array_equal(handle["splits/test"][()], meta["test"])
         raw = frames["labels"].astype(np.int64)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import error_line, run_cli
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.data.format import read_layout
 from crossmodal.data.transforms import PairedTransform
@@ -38,7 +39,7 @@ def test_folder_round_trip_in_natural_order(tmp_path):
         for row, sample_id in enumerate(["0001", "0002", "0010"]):
             expected = arrays[sample_id]
             np.testing.assert_array_equal(handle["modalities/rgb"][row], expected["rgb"])
-            np.testing.assert_allclose(handle["modalities/depth"][row, ..., 0], expected["depth"] / 1000.0, rtol=1e-6)
+            np.testing.assert_allclose(read_physical(handle["modalities/depth"], row)[..., 0], expected["depth"] / 1000.0, rtol=1e-6)
             label = expected["label"].astype(np.int64) - 1
             label[expected["label"] == 0] = 255
             np.testing.assert_array_equal(handle["labels/seg13"][row], label)
@@ -204,5 +205,6 @@ def test_non_finite_depth_becomes_holes(tmp_path):
     cv2.imwrite(str(folder / "a_depth.tiff"), depth)
     run_cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "p.h5", "--depth-scale", 1, check=True)
     with h5py.File(tmp_path / "p.h5", "r") as handle:
-        stored = handle["modalities/depth"][0, ..., 0]
+        stored = read_physical(handle["modalities/depth"], 0)[..., 0]
     assert stored[0, 0] == stored[1, 1] == stored[2, 2] == 0 and (stored[3] == 2.5).all()
+    assert read_layout(tmp_path / "p.h5").modalities["depth"].nonfinite == 0  # the converter already made holes

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from crossmodal.errors import ConfigError, DataError
-from crossmodal.engine.checkpoint import (FORMAT, load_checkpoint, load_module_state, rng_state, save_checkpoint,
-                                         set_rng_state)
+from crossmodal.engine.checkpoint import (FORMAT, config_differences, load_checkpoint, load_module_state, rng_state,
+                                          save_checkpoint, set_rng_state)
 
 CONFIG = {"seed": 0, "device": "cpu", "optim": {"lr": 0.1, "betas": [0.9, 0.999]}, "data": {"path": "/d.h5",
           "num_workers": 0, "size": None}, "distill": {"name": ["crd"], "options": {"crd": {"nce_k": 16}}}}
@@ -248,3 +248,15 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
     assert path.read_bytes() == before
     assert load_checkpoint(path, verb="distill", config=CONFIG)["step"] == 11
+
+
+def test_a_key_added_by_a_later_version_counts_as_unchanged_at_its_default():
+    """A checkpoint written before ``data.loader`` existed resumes while the key keeps its default."""
+    saved = {"seed": 0, "data": {"path": "x.h5"}}
+    defaults = {"data": {"loader": "workers"}}
+    assert config_differences(saved, {"seed": 0, "data": {"path": "x.h5", "loader": "workers"}},
+                              defaults=defaults) == []
+    assert config_differences(saved, {"seed": 0, "data": {"path": "x.h5", "loader": "device"}},
+                              defaults=defaults) == ["data.loader: (absent) -> 'device'"]
+    assert config_differences(saved, {"seed": 0, "data": {"path": "x.h5", "loader": "workers"}}) == [
+        "data.loader: (absent) -> 'workers'"]

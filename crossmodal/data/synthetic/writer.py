@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from crossmodal.data.codecs import DEFAULT_CODEC
 from crossmodal.data.format import PairedWriter
 from crossmodal.data.synthetic.scenes import CLASS_NAMES, IGNORE_INDEX, SEG_CLASS_NAMES, render_scene
 from crossmodal.errors import DataError
@@ -39,7 +40,7 @@ def _render_chunk(job: tuple[int, int, int, int, bool]) -> dict[str, Any]:
 
 def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_fraction: float = 0.2,
              noise: bool = True, workers: int | None = None, overwrite: bool = False,
-             compression: str = "lzf") -> None:
+             compression: str = DEFAULT_CODEC, depth_storage: str = "uint16") -> None:
     """Render ``num`` scenes of ``size`` x ``size``; scene i depends only on (seed, i)."""
     if num < 2 or not MIN_SIZE <= size <= MAX_SIZE:
         raise DataError(out, f"--num must be >= 2 and --size in {MIN_SIZE}..{MAX_SIZE} (got {num}, {size})")
@@ -54,7 +55,7 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
     labels = np.empty(num, np.int64)
     with PairedWriter(out, num, source=f"crossmodal synthetic scenes (seed {seed})",
                       converter=CONVERTER, options=options, overwrite=overwrite,
-                      compression=compression) as writer:
+                      compression=compression, depth=depth_storage) as writer:
         writer.add_modality("rgb", size, size, 3, np.uint8, kind="rgb", units="sRGB 0-255")
         writer.add_modality("depth", size, size, 1, np.float32, kind="depth", units="m",
                             description="clean z-depth, no holes")
