@@ -12,6 +12,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# Exact pins: these builds lie on the development machines' disk; other versions download gigabytes.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet albumentations==2.0.8 opencv-python-headless
+	# Blosc (LZ4/Zstd) HDF5 filters for data format v2; blosc2 is not needed (it pulls httpx and was slower).
+	$(PY) -m pip install --quiet hdf5plugin==7.1.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -42,6 +42,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
                         "[-scratch], or beside a bare file)")
     parser.add_argument("--json", metavar="OUT", help="also write the result JSON here")
     parser.add_argument("--num-workers", type=non_negative_int, default=0)
+    parser.add_argument("--loader", choices=("workers", "device"), default="workers",
+                        help="workers: a DataLoader (default); device: the splits held and augmented on --device")
     parser.add_argument("--decoder-channels", type=positive_int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.set_defaults(handler=_run)
@@ -54,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, data=args.data, labels=args.labels, modality=args.modality,
         protocols=PROTOCOLS if args.protocol == "both" else (args.protocol,), random_init=args.random_init,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, size=args.size, augment=args.augment,
-        seed=args.seed, out=args.out, json_path=args.json, num_workers=args.num_workers,
+        seed=args.seed, out=args.out, json_path=args.json, num_workers=args.num_workers, loader=args.loader,
         decoder_channels=args.decoder_channels, train_split=args.train_split, test_split=args.test_split,
         method=args.method, device=args.device, progress=sys.stderr.isatty())
     result = run_segment(options)

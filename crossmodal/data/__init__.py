@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "FORMAT_VERSION": "format", "Layout": "format", "PairedWriter": "format", "read_layout": "format",
     "MODALITIES": "modalities", "Modality": "modalities", "register_modality": "modalities",
-    "resolve_modality": "modalities", "PairedTransform": "transforms", "PairedDataset": "dataset",
+    "resolve_modality": "modalities", "PairedTransform": "transforms", "PairedDataset": "dataset", "collate": "dataset",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+import cv2
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from crossmodal.data.codecs import chunk_error, dequantize
 from crossmodal.data.format import Layout, read_layout
@@ -83,6 +84,9 @@ class PairedDataset(Dataset):
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._open: dict[str, h5py.Dataset] = {}
+        self.recycle = 0
+        self._rings: dict[tuple, list[torch.Tensor]] = {}
+        self._batches_made = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -115,7 +119,7 @@ class PairedDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_file=None, _pid=None, _open={})
+        state.update(_file=None, _pid=None, _open={}, _rings={}, _batches_made=0)
         return state
 
     def _datasets(self) -> dict[str, h5py.Dataset]:
@@ -131,9 +135,10 @@ class PairedDataset(Dataset):
             self._open.update({name: self._file["labels"][name] for name in self.segmentation_names})
         return self._open
 
-    def read_row(self, row: int) -> dict[str, np.ndarray]:
+    def read_row(self, row: int, keep_stored: bool = False) -> dict[str, np.ndarray]:
         """The arrays of one file row that this dataset needs (sources and segmentation maps), in physical
-        units: a modality stored as scaled integers (depth in millimetres) comes back as float32 (metres).
+        units: a modality stored as scaled integers (depth in millimetres) comes back as float32 (metres),
+        unless ``keep_stored`` (then as stored: multiply by the layout's ``scale``).
 
         Raises:
             DataError: a chunk that fails its checksum or cannot be decompressed, naming the modality and row.
@@ -141,16 +146,74 @@ class PairedDataset(Dataset):
         arrays = {}
         for name, dset in self._datasets().items():
             try:
-                arrays[name] = dequantize(dset[row], self._scales.get(name))
+                arrays[name] = dset[row] if keep_stored else dequantize(dset[row], self._scales.get(name))
             except OSError as err:
                 raise DataError(self.path, f"{name}, row {row}: {chunk_error(err)}") from None
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._read(index, None)
+
+    def recycle_batches(self, ring: int) -> None:
+        """Let each DataLoader worker reuse ``ring`` shared-memory buffers for its batches, round robin, instead
+        of mapping fresh ones per batch: on small virtual machines mapping and faulting in the shared memory of
+        a 480 x 640 batch costs more than reading it. Only for a consumer that is done with a batch before it
+        fetches ``ring - 1`` more from the same loader (the training loop: see ``engine.loop``); with at most
+        ``prefetch_factor`` batches per worker in flight, ``ring = prefetch_factor + 2`` is enough. 0 turns it
+        off (the default: a loader's batches then stay valid for as long as they are held).
+        """
+        self.recycle = int(ring)
+
+    def __getitems__(self, indices: Sequence[int]) -> "SampleBatch":
+        """A whole batch in one call (what a DataLoader with a batch size asks for): each sample is decoded
+        and normalised straight into its slot of one tensor per key (in shared memory inside a DataLoader
+        worker), so no per-sample tensors are made and stacked.
+
+        The result is a list of per-sample views, so torch's default collate still works (at the cost of a
+        copy); :func:`collate` hands back the batch tensors themselves.
+        """
+        indices = [int(index) for index in indices]
+        if not indices:
+            return SampleBatch([], {})
+        first = self._read(indices[0], None)
+        batch: dict[str, Any] = {}
+        slot = self._next_slot()
+        for key, value in first.items():
+            shape = (len(indices), *value.shape) if isinstance(value, torch.Tensor) else (len(indices),)
+            dtype = value.dtype if isinstance(value, torch.Tensor) else torch.int64
+            batch[key] = self._buffer(key, shape, dtype, slot)
+            batch[key][0] = value
+        for slot, index in enumerate(indices[1:], start=1):
+            self._read(index, {key: tensor[slot] for key, tensor in batch.items()})
+        return SampleBatch([{key: tensor[slot] for key, tensor in batch.items()} for slot in range(len(indices))],
+                           batch)
+
+    def _next_slot(self) -> int | None:
+        """The ring slot of the next batch inside a recycling worker, else None (fresh buffers)."""
+        if self.recycle <= 0 or get_worker_info() is None:
+            return None
+        if self._pid != os.getpid():  # a fork's inherited rings belong to its parent
+            self._rings, self._batches_made = {}, 0
+            self._datasets()
+        self._batches_made += 1
+        return self._batches_made % self.recycle
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, slot: int | None) -> torch.Tensor:
+        if slot is None:
+            return _empty(shape, dtype)
+        ring = self._rings.setdefault((key, shape, dtype), [])
+        while len(ring) <= slot:
+            ring.append(_empty(shape, dtype))
+        return ring[slot]
+
+    def _read(self, index: int, out: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        """Sample ``index``, into ``out`` (views of a batch, one per key) when given, else as new tensors."""
         if not 0 <= index < len(self.rows):
             raise IndexError(f"index {index} out of range for {len(self.rows)} samples")
         row = int(self.rows[index])
-        arrays = self.read_row(row)
+        # Without augmentation, scaled integers (depth in mm) are dequantised as part of the normalisation.
+        arrays = self.read_row(row, keep_stored=self.transform is None)
+        scales = self._scales if self.transform is None else {}
         if self.transform is not None:  # seeds only when augmenting: this is the per-sample hot path
             geometric_seed, photometric_seed = (
                 int(seed) for seed in np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(2))
@@ -167,16 +230,91 @@ class PairedDataset(Dataset):
             value = photometric[key]
             if value.ndim == 2:
                 value = value[..., None]
+            target = None if out is None else out[modality.name].numpy()
+            if modality.derive is None and modality.elementwise:
+                sample[modality.name] = torch.from_numpy(
+                    _normalize_into(value, modality, scales.get(modality.source), target))
+                continue
+            value = dequantize(value, scales.get(modality.source))
             if modality.derive is not None:
                 value = modality.derive(value)
             # channel-first before converting, so the (cheap) byte transpose precedes the float copy
-            value = np.ascontiguousarray(value.transpose(2, 0, 1)).astype(np.float32)
-            sample[modality.name] = torch.from_numpy(modality.normalize(value))
+            value = modality.normalize(np.ascontiguousarray(value.transpose(2, 0, 1)).astype(np.float32))
+            if target is not None:
+                np.copyto(target, value)
+                value = target
+            sample[modality.name] = torch.from_numpy(value)
         for name in self.label_names:
             if name in self.class_values:
-                sample[name] = int(self.class_values[name][row])
+                value = int(self.class_values[name][row])
             else:
-                sample[name] = torch.from_numpy(arrays[name].astype(np.int64))
-        sample["index"] = index
-        sample["row"] = row
+                value = torch.from_numpy(arrays[name].astype(np.int64))
+            if out is None:
+                sample[name] = value
+            else:
+                out[name].copy_(torch.as_tensor(value))
+        if out is None:
+            sample["index"], sample["row"] = index, row
+        else:
+            out["index"].fill_(index)
+            out["row"].fill_(row)
         return sample
+
+
+def _normalize_into(value: np.ndarray, modality: Modality, scale: float | None,
+                    target: np.ndarray | None) -> np.ndarray:
+    """``modality.normalize`` of a stored (H, W, C) array (dequantised by ``scale``) as float32 (C, H, W),
+    written into ``target`` when given, with the values of converting, dequantising and normalising in turn.
+
+    The channels are split apart first (OpenCV's de-interleave), so that each conversion to float32 reads one
+    contiguous plane: about 1.7x faster than converting the strided channel-first view of a 480 x 640 image.
+    """
+    channels = value.shape[2]
+    if target is None:
+        target = np.empty((channels, *value.shape[:2]), dtype=np.float32)
+    split = 1 < channels <= 4 and value.dtype in (np.uint8, np.uint16, np.float32)
+    planes = cv2.split(value) if split else value.transpose(2, 0, 1)
+    for plane, out in zip(planes, target):
+        if scale is None:
+            np.copyto(out, plane, casting="unsafe")
+        else:
+            np.multiply(plane, np.float32(scale), out=out, dtype=np.float32, casting="unsafe")
+    result = modality.normalize(target)
+    if result is not target:
+        target[...] = result
+    return target
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory inside a DataLoader worker, so that sending the batch to the
+    main process does not copy it (what torch's default collate does for the tensors it stacks).
+
+    In the main process the memory comes from numpy's allocator, which reuses the freed heap of earlier
+    batches; torch's maps fresh pages for a batch of tens of MB, and faulting them in cost about 3x the copy.
+    """
+    if get_worker_info() is None:
+        return torch.from_numpy(np.empty(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+    numel = int(np.prod(shape))
+    storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=dtype).new(storage).view(shape)
+
+
+class SampleBatch(list):
+    """What :meth:`PairedDataset.__getitems__` returns: the samples (views), with ``batch``, the stacked
+    tensors they view."""
+
+    def __init__(self, samples: list[dict[str, Any]], batch: dict[str, torch.Tensor]) -> None:
+        super().__init__(samples)
+        self.batch = batch
+
+
+def collate(samples: list[Any]) -> Any:
+    """The DataLoader ``collate_fn`` for paired data sets: a batch read whole by ``__getitems__`` is handed
+    back as it is; anything else goes through torch's default collate.
+
+    Examples:
+        >>> loader = DataLoader(PairedDataset("s.h5", "train", ["depth"]), batch_size=64, collate_fn=collate)
+    """
+    if isinstance(samples, SampleBatch) and samples:
+        return samples.batch
+    return default_collate(samples)

@@ -46,6 +46,8 @@ class Modality:
             jitter, None for none). Modalities with the same source and family share one random draw, so the
             L and ab of a sample come from the same jittered picture.
         description: one line for ``inspect`` and the docs.
+        elementwise: ``normalize`` maps each value on its own (per-channel constants at most), so the reader
+            may run it on blocks of rows straight into a batch, fused with the dequantisation.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Modality:
     interpolation: str = "linear"
     photometric: str | None = None
     description: str = ""
+    elementwise: bool = False
 
 
 MODALITIES: dict[str, Modality] = {}
@@ -88,7 +91,8 @@ def _rgb_normalize(rgb: Array) -> Array:
 
 def _depth_normalize(depth: Array) -> Array:
     """Metres in [0, MAX_DEPTH_M] -> [-1, 1] in place; holes (0) land on -1, as do NaNs and infinities."""
-    np.nan_to_num(depth, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if not np.isfinite(np.add.reduce(depth, axis=None)):  # one cheap pass; most arrays are all finite
+        np.nan_to_num(depth, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.clip(depth, 0.0, MAX_DEPTH_M, out=depth)
     depth *= np.float32(2.0 / MAX_DEPTH_M)
     depth -= 1.0
@@ -109,13 +113,13 @@ def _lab_ab_normalize(ab: Array) -> Array:
 
 
 register_modality(Modality(
-    "rgb", 3, "rgb", _rgb_normalize, photometric="color",
+    "rgb", 3, "rgb", _rgb_normalize, photometric="color", elementwise=True,
     description="sRGB uint8, normalised with the ImageNet mean and std"))
 register_modality(Modality(
-    "depth", 1, "depth", _depth_normalize,
+    "depth", 1, "depth", _depth_normalize, elementwise=True,
     description=f"metric depth (holes filled), [0, {MAX_DEPTH_M:g}] m -> [-1, 1]"))
 register_modality(Modality(
-    "raw_depth", 1, "raw_depth", _depth_normalize, interpolation="nearest",
+    "raw_depth", 1, "raw_depth", _depth_normalize, interpolation="nearest", elementwise=True,
     description=f"sensor depth with holes (0), nearest-neighbour resampling, [0, {MAX_DEPTH_M:g}] m -> [-1, 1]"))
 register_modality(Modality(
     "lab_l", 1, "rgb", _lab_l_to_range, derive=lambda rgb: rgb_to_lab(rgb)[..., :1], photometric="color",

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossmodal.cache_key import data_parts, digest
-from crossmodal.data.dataset import PairedDataset
+from crossmodal.data.dataset import PairedDataset, collate
 from crossmodal.errors import ConfigError
 from crossmodal.files import atomic_output
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
@@ -266,7 +266,8 @@ def _build(path: str, teacher: FrozenTeacher, dataset: PairedDataset, modality: 
            stage_dtype: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate)
     bar = tqdm(total=len(dataset), desc="teacher cache", unit="sample", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
     written = 0

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from crossmodal import interrupts, run_folder, runtime
 from crossmodal.config import RESUME_MAY_CHANGE, OptimSection, RunConfig
+from crossmodal.data.dataset import collate
 from crossmodal.engine.checkpoint import (load_checkpoint, load_module_state, rng_state, save_checkpoint,
                                           set_rng_state)
 from crossmodal.engine.metrics_log import MetricsLog
@@ -30,6 +31,8 @@ from crossmodal.engine.sampler import EpochBatchSampler, check_batch_size
 from crossmodal.engine.schedule import learning_rate
 from crossmodal.engine.task import Task
 from crossmodal.errors import ConfigError, CrossmodalError
+
+PREFETCH = 2  # batches in flight per DataLoader worker
 
 Hook = Callable[["Trainer"], None]
 
@@ -161,9 +164,14 @@ class Trainer:
             return (data.batch(torch.as_tensor(indices, dtype=torch.int64, device=self.device))
                     for indices in sampler)
         workers = self.config.data.num_workers
+        if workers > 0 and hasattr(data, "recycle_batches"):
+            # Each batch is done with inside its step (moved to the device or used there), so a worker may
+            # reuse the shared memory of a batch once PREFETCH + 1 newer ones were fetched from it.
+            data.recycle_batches(PREFETCH + 2)
         # A private generator: creating the loader's iterator must not draw from the global torch RNG, or a
         # run resumed mid-epoch would diverge from an uninterrupted one.
-        return DataLoader(data, batch_sampler=sampler, num_workers=workers,
+        return DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                          prefetch_factor=PREFETCH if workers > 0 else None,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           generator=torch.Generator().manual_seed(self.config.seed))
 

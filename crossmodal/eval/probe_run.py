@@ -98,6 +98,7 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
 
     from crossmodal.data import PairedDataset
     from crossmodal.data.classes import class_names, require_classes, resolve_classes
+    from crossmodal.data.dataset import collate
     from crossmodal.data.format import read_layout
     from crossmodal.eval import feature_cache
     from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
@@ -144,7 +145,8 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
         dataset = datasets[split]
 
         def extract():
-            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+                                collate_fn=collate)
             return extract_features(loaded.encoder, loader, modality, label_name, stages, args.pool,
                                     args.pooled_size, device=device,
                                     progress=f"features {split}" if args.progress else None)

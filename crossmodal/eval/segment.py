@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader
 
 from crossmodal import run_folder, runtime
 from crossmodal.config import RunConfig, dump_config
+from crossmodal.data.dataset import collate
 from crossmodal.data.format import LabelInfo, read_layout
-from crossmodal.data.setup import modality_channels, open_split, transforms
+from crossmodal.data.setup import for_loader, modality_channels, open_split, transforms
 from crossmodal.engine import SupervisedTask, Trainer, TrainSetup
 from crossmodal.engine.confusion import confusion_matrix, per_class_iou, segmentation_scores
 from crossmodal.errors import ConfigError, DataError
@@ -53,6 +54,7 @@ class SegmentOptions:
         out: the output folder; default beside the checkpoint (see :func:`default_out`).
         json_path: an extra copy of the result JSON.
         num_workers: DataLoader workers.
+        loader: ``workers`` (a DataLoader) or ``device`` (the splits held and augmented on the device).
         decoder_channels: width of the segmentation decoder.
         train_split, test_split: the splits to train and score on.
         method: the method name recorded in the JSON; default from the model card.
@@ -75,6 +77,7 @@ class SegmentOptions:
     out: Optional[str] = None
     json_path: Optional[str] = None
     num_workers: int = 0
+    loader: str = "workers"
     decoder_channels: int = 64
     train_split: str = "train"
     test_split: str = "test"
@@ -131,7 +134,7 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
                           f"give --modality")
     data_cfg = {"path": data_path, "split": options.train_split, "eval_split": options.test_split,
                 "size": list(options.size) if options.size else None, "augment": options.augment,
-                "num_workers": options.num_workers}
+                "num_workers": options.num_workers, "loader": options.loader}
     config = RunConfig.validated({"seed": options.seed, "device": options.device, "data": data_cfg,
                                   "optim": {"lr": options.lr},
                                   "train": {"epochs": options.epochs, "batch_size": options.batch_size,
@@ -189,7 +192,8 @@ def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: 
     task = task_class(copy.deepcopy(loaded.encoder), modality, segmentation=options.labels,
                       num_segmentation_classes=seg_info.num_classes, ignore_index=ignore_index,
                       decoder_channels=options.decoder_channels)
-    trainer = Trainer(TrainSetup("segment", config, run_dir, task, train, test, device))
+    trainer = Trainer(TrainSetup("segment", config, run_dir, task, for_loader(train, data.loader, device),
+                                 for_loader(test, data.loader, device), device))
     run_folder.write_config(run_dir, dump_config({
         **config.to_tree(), "segment": {"checkpoint": loaded.source, "random_init": options.random_init,
                                         "labels": options.labels, "modality": modality, "protocol": protocol,
@@ -217,7 +221,7 @@ def evaluate(task: SupervisedTask, test: Iterable[Mapping[str, Any]], config: Ru
     truths: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
     loader = DataLoader(test, batch_size=config.train.batch_size, shuffle=False,
-                        num_workers=config.data.num_workers)
+                        num_workers=config.data.num_workers, collate_fn=collate)
     for batch in loader:
         image, target = batch[task.modality].to(device), batch[task.segmentation]
         predicted = head(task.encoder(image).features, image.shape[-2:]).argmax(1).cpu()

@@ -27,12 +27,13 @@ def test_help_is_complete(verb):
 
 def test_inspect_text_json_and_preview(synthetic_file, tmp_path):
     text = run_cli("inspect", synthetic_file, check=True).stdout
-    for expected in ("format version 1", "48 samples", "raw_depth", "holes", "label ", "class, 10 classes",
+    for expected in ("format version 2", "48 samples", "raw_depth", "holes", "label ", "class, 10 classes",
                      "segmentation, 13 classes", "splits: ", "converter: data_prep.synthetic"):
         assert expected in text
     preview = tmp_path / "grid.png"
     summary = json.loads(run_cli("inspect", synthetic_file, "--json", "--preview", preview, check=True).stdout)
-    assert summary["format_version"] == 1 and summary["num_samples"] == 48
+    assert summary["format_version"] == 2 and summary["num_samples"] == 48
+    assert summary["modalities"]["depth"]["codec"].startswith("blosc lz4") and summary["modalities"]["depth"]["checksum"]
     assert summary["modalities"]["rgb"]["shape"] == [48, 32, 32, 3]
     assert 0 < summary["modalities"]["raw_depth"]["hole_fraction"] < 0.3
     assert summary["modalities"]["depth"]["hole_fraction"] == 0

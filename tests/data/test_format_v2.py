@@ -193,3 +193,30 @@ def test_prepare_lists_the_codecs_and_refuses_an_unknown_one(tmp_path):
     assert all(name in help_text for name in codecs.CODECS) and "checksum" in help_text
     result = cli("prepare", "synthetic", "--out", tmp_path / "s.h5", "--compression", "gzip")
     assert result.returncode == 2 and "invalid choice: 'gzip'" in result.stderr
+
+
+def test_the_plain_h5py_recipe_of_docs_format_reads_a_v2_file(tmp_path):
+    """docs/format.md's snippet, run as written in a fresh Python without crossmodal: ``import hdf5plugin``
+    is all a reader needs, and its depth is the reader's metres."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "format.md").read_text()
+    snippet = re.search(r"```python\n(import h5py\n.*?)```", text, re.S).group(1)
+    arrays = scene_arrays()
+    with PairedWriter(tmp_path / "nyu.h5", NUM, source="t", converter="tests") as writer:
+        writer.add_modality("rgb", H, W, 3, np.uint8, kind="rgb", units="sRGB 0-255")
+        writer.add_modality("depth", H, W, 1, np.float32, kind="depth", units="m")
+        writer.add_segmentation("seg13", H, W, [f"c{i}" for i in range(13)])
+        writer.write_batch(0, rgb=arrays["rgb"], depth=arrays["depth"], seg13=arrays["seg"])
+        writer.add_split("train", range(NUM))
+    assert read_layout(tmp_path / "nyu.h5").modalities["depth"].codec.startswith("blosc")
+    check = "\nnp.save('depth.npy', depth); np.save('rgb.npy', rgb); print(len(train_rows), seg13.shape)"
+    result = subprocess.run([sys.executable, "-c", "import sys; sys.modules['crossmodal'] = None\n" + snippet + check],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(NUM), f"({H},", f"{W})"]
+    assert np.array_equal(np.load(tmp_path / "depth.npy"), arrays["depth"][0])
+    assert np.array_equal(np.load(tmp_path / "rgb.npy"), arrays["rgb"][0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import read_layout
 from crossmodal.data.synthetic import CLASS_NAMES, SEG_CLASS_NAMES, generate
 
@@ -18,7 +19,7 @@ def test_layout_and_splits(synthetic_file):
     with h5py.File(synthetic_file, "r") as handle:
         train, test = handle["splits/train"][()], handle["splits/test"][()]
         assert not set(train) & set(test)
-        depth, raw = handle["modalities/depth"][()], handle["modalities/raw_depth"][()]
+        depth, raw = read_physical(handle["modalities/depth"]), read_physical(handle["modalities/raw_depth"])
         assert depth.min() > 0 and depth.max() < 10
         holes = raw == 0
         assert 0 < holes.mean() < 0.3

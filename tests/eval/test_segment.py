@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
@@ -100,6 +101,21 @@ def test_random_init_is_the_same_architecture_with_other_weights(student_file, s
     assert result["method"] == "scratch" and result["random_init"] is True and list(result["results"]) == ["frozen"]
     encoder_after = _encoder_state(_checkpoint_model(tmp_path / "frozen"))
     assert all(torch.equal(encoder_after[key], value) for key, value in scratch_state.items())
+
+
+def test_the_device_loader_trains_the_same_decoder_without_augmentation(student_file, synthetic_file, tmp_path):
+    """``--loader device``: the splits held on the device; unaugmented batches are the DataLoader's, so the
+    frozen protocol trains the same decoder to the same scores."""
+    results = {}
+    for loader in ("workers", "device"):
+        results[loader] = run_segment(SegmentOptions(
+            str(student_file), str(synthetic_file), "seg", modality="depth", protocols=("frozen",), epochs=1,
+            batch_size=8, augment=False, loader=loader, out=str(tmp_path / loader)))["results"]["frozen"]
+        saved = yaml.safe_load((tmp_path / loader / "frozen" / "config.yaml").read_text())
+        assert saved["data"]["loader"] == loader
+    assert results["device"]["per_class_iou"] == results["workers"]["per_class_iou"]
+    heads = [_checkpoint_model(tmp_path / loader / "frozen") for loader in ("workers", "device")]
+    assert all(torch.equal(heads[0][key], heads[1][key]) for key in heads[0])
 
 
 def test_per_class_iou_by_hand():

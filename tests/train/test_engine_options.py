@@ -158,6 +158,17 @@ def test_deterministic_runs_repeat_bit_for_bit(synthetic_file, tmp_path, restore
     assert assert_same_tensors(first, second) > 10
 
 
+def test_two_loader_workers_train_the_same_weights_as_none(synthetic_file, tmp_path, restore_determinism):
+    """Workers read whole batches and reuse their shared-memory buffers round robin (recycle_batches): the
+    batches, hence the weights, are those of reading in the main process."""
+    overrides = [f"data.path={synthetic_file}", *SMALL, "train.epochs=2", "deterministic=true", "data.augment=true",
+                 "teacher.cache=false", "distill.options.crd.num_negatives=16"]
+    for workers in (0, 2):
+        run_in_process("distill", SMOKE_DISTILL, [*overrides, f"data.num_workers={workers}"], tmp_path / str(workers))
+    serial, parallel = (load_checkpoint(tmp_path / str(workers))["model"] for workers in (0, 2))
+    assert assert_same_tensors(serial, parallel) > 10
+
+
 # ------------------------------------------------------------------------------------------- regressions
 @pytest.mark.parametrize("overrides, expected", [
     (["optim.name=adamw", "optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1), got [0.9]"),
