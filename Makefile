@@ -29,6 +29,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py
+	$(PY) experiments/bench_loader.py
 	$(PY) experiments/bench_crd.py
 	$(PY) experiments/bench_train.py
 	$(PY) experiments/bench_probe.py

@@ -86,6 +86,7 @@ class Evaluation:
     segment_epochs: int = 8
     segment_lr: float = 0.05
     segment_batch: int = 32
+    segment_loader: str = "workers"  # or "device": the splits held and augmented on the device
     device: str = "auto"
 
 
@@ -225,7 +226,8 @@ class Study:
                 checkpoint=run_dir, data=self.data, labels=ev.segment_labels, modality=self.student_modality,
                 protocols=tuple(ev.segment_protocols), random_init=random_init, epochs=ev.segment_epochs,
                 lr=ev.segment_lr, batch_size=ev.segment_batch, augment=False, seed=seed,
-                out=str(self.segment_path(name).parent), method=method, device=ev.device)
+                out=str(self.segment_path(name).parent), method=method, device=ev.device,
+                loader=ev.segment_loader)
             segment_or_reuse(options, say)
 
     # ------------------------------------------------------------------------------------------- the summary

@@ -38,11 +38,14 @@ PRESETS = {
     # 10 student epochs, 8 decoder epochs over the frozen encoder: three seeds in 94 min on 2 shared cores
     "cpu": {"num": 2000, "size": 48, "teacher_epochs": 10, "student_epochs": 10, "segment_epochs": 8,
             "segment_protocols": ["frozen"]},
-    # the script's own check, seconds
+    # the script's own check, seconds; on the device-resident loader, as the gpu preset (on the CPU here)
     "smoke": {"num": 200, "size": 32, "teacher_epochs": 1, "student_epochs": 1, "segment_epochs": 1,
-              "segment_protocols": ["frozen"]},
-    "gpu": {"num": 10000, "size": 96, "teacher_epochs": 30, "student_epochs": 60, "segment_epochs": 30,
-            "segment_protocols": ["finetune", "frozen"]},
+              "segment_protocols": ["frozen"], "segment_loader": "device", "extra": ["data.loader=device"]},
+    # 10,000 scenes of 64 x 64, sized to finish three seeds in about 10 minutes on one GPU: the data held and
+    # augmented on the device, batch 256, KD, CRD and CRD+KD, the frozen-encoder segmentation transfer
+    "gpu": {"num": 10000, "size": 64, "teacher_epochs": 15, "student_epochs": 15, "segment_epochs": 10,
+            "segment_protocols": ["frozen"], "methods": ["kd", "crd", "crd+kd"], "segment_loader": "device",
+            "extra": ["data.loader=device", "train.batch_size=256", "optim.lr=0.2", "train.bf16=true"]},
 }
 REPDISTILLER = ("{feat_dim: 128, num_negatives: 1024, memory: bank, objective: nce, normalization: first_batch, "
                 "head_batchnorm: false}")
@@ -121,7 +124,7 @@ def main() -> None:
                 subprocess.run([sys.executable, "-m", "crossmodal", "prepare", "synthetic", "--out", str(data),
                                 "--num", str(preset["num"]), "--size", str(preset["size"]), "--seed", "0"],
                                check=True)
-        batch = []
+        batch = list(preset.get("extra", []))
     data = data.resolve()
     check_label_set(str(data), seg, "segmentation", "--segment-labels")
     plan = plan_classes(args, str(data), classes, say)
@@ -129,7 +132,7 @@ def main() -> None:
     # unseen-labels: image classes of a subset only, never the segmentation; seen-labels: every label
     teacher_task = plan.teacher_task() + [f"task.segmentation={'null' if plan.unseen else seg}"]
     oracle_task = [f"task.classes={classes or 'null'}", f"task.segmentation={seg}"]
-    names = args.methods or DEFAULT_METHODS
+    names = args.methods or preset.get("methods", DEFAULT_METHODS)
     methods = {name: list(ALL_METHODS[name]) for name in names if classes or name not in NEEDS_LOGITS}
     methods.update({name: methods[name] + [f"student.encoder.num_classes={plan.num_classes}"]
                     for name in NEEDS_LOGITS if name in methods})  # KD's student: the teacher's classes
@@ -149,7 +152,8 @@ def main() -> None:
         evaluation=Evaluation(probe_labels=classes, probe_sets=plan.probe_sets(), probe_stages=[-1],
                               segment_labels=seg, segment_protocols=protocols,
                               segment_epochs=preset["segment_epochs"], device=args.device,
-                              segment_batch=4 if args.nyu_mini else 32),
+                              segment_batch=4 if args.nyu_mini else 32,
+                              segment_loader=preset.get("segment_loader", "workers")),
         protocol=args.protocol,
         setting={"preset": "nyu-mini" if args.nyu_mini else args.preset, "data": str(data),
                  "teacher_classes": plan.teacher, "class_labels": classes, "segment_labels": seg,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import pytest
+import yaml
 
 from conftest import ROOT, error_line
 
@@ -150,6 +151,9 @@ def test_rgb_to_depth_unseen_labels_on_synthetic_scenes(tmp_path):
                                     "purple_gradient_cabinet"]
     final = result.stdout.splitlines()[-1]
     assert FINAL.match(final) and final.startswith("study unseen-labels [frozen mIoU]: scratch="), final
+    # the smoke preset runs on the device-resident loader (as the gpu preset does): training and segmentation
+    for run in ("teacher-s0", "crd-s0", "supervised-s0", "segment-crd-s0/frozen"):
+        assert yaml.safe_load((out / run / "config.yaml").read_text())["data"]["loader"] == "device", run
     repdistiller = json.loads((out / "crd-repdistiller-s0" / "model_card.json").read_text())
     options = repdistiller["distillers"]["crd"]["options"]
     assert {key: options[key] for key in ("memory", "objective", "normalization", "head_batchnorm")} == {
