@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.synthetic import NUM_SHAPE_CLASSES, generate
 
 C_GRID = (0.01, 0.1, 1.0)
@@ -50,7 +51,7 @@ def main() -> None:
         generate(str(path), num=args.num, size=args.size, seed=args.seed)
         with h5py.File(path, "r") as handle:
             rgb = handle["modalities/rgb"][()].astype(np.float32) / 255
-            depth = handle["modalities/depth"][()]
+            depth = read_physical(handle["modalities/depth"])  # metres
             labels = handle["labels/label"][()]
             train, test = handle["splits/train"][()], handle["splits/test"][()]
     cabinet = labels >= NUM_SHAPE_CLASSES

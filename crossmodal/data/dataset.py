@@ -87,6 +87,7 @@ class PairedDataset(Dataset):
         self.recycle = 0
         self._rings: dict[tuple, list[torch.Tensor]] = {}
         self._batches_made = 0
+        self._ring_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -119,7 +120,7 @@ class PairedDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_file=None, _pid=None, _open={}, _rings={}, _batches_made=0)
+        state.update(_file=None, _pid=None, _open={}, _rings={}, _batches_made=0, _ring_pid=None)
         return state
 
     def _datasets(self) -> dict[str, h5py.Dataset]:
@@ -157,10 +158,12 @@ class PairedDataset(Dataset):
     def recycle_batches(self, ring: int) -> None:
         """Let each DataLoader worker reuse ``ring`` shared-memory buffers for its batches, round robin, instead
         of mapping fresh ones per batch: on small virtual machines mapping and faulting in the shared memory of
-        a 480 x 640 batch costs more than reading it. Only for a consumer that is done with a batch before it
-        fetches ``ring - 1`` more from the same loader (the training loop: see ``engine.loop``); with at most
-        ``prefetch_factor`` batches per worker in flight, ``ring = prefetch_factor + 2`` is enough. 0 turns it
-        off (the default: a loader's batches then stay valid for as long as they are held).
+        a 480 x 640 batch costs more than reading it. A worker starts a new batch each time the loader hands one
+        out, so a batch is overwritten once the consumer has received ``ring - prefetch_factor`` more batches
+        from the same worker: only for a consumer that is done with each batch before it fetches the next
+        (the training loop, which sets it for the loaders it creates: see ``engine.loop``), with
+        ``ring = prefetch_factor + 2``. 0 turns it off (the default: batches stay valid while they are held).
+        Workers take the setting when they start, i.e. when the loader's iterator is created.
         """
         self.recycle = int(ring)
 
@@ -192,9 +195,8 @@ class PairedDataset(Dataset):
         """The ring slot of the next batch inside a recycling worker, else None (fresh buffers)."""
         if self.recycle <= 0 or get_worker_info() is None:
             return None
-        if self._pid != os.getpid():  # a fork's inherited rings belong to its parent
-            self._rings, self._batches_made = {}, 0
-            self._datasets()
+        if self._ring_pid != os.getpid():  # rings inherited through a fork belong to the parent
+            self._rings, self._batches_made, self._ring_pid = {}, 0, os.getpid()
         self._batches_made += 1
         return self._batches_made % self.recycle
 

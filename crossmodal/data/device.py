@@ -109,10 +109,11 @@ register_device_modality("lab_ab", DeviceModality(_lab_ab_normalize, ops.rgb_to_
 
 
 def free_memory(device: torch.device) -> Optional[int]:
-    """Bytes a split may take on ``device``: free CUDA memory, half the available RAM on a CPU, None (no check)
+    """Bytes a split may take on ``device``: half the free CUDA memory or half the available RAM on a CPU (the
+    other half is left to the model, its activations and the batches built from the split), None (no check)
     elsewhere."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.mem_get_info(device)[0] // 2
     if device.type == "cpu":
         try:
             with open("/proc/meminfo", encoding="ascii") as handle:
@@ -243,8 +244,8 @@ class DeviceResidentData:
         needed, free = self.nbytes(), free_memory(self.device)
         if free is not None and needed > free:
             raise DataError(self.path, f"split '{self.split}' is too large for the device ({self.device}): "
-                                       f"{needed / _GIB:.2f} GiB needed, {free / _GIB:.2f} GiB free; "
-                                       f"use data.loader: workers")
+                                       f"{needed / _GIB:.2f} GiB needed, {free / _GIB:.2f} GiB allowed (half of "
+                                       f"what is free); use data.loader: workers")
 
     def _open(self) -> h5py.File:
         try:

@@ -370,7 +370,7 @@ class PairedWriter:
         class_names = [str(n) for n in class_names]
         if values.shape != (self.num_samples,):
             raise ValueError(f"label set '{name}' has shape {values.shape}, expected ({self.num_samples},)")
-        dset = self.file["labels"].create_dataset(name, data=values)
+        dset = self.file["labels"].create_dataset(name, data=values, fletcher32=True)
         self._label_attrs(dset, "class", class_names)
 
     def set_class_names(self, name: str, class_names: Iterable[str]) -> None:
@@ -428,4 +428,4 @@ class PairedWriter:
     def add_split(self, name: str, indices: Iterable[int]) -> None:
         """Store a split as an index array of rows."""
         _check_name(self.out, "split", name)
-        self.file["splits"].create_dataset(name, data=np.asarray(list(indices), dtype=np.int64))
+        self.file["splits"].create_dataset(name, data=np.asarray(list(indices), dtype=np.int64), fletcher32=True)

@@ -164,16 +164,27 @@ class Trainer:
             return (data.batch(torch.as_tensor(indices, dtype=torch.int64, device=self.device))
                     for indices in sampler)
         workers = self.config.data.num_workers
-        if workers > 0 and hasattr(data, "recycle_batches"):
-            # Each batch is done with inside its step (moved to the device or used there), so a worker may
-            # reuse the shared memory of a batch once PREFETCH + 1 newer ones were fetched from it.
-            data.recycle_batches(PREFETCH + 2)
         # A private generator: creating the loader's iterator must not draw from the global torch RNG, or a
         # run resumed mid-epoch would diverge from an uninterrupted one.
-        return DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                          prefetch_factor=PREFETCH if workers > 0 else None,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          generator=torch.Generator().manual_seed(self.config.seed))
+        loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                            prefetch_factor=PREFETCH if workers > 0 else None,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            generator=torch.Generator().manual_seed(self.config.seed))
+        if workers == 0 or not hasattr(data, "recycle_batches"):
+            return loader
+        return self._recycling(loader, data)
+
+    @staticmethod
+    def _recycling(loader: DataLoader, data: Any) -> Iterable[Mapping[str, Any]]:
+        """The loader's batches, its workers writing into a ring of shared-memory buffers: each batch is done
+        with inside its step (moved to the device or used there) before the next is fetched. The setting is
+        taken by the workers as they start and then cleared, so no other reader of ``data`` inherits it."""
+        data.recycle_batches(PREFETCH + 2)
+        try:
+            batches = iter(loader)
+        finally:
+            data.recycle_batches(0)
+        yield from batches
 
     def _run_epoch(self) -> dict[str, Any]:
         data = self.setup.train_data

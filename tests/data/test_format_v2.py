@@ -220,3 +220,36 @@ def test_the_plain_h5py_recipe_of_docs_format_reads_a_v2_file(tmp_path):
     assert result.stdout.split() == [str(NUM), f"({H},", f"{W})"]
     assert np.array_equal(np.load(tmp_path / "depth.npy"), arrays["depth"][0])
     assert np.array_equal(np.load(tmp_path / "rgb.npy"), arrays["rgb"][0])
+
+
+def test_a_damaged_chunk_read_by_a_dataloader_worker_is_the_same_one_line_error(tmp_path):
+    """torch re-raises a worker's exception from its formatted traceback: the user still gets one line."""
+    from torch.utils.data import DataLoader
+
+    from crossmodal.data.dataset import collate
+
+    write_v1(tmp_path / "v1.h5", scene_arrays())
+    path = tmp_path / "v2.h5"
+    repack.convert(str(tmp_path / "v1.h5"), str(path))
+    corrupt(path, "modalities/depth", 4)
+    data = PairedDataset(path, "train", modalities=["rgb", "depth"])
+    with pytest.raises(DataError) as error:
+        list(DataLoader(data, batch_size=2, num_workers=2, collate_fn=collate))
+    assert str(error.value).startswith(f"{path}: depth, row 4: a damaged chunk") and "\n" not in str(error.value)
+    assert error.value.path == str(path) and error.value.problem.startswith("depth, row 4")
+
+
+def test_damaged_class_labels_or_splits_are_one_line_when_the_file_is_opened(tmp_path, synthetic_file):
+    """Image-level classes and splits carry a checksum too: the layout check reads them whole."""
+    import shutil
+
+    for dataset in ("labels/label", "splits/train"):
+        path = tmp_path / f"{dataset.replace('/', '_')}.h5"
+        shutil.copy(synthetic_file, path)
+        with h5py.File(path, "r") as handle:
+            assert handle[dataset].fletcher32
+        corrupt(path, dataset, 0)
+        with pytest.raises(DataError) as error:
+            PairedDataset(path, "train", modalities=["rgb"], labels=["label"])
+        assert str(error.value).startswith(f"{path}: damaged or malformed file") and "\n" not in str(error.value)
+        assert cli("inspect", path, "--verify").returncode == 2
