@@ -1,10 +1,48 @@
-"""Writing outputs atomically: to a hidden temporary name beside the target, renamed into place when complete."""
+"""Writing outputs atomically: to a hidden temporary name beside the target, renamed into place when complete.
+
+A write that fails for a reason of the place (a full disk, a read-only file system, no permission) is one
+:class:`~crossmodal.errors.DataError` line naming the output and the reason, and the temporary file is removed.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from contextlib import contextmanager
 from typing import Any, Iterator
+
+# errno -> the reason, in words, of a write refused by the place it goes to
+PLACE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted"}
+_MESSAGES = {os.strerror(code).lower(): reason for code, reason in PLACE_ERRORS.items()}
+
+
+def place_error(err: BaseException, folder: str | os.PathLike | None = None) -> str | None:
+    """The reason in words when ``err`` is a write refused by its place (full disk, read-only, permission),
+    else None. Understands OSError's errno, the ``errno = N`` inside HDF5's messages, and torch's "file write
+    failed" / "unexpected pos", which name no reason: then a full ``folder`` is reported as one."""
+    code = getattr(err, "errno", None)
+    if code in PLACE_ERRORS:
+        return PLACE_ERRORS[code]
+    text = str(err)
+    for match in re.finditer(r"errno = (\d+)", text):
+        if int(match.group(1)) in PLACE_ERRORS:
+            return PLACE_ERRORS[int(match.group(1))]
+    lowered = text.lower()
+    for message, reason in _MESSAGES.items():
+        if message in lowered:
+            return reason
+    torch_writer = ("file write failed", "unexpected pos", "pytorchstreamwriter")
+    if any(words in lowered for words in torch_writer) and folder is not None:
+        try:
+            stats = os.statvfs(folder)
+        except OSError:
+            return None
+        if stats.f_bavail * stats.f_frsize < 1024 * 1024:
+            return PLACE_ERRORS[errno.ENOSPC]
+    return None
 
 
 def temporary_name(path: str | os.PathLike, suffix: str = "") -> str:
@@ -19,13 +57,61 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
 
     ``suffix`` keeps an extension on the temporary name for writers that choose the format by it (OpenCV).
     """
+    from crossmodal.errors import DataError
+
     temporary = temporary_name(path, suffix)
+    remove_stale_temporaries(path)
     try:
         yield temporary
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as err:  # torch's writer reports a failed write as a RuntimeError
+        reason = place_error(err, os.path.dirname(os.path.abspath(temporary)))
+        if reason is None:
+            raise
+        try:  # free the space now: a writer that still holds the file (HDF5) can then close it cleanly
+            os.truncate(temporary, 0)
+        except OSError:
+            pass
+        raise DataError(path, f"cannot write it: {reason}") from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files a killed writer of ``path`` left (``.NAME.tmp-PID*`` whose process is gone),
+    saying so on stderr; returns their names. Files of a running process, or that cannot be removed, stay."""
+    import sys
+
+    path = os.path.abspath(os.fspath(path))
+    folder, prefix = os.path.dirname(path), f".{os.path.basename(path)}.tmp-"
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        digits = re.match(r"\d+", name[len(prefix):])
+        if digits is None or int(digits.group()) == os.getpid() or _alive(int(digits.group())):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            continue
+        removed.append(name)
+        print(f"removed {os.path.join(folder, name)}: a temporary file left by process {digits.group()}, "
+              f"which is gone", file=sys.stderr)
+    return removed
 
 
 def ensure_folder(folder: str | os.PathLike) -> str:
@@ -40,7 +126,7 @@ def ensure_folder(folder: str | os.PathLike) -> str:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise DataError(folder, f"cannot create this folder ({err.strerror or err})") from None
+        raise DataError(folder, f"cannot create this folder: {place_error(err) or err.strerror or err}") from None
     return folder
 
 
@@ -60,4 +146,60 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
                 json.dump(value, handle, indent=2)
                 handle.write("\n")
     except OSError as err:
-        raise DataError(path, f"cannot write it ({err.strerror or err})") from None
+        raise DataError(path, f"cannot write it: {place_error(err) or err.strerror or err}") from None
+
+
+@contextmanager
+def exclusive_lock(lock_path: str | os.PathLike, target: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (a run folder, an output being written) through the file
+    ``lock_path``, for the length of the block.
+
+    The lock is an ``flock`` on that file, which the system releases when its process dies, and the file
+    names the holder. A second process gets one :class:`~crossmodal.errors.DataError` line naming the holder;
+    a lock file left by a process that is gone is taken over, with a line on stderr saying so.
+
+    Args:
+        what: what this process is doing, for the other one's message (e.g. ``crossmodal distill``).
+    """
+    import fcntl
+    import socket
+    import sys
+    import time
+
+    from crossmodal.errors import DataError
+
+    lock_path, target = os.path.abspath(os.fspath(lock_path)), os.fspath(target)
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise DataError(target, f"cannot create its lock file {lock_path}: "
+                                    f"{place_error(err) or err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise DataError(target, f"is in use by {holder}; wait for it to finish or stop it "
+                                    f"(lock file {lock_path})") from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock afresh
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    previous = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+    if previous:
+        print(f"{target}: took over the lock of {previous}, which is gone", file=sys.stderr)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({what}, since {stamp})".encode(), 0)
+    try:
+        yield
+    finally:
+        try:
+            os.remove(lock_path)
+        except OSError:
+            pass
+        os.close(fd)

@@ -1,37 +1,101 @@
-"""Ctrl-C that is never lost.
+"""Ctrl-C and SIGTERM that are never lost.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be when SIGINT arrives. If that is inside
 a weakref or ``__del__`` callback (h5py runs such callbacks while writing), the exception is printed as
-"Exception ignored" and the program carries on. The CLI's handler therefore also records the request, and
-long loops (progress bars, training steps) call :func:`check`, which raises it again.
+"Exception ignored" and the program carries on. The CLI's handler therefore also records the request, long
+loops (progress bars, training steps) call :func:`check`, which raises it again, and such "Exception ignored"
+reports of an interrupt are not printed.
+
+SIGTERM (what ``timeout``, ``docker stop`` and cluster schedulers send before killing) is handled like SIGINT:
+:class:`Terminated`, a KeyboardInterrupt, is raised, so every writer removes its temporary file. A training
+run defers it (:func:`deferred_termination`): the step in progress finishes, a checkpoint is saved, and then
+the run stops, so that ``--resume`` continues from the signal.
 """
 from __future__ import annotations
 
 import signal
+import sys
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
-_requested = False
+_requested: str | None = None  # "interrupt" or "terminate"
+_terminate_pending = False
+_deferring = 0
+_hook_installed = False
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM (the CLI exits with 143, as a process killed by it would)."""
 
 
 def install() -> None:
-    """Make SIGINT raise KeyboardInterrupt and remember that it did (main thread only; else a no-op)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _handler)
+    """Make SIGINT and SIGTERM raise (KeyboardInterrupt, :class:`Terminated`) and remember that they did (main
+    thread only; else a no-op)."""
+    global _hook_installed
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, _interrupt_handler)
+    signal.signal(signal.SIGTERM, _terminate_handler)
+    if not _hook_installed:
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+        _hook_installed = True
 
 
-def _handler(signum, frame) -> None:
+def _interrupt_handler(signum, frame) -> None:
     global _requested
-    _requested = True
+    _requested = _requested or "interrupt"
     raise KeyboardInterrupt
 
 
+def _terminate_handler(signum, frame) -> None:
+    global _requested, _terminate_pending
+    if _deferring:
+        _terminate_pending = True
+        return
+    _requested = "terminate"
+    raise Terminated("terminated (SIGTERM)")
+
+
+def _quiet_unraisable(previous):
+    """An ``sys.unraisablehook`` that drops reports the program raises again in its own time: an interrupt
+    swallowed by a callback (:func:`check` re-raises it) and a write refused by a full or read-only disk
+    (HDF5 reports those from h5py's clean-up; the writer's flush raises them)."""
+    def hook(unraisable) -> None:
+        from crossmodal.files import place_error
+
+        error = unraisable.exc_value
+        if isinstance(error, KeyboardInterrupt) or (isinstance(error, OSError) and place_error(error)):
+            return
+        previous(unraisable)
+    return hook
+
+
 def check() -> None:
-    """Raise KeyboardInterrupt if an interrupt was requested (again, if its first raise was swallowed)."""
+    """Raise the interrupt or termination requested (again, if its first raise was swallowed)."""
+    if _requested == "terminate":
+        raise Terminated("terminated (SIGTERM)")
     if _requested:
         raise KeyboardInterrupt
 
 
+@contextmanager
+def deferred_termination() -> Iterator[None]:
+    """Inside: SIGTERM only sets :func:`termination_pending`, for a loop that stops at its next safe point."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+
+
+def termination_pending() -> bool:
+    """Whether SIGTERM arrived during :func:`deferred_termination` (and was not handled yet)."""
+    return _terminate_pending
+
+
 def reset() -> None:
     """Forget a request (for tests, and for callers that handled the interrupt)."""
-    global _requested
-    _requested = False
+    global _requested, _terminate_pending
+    _requested, _terminate_pending = None, False

@@ -28,7 +28,7 @@ import torch
 
 from crossmodal import runtime
 from crossmodal.errors import ConfigError, DataError
-from crossmodal.files import atomic_output
+from crossmodal.files import atomic_output, exclusive_lock, place_error
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
@@ -83,6 +83,13 @@ def create(run_dir: str, claim: bool = False) -> tuple[str, bool]:
     With ``claim`` (a default name) the folder is claimed atomically: runs of one config started in the same
     second (a sweep) get ``NAME-2``, ``NAME-3`` ... instead of training into one folder together.
     """
+    try:
+        return _create(run_dir, claim)
+    except OSError as err:
+        raise DataError(run_dir, f"cannot create the run folder: {place_error(err) or err.strerror or err}") from None
+
+
+def _create(run_dir: str, claim: bool) -> tuple[str, bool]:
     created = False
     if runtime.rank() == 0 and claim:
         os.makedirs(os.path.dirname(run_dir), exist_ok=True)
@@ -101,6 +108,16 @@ def create(run_dir: str, claim: bool = False) -> tuple[str, bool]:
     if claim:
         run_dir = runtime.broadcast_object(run_dir)
     return run_dir, created
+
+
+def lock(run_dir: str, verb: str):
+    """An exclusive lock on the run folder while a process writes it (rank 0; the others share its run), so
+    that a second ``--resume`` of the same run is refused in one line instead of interleaving with the first."""
+    from contextlib import nullcontext
+
+    if runtime.rank() != 0:
+        return nullcontext()
+    return exclusive_lock(os.path.join(run_dir, ".lock"), run_dir, f"crossmodal {verb}")
 
 
 def write_config(run_dir: str, text: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -10,6 +11,7 @@ from crossmodal import __version__, interrupts
 from crossmodal.cli import (demo_verb, inspect_verb, prepare_verb, probe_verb, report_verb, segment_verb,
                             train_verbs)
 from crossmodal.errors import CrossmodalError
+from crossmodal.files import place_error
 
 VERBS = (prepare_verb, inspect_verb, train_verbs, probe_verb, segment_verb, report_verb, demo_verb)
 EXIT_USER_ERROR = 2
@@ -42,15 +44,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrossmodalError as err:
         print(f"crossmodal {args.verb}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as err:  # a write refused by its place that no writer turned into a DataError itself
+        reason = place_error(err)
+        if reason is None:
+            raise
+        print(f"crossmodal {args.verb}: error: {_os_error_path(err)}{reason}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except MemoryError:
         print(f"crossmodal {args.verb}: error: out of memory (is a size or count far too large?)", file=sys.stderr)
         return EXIT_USER_ERROR
+    except interrupts.Terminated as err:
+        print(f"crossmodal {args.verb}: {err}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"crossmodal {args.verb}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as the Python docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _os_error_path(err: OSError) -> str:
+    """``PATH: `` for an OSError that names its file (HDF5 names it inside the message), else nothing."""
+    name = err.filename
+    if name is None:
+        match = re.search(r"(?:file)?name = '([^']+)'", str(err))
+        name = match.group(1) if match else None
+    return f"{name}: " if name else ""
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training configs: YAML (``yaml.safe_load`` only) checked against a schema before anything trains.
+"""Training configs: YAML (``yaml.safe_load`` rules, hardened) checked against a schema before anything trains.
 
 A schema is a nested dict whose leaves are :class:`Field`. :func:`load_config` reads a file, applies
 ``key.sub=value`` overrides, fills defaults and checks every key and type; any problem is one
@@ -8,6 +8,7 @@ encoder's timm options, a distiller's options) accept any key: their owners chec
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ import yaml
 from crossmodal.errors import ConfigError
 
 _REQUIRED = object()
+
+# A config is a page of keys (the shipped ones are under 2 KB); anything larger is refused before it is parsed:
+# PyYAML parses in pure Python, about 10 s per MiB on a laptop core.
+MAX_CONFIG_BYTES = 256 << 10
+MAX_ALIASES = 100  # aliases once expanded (an alias of a list of aliases counts them all): stops alias bombs
+MAX_DEPTH = 64  # nesting levels of mappings and lists; deeper is refused before Python's recursion limit
 
 
 @dataclass(frozen=True)
@@ -58,37 +65,155 @@ def non_negative(kind: str, default: Any = _REQUIRED, **kw: Any) -> Field:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'optim.lr=0.01'`` -> (['optim', 'lr'], 0.01); the value is read as YAML (``null``, ``[1, 2]``, ``crd``)."""
+    """``'optim.lr=0.01'`` -> (['optim', 'lr'], 0.01); the value is read as YAML (``null``, ``[1, 2]``, ``crd``).
+
+    The value goes through the same hardened loader as config files (no duplicate keys, few aliases).
+    """
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' is not of the form key.sub=value")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as err:
+        parsed = _load_yaml(value) if value.strip() else ""
+    except _HostileYAML as err:
+        raise ConfigError(f"override '{text}': {err.describe(lines=False)}") from None
+    except (yaml.YAMLError, ValueError) as err:
         raise ConfigError(f"override '{text}': the value is not valid YAML ({_first_line(err)})") from None
     return key.split("."), parsed
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping from ``path``; a missing file, bad YAML or a non-mapping is one ConfigError line."""
+    """A YAML mapping from ``path``; a missing file, bad YAML or a non-mapping is one ConfigError line.
+
+    Hostile files are refused the same way: more than :data:`MAX_CONFIG_BYTES` (checked before parsing), a key
+    given twice in one mapping, more than :data:`MAX_ALIASES` aliases once expanded (alias bombs), or more than
+    :data:`MAX_DEPTH` levels of nesting.
+    """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                size = os.fstat(handle.fileno()).st_size
+                raise ConfigError(f"{path}: {size / 1024:.0f} KiB is too large for a config (the limit is "
+                                  f"{MAX_CONFIG_BYTES // 1024} KiB)")
+        stream = io.StringIO(raw.decode("utf-8"))
+        stream.name = path  # parse errors name the file, as when PyYAML reads it itself
+        data = _load_yaml(stream)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a YAML text file (it is not UTF-8)") from None
-    except yaml.YAMLError as err:
+    except _HostileYAML as err:
+        raise ConfigError(f"{path}: {err.describe(lines=True)}") from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: a scalar that resolves but cannot be built (2020-13-45)
         raise ConfigError(f"{path}: not valid YAML ({_first_line(err)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+class _HostileYAML(Exception):
+    """A YAML text the config loader refuses; :meth:`describe` is the line after ``<file>: ``."""
+
+    def __init__(self, problem: str, key: str = "", lines: tuple[int, int] = (0, 0)):
+        super().__init__(problem)
+        self.problem, self.key, self.lines = problem, key, lines
+
+    def describe(self, lines: bool) -> str:
+        if self.problem == "duplicate":
+            where = f" (lines {self.lines[0]} and {self.lines[1]})" if lines else ""
+            return f"key '{self.key}' is given twice{where}"
+        return self.problem
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no Python tags) that refuses duplicate keys, alias bombs and deep nesting.
+
+    Aliases are counted as they expand: an alias of a node holding ``n`` aliases counts ``1 + n``, so nine lists
+    of nine aliases of each other (a "billion laughs") pass the limit on the third level, while composing the
+    text, long before anything is built. Duplicate keys are looked for in the composed nodes, before merge keys
+    (``<<``) are applied, so a key that overrides a merged one is not a duplicate.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._expanded = 0  # aliases in the document so far, expanded
+        self._inside: list[int] = [0]  # per node being composed: the expanded aliases inside it so far
+        self._weight: dict[int, int] = {}  # id(node) -> the expanded aliases inside it (nodes holding any)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            weight = 1 + self._weight.get(id(node), 0)
+            self._inside[-1] += weight
+            self._expanded += weight
+            if self._expanded > MAX_ALIASES:
+                raise _HostileYAML(f"too many YAML aliases (more than {MAX_ALIASES} once expanded); "
+                                   f"a config needs none or a few")
+            return node
+        if len(self._inside) > MAX_DEPTH:
+            raise _HostileYAML(f"nested too deeply (more than {MAX_DEPTH} levels of mappings and lists)")
+        self._inside.append(0)
+        node = super().compose_node(parent, index)
+        inside = self._inside.pop()
+        if inside:
+            self._weight[id(node)] = inside
+            self._inside[-1] += inside
+        return node
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            self._check_duplicates(node, "", set())
+        return node
+
+    def _check_duplicates(self, node: Any, prefix: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias: checked where its anchor is
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_duplicates(item, f"{prefix}[{i}]", seen)  # optim.groups[1].lr
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<``: YAML's own override rules apply
+                    continue
+                name = self._key_name(key_node)
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = self._key_identity(key_node)
+                    if key in first:
+                        raise _HostileYAML("duplicate", f"{prefix}.{name}" if prefix else name,
+                                           (first[key].start_mark.line + 1, key_node.start_mark.line + 1))
+                    first[key] = key_node
+                self._check_duplicates(value_node, f"{prefix}.{name}" if prefix else name, seen)
+
+    def _key_identity(self, key_node: Any) -> Any:
+        """What the key becomes in the dict (``1`` and ``1.0``, ``yes`` and ``true`` collide there)."""
+        try:
+            key = self.construct_object(key_node)
+            hash(key)
+            return key
+        except Exception:  # built again (and reported) by the constructor
+            return (key_node.tag, key_node.value)
+
+    @staticmethod
+    def _key_name(key_node: Any) -> str:
+        return str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+
+
+def _load_yaml(stream: Any) -> Any:
+    """One YAML document through :class:`_ConfigLoader` (``yaml.safe_load`` with the hostile-input checks)."""
+    loader = _ConfigLoader(stream)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config(path: str | os.PathLike | None, schema: Schema, overrides: Sequence[str] = (),

@@ -12,6 +12,9 @@ from typing import Any, Optional
 from crossmodal.config.typed import Section, non_negative_setting, positive_setting, section, setting
 
 ENCODER_HELP = "timm encoder options: name, in_chans (default: the modality's), num_classes, small_input, ..."
+ADAPT_INPUT_HELP = ("initialise from weights with another input-channel count (ImageNet RGB weights for a depth "
+                    "encoder): their first convolution is adapted as timm's adapt_input_conv does, and said on "
+                    "stderr; false: such weights are an error")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +95,7 @@ class ModelSection(Section):
     modality: str = setting("str", help="the input modality, e.g. rgb or lab_l")
     encoder: dict[str, Any] = setting("mapping", help=ENCODER_HELP)
     weights: Optional[str] = setting("path", None, nullable=True, help="initial weights (a local file)")
+    adapt_input: bool = setting("bool", False, help=ADAPT_INPUT_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +128,7 @@ class TeacherSection(Section):
     weights: Optional[str] = setting(
         "path", None, nullable=True,
         help="a weight file or a train-teacher run folder; null: random teacher (smoke tests)")
+    adapt_input: bool = setting("bool", False, help=ADAPT_INPUT_HELP)
     cache: Any = setting("auto_bool", "auto",
                          help="teacher-feature cache: true, false, or auto (used when the data are not augmented)")
     cache_path: Optional[str] = setting("path", None, nullable=True, help="default: RUN_DIR/teacher_cache.h5")
@@ -135,6 +140,7 @@ class StudentSection(Section):
     modality: str = setting("str", help="the student's modality, e.g. depth")
     encoder: dict[str, Any] = setting("mapping", help=ENCODER_HELP)
     weights: Optional[str] = setting("path", None, nullable=True, help="initial weights (a local file)")
+    adapt_input: bool = setting("bool", False, help=ADAPT_INPUT_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,16 +16,17 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
 
 from crossmodal.data.codecs import CODECS, DEFAULT_CODEC, dataset_filters, describe, missing_filter, quantize
 from crossmodal.errors import DataError
-from crossmodal.files import temporary_name
+from crossmodal.files import exclusive_lock, place_error, remove_stale_temporaries, temporary_name
 
 FORMAT_NAME = "crossmodal-paired"
 FORMAT_VERSION = 2
@@ -297,7 +298,16 @@ class PairedWriter:
 
     def __enter__(self) -> "PairedWriter":
         from crossmodal import __version__
-        self._file = h5py.File(self.tmp, "w")
+        # one writer per output: a second `prepare` of the same --out is refused instead of racing this one
+        self._lock = exclusive_lock(self.out.parent / f".{self.out.name}.lock", self.out, "crossmodal prepare")
+        self._lock.__enter__()
+        remove_stale_temporaries(self.out)
+        try:
+            self._file = h5py.File(self.tmp, "w")
+        except OSError as err:
+            self._lock.__exit__(None, None, None)
+            raise DataError(self.out, f"cannot write its temporary file {self.tmp.name} beside it: "
+                                      f"{place_error(err) or ' '.join(str(err).split())[:200]}") from None
         attrs = self._file.attrs
         attrs["format"] = FORMAT_NAME
         attrs["format_version"] = FORMAT_VERSION
@@ -313,13 +323,16 @@ class PairedWriter:
     def __exit__(self, exc_type, exc, traceback) -> None:
         assert self._file is not None
         try:
-            if exc_type is None:
+            if exc_type is not None:
+                self._discard()
+                return
+            with self._writing():
                 for name, (low, high) in self._ranges.items():
                     self._file["modalities"][name].attrs["value_range"] = np.array([low, high], np.float64)
                 for name, (clipped, nonfinite) in self._counts.items():
                     self._file["modalities"][name].attrs["clipped"] = clipped
                     self._file["modalities"][name].attrs["nonfinite"] = nonfinite
-            self._file.close()
+                self._file.close()
             if exc_type is None:
                 try:
                     read_layout(self.tmp)
@@ -329,6 +342,36 @@ class PairedWriter:
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()
+            self._lock.__exit__(None, None, None)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """HDF5 writes, flushed at the end so that a full disk or a vanished permission surfaces here (HDF5 would
+        otherwise report it later, from h5py's clean-up, as "Exception ignored", and write on): one line naming
+        the output, and the temporary file is discarded."""
+        try:
+            yield
+            if self._file is not None and self._file.id.valid:
+                self._file.flush()
+        except OSError as err:
+            self._discard()
+            raise DataError(self.out, f"cannot write it: "
+                                      f"{place_error(err) or ' '.join(str(err).split())[:200]}") from None
+
+    def _discard(self) -> None:
+        """Close the temporary file after a failure and remove it. It is truncated first: on a full disk HDF5
+        needs room to close the file at all (closing without it crashes h5py at exit)."""
+        try:
+            os.truncate(self.tmp, 0)
+        except OSError:
+            pass
+        try:
+            if self._file is not None and self._file.id.valid:
+                self._file.close()
+        except OSError:
+            pass
+        if self.tmp.exists():
+            self.tmp.unlink()
 
     @property
     def file(self) -> h5py.File:
@@ -370,7 +413,8 @@ class PairedWriter:
         class_names = [str(n) for n in class_names]
         if values.shape != (self.num_samples,):
             raise ValueError(f"label set '{name}' has shape {values.shape}, expected ({self.num_samples},)")
-        dset = self.file["labels"].create_dataset(name, data=values, fletcher32=True)
+        with self._writing():
+            dset = self.file["labels"].create_dataset(name, data=values, fletcher32=True)
         self._label_attrs(dset, "class", class_names)
 
     def set_class_names(self, name: str, class_names: Iterable[str]) -> None:
@@ -423,9 +467,12 @@ class PairedWriter:
                 raise KeyError(f"'{name}' was not declared with add_modality or add_segmentation")
             if batch.shape[1:] != dset.shape[1:]:
                 raise ValueError(f"'{name}' rows have shape {batch.shape[1:]}, expected {dset.shape[1:]}")
-            dset[start:start + len(batch)] = batch
+            with self._writing():
+                dset[start:start + len(batch)] = batch
 
     def add_split(self, name: str, indices: Iterable[int]) -> None:
         """Store a split as an index array of rows."""
         _check_name(self.out, "split", name)
-        self.file["splits"].create_dataset(name, data=np.asarray(list(indices), dtype=np.int64), fletcher32=True)
+        with self._writing():
+            self.file["splits"].create_dataset(name, data=np.asarray(list(indices), dtype=np.int64),
+                                               fletcher32=True)

@@ -3,12 +3,18 @@
 Valid only while the teacher sees every sample the same way: a frozen teacher on an unaugmented view. The
 cache records what its contents depend on (the teacher's fingerprint, the data file, the split, the modality,
 the transform), and anything that changed makes it rebuild, never be reused silently.
+
+Every array is stored with HDF5's Fletcher-32 checksum on each chunk (a read of a damaged chunk fails) and the
+CRC-32 of its whole contents as its ``crc32`` attribute (checked when the array is read into memory: it also
+catches whole chunks zeroed together with their Fletcher-32 sums, which an all-zero chunk matches). A damaged
+cache is rebuilt, never used; one written without checksums (before they existed) is rebuilt once.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import zlib
 from typing import Any, Mapping
 
 import h5py
@@ -19,7 +25,7 @@ from tqdm import tqdm
 
 from crossmodal.cache_key import data_parts, digest
 from crossmodal.data.dataset import PairedDataset, collate
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import atomic_output
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 from crossmodal.models.teacher import FrozenTeacher
@@ -28,6 +34,8 @@ FORMAT = "crossmodal-teacher-cache/1"
 # Caches up to this size are read into memory at load; larger ones are read per lookup from the file.
 MEMORY_LIMIT_BYTES = 1 << 30
 STAGE_DTYPES = ("float32", "float16")
+CHECKSUM_ATTR = "crc32"  # each array's CRC-32, of its bytes in row order
+CHECKSUM_SLAB_BYTES = 64 << 20  # rows read at a time to checksum an array after writing it
 
 
 class TeacherFeatureCache:
@@ -39,9 +47,10 @@ class TeacherFeatureCache:
     (N x C x H x W, for each ``s`` in ``needs.stages``; float32, or float16 with ``stage_dtype="float16"``,
     which halves the file and rounds values to about 3 significant digits).
 
-    Build with :meth:`build_or_load`. A cache up to ``memory_limit_bytes`` is read into memory; a larger one
-    is read from the file per lookup (h5py fancy indexing of the sorted unique indices), opened once per
-    process and never pickled.
+    Build with :meth:`build_or_load`. A cache up to ``memory_limit_bytes`` is read into memory, and each
+    array's checksums are verified on that read; a larger one is read from the file per lookup (h5py fancy
+    indexing of the sorted unique indices), opened once per process and never pickled, and a damaged chunk met
+    by a lookup fails its Fletcher-32 checksum (a :class:`DataError`).
 
     The in-memory arrays live on the device of the lookups: the first lookup with indices on an accelerator
     (or :meth:`to`) moves them there, and from then on a lookup is an ``index_select`` per array on that device,
@@ -54,6 +63,10 @@ class TeacherFeatureCache:
         num_stages: the teacher's stage count (the length of a lookup's ``features``).
         key: the content key the file was built for.
         memory_limit_bytes: read the needed arrays into memory when they total at most this.
+
+    Raises:
+        DataError: an array read into memory fails its checksum ("damaged: ...").
+        OSError: the file cannot be read.
 
     Examples:
         >>> cache = TeacherFeatureCache.build_or_load("runs/x/teacher_rgb.h5", teacher, data, "rgb",
@@ -75,7 +88,8 @@ class TeacherFeatureCache:
             self.num_samples = int(handle["embedding"].shape[0])
             size = sum(handle[name].size * handle[name].dtype.itemsize for name in self.names)
             if size <= memory_limit_bytes:
-                self._memory = {name: torch.from_numpy(handle[name][()]) for name in self.names}
+                self._memory = {name: torch.from_numpy(_read_verified(handle, name, self.path))
+                                for name in self.names}
 
     def __len__(self) -> int:
         return self.num_samples
@@ -88,8 +102,9 @@ class TeacherFeatureCache:
         """Reuse the cache at ``path`` if it was built for exactly this teacher, data and view, else (re)build it.
 
         A cache built for more outputs than ``needs`` is reused; one that lacks some is rebuilt with both sets.
-        A stale, unreadable or incomplete file is rebuilt, with a message on stderr saying why. The file is
-        written under a temporary name in the same folder and renamed into place when complete.
+        A stale, unreadable, damaged (an array fails its checksum) or incomplete file, or one written without
+        checksums, is rebuilt, with one line on stderr saying why. The file is written under a temporary name in
+        the same folder and renamed into place when complete.
 
         Args:
             path: the cache file (``.h5``).
@@ -123,6 +138,8 @@ class TeacherFeatureCache:
                     return cls(path, needs, teacher.spec.num_stages, key, memory_limit_bytes)
                 except OSError as err:  # the header reads but the data does not
                     reason = _unreadable(err)
+                except DataError as err:  # the data read but fail their checksums
+                    reason = err.problem
             if stored is not None:
                 build_needs = needs | stored
             print(f"teacher cache {path} is stale ({reason}), rebuilding", file=sys.stderr)
@@ -149,6 +166,7 @@ class TeacherFeatureCache:
 
         Raises:
             IndexError: an index on the CPU, or any index of a file-backed cache, outside [0, N).
+            DataError: a file-backed cache's file cannot be read, or a chunk read fails its checksum.
         """
         index = index.detach().reshape(-1)
         if self._memory is not None:
@@ -174,9 +192,17 @@ class TeacherFeatureCache:
         restore the batch's order and repeats)."""
         self._check_range(rows)
         unique, inverse = np.unique(rows.numpy(), return_inverse=True)
-        handle = self._handle()
-        return {name: torch.from_numpy(handle[name][unique] if len(unique) else handle[name][0:0])
-                [torch.from_numpy(inverse.reshape(-1))] for name in self.names}
+        inverse = torch.from_numpy(inverse.reshape(-1))
+        arrays = {}
+        for name in self.names:
+            try:
+                dataset = self._handle()[name]
+                array = dataset[unique] if len(unique) else dataset[0:0]
+            except OSError as err:  # one line naming the file: a damaged chunk, or a file gone bad mid-run
+                problem = (f"damaged ('{name}' fails its checksum)" if _checksum_failed(err) else _unreadable(err))
+                raise DataError(self.path, f"the teacher cache is {problem}; delete it to rebuild it") from None
+            arrays[name] = torch.from_numpy(array)[inverse]
+        return arrays
 
     def _check_range(self, rows: torch.Tensor) -> None:
         """Refuse CPU indices outside [0, N) with a clear error."""
@@ -231,6 +257,54 @@ def _unreadable(err: BaseException) -> str:
     return f"unreadable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
 
 
+def _damaged(name: str) -> str:
+    return f"damaged: '{name}' fails its checksum"
+
+
+def _checksum_failed(err: OSError) -> bool:
+    """Whether a failed read is a chunk failing its Fletcher-32 checksum (the arrays' only filter)."""
+    return "filter" in str(err).lower()
+
+
+def _crc32(array: np.ndarray, value: int = 0) -> int:
+    """``value`` carried on over ``array``'s bytes in row order."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), value)
+
+
+def _checksum(dataset: h5py.Dataset) -> int:
+    """The CRC-32 of a stored array, read a slab of rows at a time."""
+    row_bytes = max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64)))
+    step = max(1, CHECKSUM_SLAB_BYTES // row_bytes)
+    value = 0
+    for start in range(0, dataset.shape[0], step):
+        value = _crc32(dataset[start:start + step], value)
+    return value
+
+
+def _read_verified(handle: h5py.File, name: str, path: str) -> np.ndarray:
+    """Array ``name`` read whole (its chunks' Fletcher-32 sums checked on the way), checked against its CRC-32.
+
+    Raises:
+        DataError: a chunk or the whole fails its checksum.
+        OSError: the file cannot be read.
+    """
+    dataset = handle[name]
+    try:
+        array = dataset[()]
+    except OSError as err:
+        if _checksum_failed(err):
+            raise DataError(path, _damaged(name)) from None
+        raise
+    stored = dataset.attrs.get(CHECKSUM_ATTR)
+    if stored is not None and _crc32(array) != int(stored):
+        raise DataError(path, _damaged(name))
+    return array
+
+
+def _has_checksums(dataset: h5py.Dataset) -> bool:
+    return bool(dataset.fletcher32) and CHECKSUM_ATTR in dataset.attrs
+
+
 def _needs_to_attrs(needs: TeacherNeeds) -> str:
     return json.dumps({"stages": sorted(needs.stages), "embedding": True, "logits": needs.logits})
 
@@ -249,6 +323,8 @@ def _stale_reason(path: str, parts: Mapping[str, Any], key: str, needs: TeacherN
                 return f"{', '.join(changed)} changed", None
             info = json.loads(handle.attrs["needs"])
             stored = TeacherNeeds(frozenset(info["stages"]), True, bool(info["logits"]))
+            if not all(_has_checksums(item) for item in handle.values() if isinstance(item, h5py.Dataset)):
+                return "written without checksums", stored
             lacking = [f"stage {s}" for s in sorted(needs.stages - stored.stages)]
             lacking += ["logits"] if needs.logits and not stored.logits else []
             if lacking:
@@ -288,7 +364,7 @@ def _build(path: str, teacher: FrozenTeacher, dataset: PairedDataset, modality: 
                         # one sample per chunk for maps (random lookups read nothing else), 64 for vectors
                         rows_per_chunk = 1 if name.startswith("stage_") else min(64, len(dataset))
                         handle.create_dataset(name, shape=(len(dataset),) + array.shape[1:], dtype=array.dtype,
-                                              chunks=(rows_per_chunk,) + array.shape[1:])
+                                              chunks=(rows_per_chunk,) + array.shape[1:], fletcher32=True)
                     if np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
                         handle[name][rows[0]:rows[0] + len(rows)] = array
                     else:
@@ -297,6 +373,8 @@ def _build(path: str, teacher: FrozenTeacher, dataset: PairedDataset, modality: 
                 bar.update(len(rows))
             if written != len(dataset):
                 raise RuntimeError(f"teacher cache: wrote {written} of {len(dataset)} samples")
+            for array_set in handle.values():  # read back: the sum of what the file holds, in row order
+                array_set.attrs[CHECKSUM_ATTR] = _checksum(array_set)
             handle.attrs.update(format=FORMAT, key=key, key_parts=json.dumps(parts, sort_keys=True),
                                 needs=_needs_to_attrs(needs))
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -55,6 +56,22 @@ def save_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
         torch.save(payload, temporary)
 
 
+def _load_error(err: BaseException, path: str) -> str:
+    """torch.load's error in whole words: a truncated archive said as such, else the error's first sentence."""
+    import zipfile
+
+    text = " ".join(str(err).split())
+    try:
+        with open(path, "rb") as handle:
+            archive_start = handle.read(4) == b"PK\x03\x04"
+    except OSError:
+        archive_start = False
+    if archive_start and not zipfile.is_zipfile(path) or "central directory" in text:
+        return "truncated or damaged (it is not a complete archive); an interrupted copy or a full disk?"
+    sentence = re.split(r"(?<=[.!?]) ", text, maxsplit=1)[0]
+    return sentence if len(sentence) <= 300 else sentence[:297].rsplit(" ", 1)[0] + " ..."
+
+
 def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, Any],
                     may_change: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a checkpoint (``weights_only=True``) and check that it belongs to this verb and config.
@@ -69,7 +86,7 @@ def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
     except FileNotFoundError:
         raise DataError(path, "no such checkpoint") from None
     except Exception as err:  # unpickling errors come in many types; report one line
-        raise DataError(path, f"not a readable checkpoint ({' '.join(str(err).split())[:200]})") from None
+        raise DataError(path, f"not a readable checkpoint: {_load_error(err, path)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(path, f"not a crossmodal checkpoint (expected format {FORMAT})")
     if payload.get("verb") != verb:

@@ -135,12 +135,17 @@ class Trainer:
             self._restore()
         elif resume:  # killed before its first checkpoint: it starts again, so its records go
             self.metrics.rewind(0)
+            if self.is_main:
+                tqdm.write(f"{self.setup.run_dir}: no checkpoint yet (the run stopped before its first one); "
+                           f"starting it from the beginning")
         previous_handler = self._install_signal()
         record: dict[str, Any] = {}
         try:
-            with torch.enable_grad():  # also when called under torch.no_grad() (a notebook, an eval script)
+            # SIGTERM (a scheduler's preemption, `timeout`, `docker stop`): finish the step, save, then stop
+            with torch.enable_grad(), interrupts.deferred_termination():
                 while self.epoch < self.epochs:
                     record = self._run_epoch()
+                    self._stop_if_terminated(epoch_end=True)  # the epoch's end has just saved a checkpoint
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGUSR1, previous_handler)
@@ -212,10 +217,13 @@ class Trainer:
                 record = self._log_steps(window_samples * self.world / elapsed)
                 bar.set_postfix(loss=f"{record['loss']:.4g}", samples_s=f"{record['samples_per_s']:.0f}")
                 window_start, window_samples = time.perf_counter(), 0
-            if self._checkpoint_due():
+            saved = self._checkpoint_due()
+            if saved:
                 self._save()
             for hook in self.setup.hooks:
                 hook(self)
+            if self.batch_in_epoch < self.steps_per_epoch:  # at the epoch's end, after its checkpoint
+                self._stop_if_terminated(saved=saved)
         bar.close()
         record = self._end_epoch(time.perf_counter() - epoch_start)
         return record
@@ -300,6 +308,26 @@ class Trainer:
             else:
                 requested = False
         return (scheduled or requested) and self.batch_in_epoch < self.steps_per_epoch  # the epoch's end saves
+
+    def _stop_if_terminated(self, saved: bool = False, epoch_end: bool = False) -> None:
+        """After SIGTERM: save a checkpoint at this step (unless one was just saved) and stop the run. Under DDP
+        the signal may reach only some ranks, so the ranks agree at logging steps and epoch ends (as for
+        SIGUSR1)."""
+        saved = saved or epoch_end
+        pending = interrupts.termination_pending()
+        if self.world > 1:
+            if not epoch_end and self.step % self.train_cfg.log_every != 0:
+                return
+            flag = torch.tensor([int(pending)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            pending = bool(flag.item())
+        if not pending:
+            return
+        if not saved:
+            self._save()
+        raise interrupts.Terminated(
+            f"terminated (SIGTERM) after saving a checkpoint at step {self.step} (epoch {self.epoch + 1}, batch "
+            f"{self.batch_in_epoch}); --resume {self.setup.run_dir} continues from it")
 
     def _save(self) -> None:
         self._checkpoint_requested.clear()

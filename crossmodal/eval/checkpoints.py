@@ -1,16 +1,16 @@
 """Load the encoder to evaluate: from a run folder, an exported ``.safetensors`` file, or freshly initialised."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import torch
-from safetensors import safe_open
 
 from crossmodal.errors import DataError
 from crossmodal.models.encoder import Encoder
+from crossmodal.models.weights import InputChannelsMismatch, config_mismatch, load_weights, read_metadata, \
+    stored_config
 from crossmodal import run_folder
 
 
@@ -37,43 +37,59 @@ def load_encoder(checkpoint: str | os.PathLike, random_init: bool = False, seed:
     """The encoder of ``checkpoint``: a run folder (``model_card.json`` names its weights and encoder config)
     or a ``.safetensors`` file exported by crossmodal (its metadata holds the encoder config).
 
+    The weights are evaluated as they are: nothing is adapted, and a run's weight file that records another
+    encoder than its model card (input channels, architecture, stem, classes ...) or whose tensors do not fit
+    that encoder exactly is refused.
+
     With ``random_init`` the same architecture is built with fresh weights (seeded by ``seed``) and nothing is
     loaded: the scratch baseline.
 
     Raises:
-        DataError: a missing path, a folder that is not a finished run, or a file without crossmodal metadata.
+        DataError: a missing path, a folder that is not a finished run, a file without crossmodal metadata, or
+            weights that do not match their model card or metadata.
     """
     path = os.path.abspath(os.fspath(checkpoint))
     card = None
     if os.path.isdir(path):
         card = run_folder.read_model_card(path)
         weights, config, modality = run_folder.card_weights(path, card), dict(card["encoder"]), card["modality"]
+        against = "the run's model card"
     elif os.path.isfile(path):
         weights, config, modality = path, _config_from_metadata(path), None
+        against = "its metadata"
     else:
         raise DataError(path, "no such run folder or weight file (--checkpoint)")
     torch.manual_seed(seed)
-    encoder = Encoder(**config, weights=None if random_init else weights)
+    encoder = Encoder(**config)
+    if not random_init:
+        _load_exactly(encoder, weights, config, modality, against)
     return LoadedEncoder(encoder.eval(), modality, path, None if random_init else weights, card)
 
 
-def _config_from_metadata(path: str) -> dict[str, Any]:
+def _load_exactly(encoder: Encoder, weights: str, config: Mapping[str, Any], modality: Optional[str],
+                  against: str) -> None:
+    """Load ``weights`` into ``encoder`` as they are, after checking the encoder config the file records."""
+    metadata = read_metadata(weights)
+    stored = stored_config(weights, metadata)
+    if stored is not None:
+        problem = config_mismatch(stored, config, against, stored_modality=metadata.get("modality"),
+                                  expected_modality=modality)
+        if problem:
+            raise DataError(weights, problem)
     try:
-        with safe_open(path, "pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for a file that is not one
-        raise DataError(path, f"not a .safetensors file ({' '.join(str(err).split())[:120]})") from None
-    if "encoder" in metadata:
-        try:
-            return dict(json.loads(metadata["encoder"]))
-        except (ValueError, TypeError):
-            raise DataError(path, "its 'encoder' metadata is not valid JSON") from None
-    if "timm_name" in metadata and "in_chans" in metadata:  # written before the full config was recorded
-        return {"name": metadata["timm_name"], "in_chans": int(metadata["in_chans"]),
-                "num_classes": int(metadata.get("num_classes", 0)),
-                "small_input": metadata.get("small_input") == "true"}
-    raise DataError(path, "no crossmodal metadata (timm_name, in_chans); give a run folder or a file exported by "
-                          "crossmodal train-teacher / distill")
+        load_weights(encoder.model, weights, exact=True)
+    except InputChannelsMismatch as err:
+        said = f" ({modality})" if modality else ""
+        raise DataError(weights, f"its encoder has {err.file_chans} input channel{'' if err.file_chans == 1 else 's'}"
+                                 f", {against} says {err.model_chans}{said}") from None
+
+
+def _config_from_metadata(path: str) -> dict[str, Any]:
+    config = stored_config(path, read_metadata(path, any_name=True))
+    if config is None:
+        raise DataError(path, "no crossmodal metadata (timm_name, in_chans); give a run folder or a file exported "
+                              "by crossmodal train-teacher / distill")
+    return dict(config)
 
 
 def method_name(card: Optional[Mapping[str, Any]], random_init: bool) -> str:

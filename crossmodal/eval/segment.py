@@ -155,11 +155,12 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
     if options.json_path:
         ensure_folder(os.path.dirname(os.path.abspath(options.json_path)))
     ensure_folder(out)
-    for protocol in options.protocols:
-        result["results"][protocol] = run_protocol(protocol, loaded, modality, seg_info, config,
-                                                   os.path.join(out, protocol), options)
-    for path in [os.path.join(out, JSON_NAME)] + ([options.json_path] if options.json_path else []):
-        write_json(path, result)
+    with run_folder.lock(out, "segment"):  # a second `segment --out` of the same folder is refused, not raced
+        for protocol in options.protocols:
+            result["results"][protocol] = run_protocol(protocol, loaded, modality, seg_info, config,
+                                                       os.path.join(out, protocol), options)
+        for path in [os.path.join(out, JSON_NAME)] + ([options.json_path] if options.json_path else []):
+            write_json(path, result)
     return result
 
 
@@ -180,7 +181,7 @@ def segmentation_labels(data_path: str, labels: str) -> LabelInfo:
 def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: LabelInfo,
                  config: RunConfig, run_dir: str, options: SegmentOptions) -> dict[str, Any]:
     """One protocol's training run in ``run_dir``, its test scores and its preview; returns its JSON entry."""
-    os.makedirs(run_dir, exist_ok=True)
+    ensure_folder(run_dir)
     device = runtime.resolve_device(config.device)
     train_transform, eval_transform = transforms(config.data)
     data = config.data

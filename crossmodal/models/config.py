@@ -31,8 +31,9 @@ def encoder_config(encoder: Mapping[str, Any], modality: str, channels: int, sec
         num_classes: the classifier's outputs the labels need, or None for no constraint.
     """
     config = dict(encoder)
-    if "weights" in config:
-        raise ConfigError(f"{section}.encoder.weights: give the weights as {section}.weights")
+    for key in ("weights", "adapt_input"):
+        if key in config:
+            raise ConfigError(f"{section}.encoder.{key}: give it as {section}.{key}")
     if "name" not in config:
         raise ConfigError(f"{section}.encoder lacks 'name' (a timm model name)")
     config.setdefault("in_chans", channels)

@@ -42,7 +42,11 @@ class Encoder(nn.Module):
         num_classes: classifier outputs; 0 builds no head and the output's ``logits`` are None.
         small_input: stride-1 stem without max-pool, for 32-96 px images (resnet18 on 32 x 32: 4 x 4 last map).
         weights: a local weight file (``.safetensors`` or a ``torch.save``-d state dict) loaded strictly, with
-            the first convolution adapted to ``in_chans`` and a classifier of another size dropped.
+            a classifier of another size dropped (see :func:`~crossmodal.models.weights.load_weights`).
+        adapt_input: adapt a first convolution of ``weights`` with another input-channel count to ``in_chans``
+            (timm's ``adapt_input_conv``); without it such a file is an
+            :class:`~crossmodal.models.weights.InputChannelsMismatch`. What was adapted is in
+            :attr:`weight_notes`.
         input_norm: optional ``(mean, std)``, one value per channel, applied inside :meth:`forward` before the
             backbone (for weights that expect another normalisation than the data loader's).
         **timm_kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ``img_size`` ...).
@@ -58,7 +62,7 @@ class Encoder(nn.Module):
     """
 
     def __init__(self, name: str, in_chans: int, num_classes: int = 0, small_input: bool = False,
-                 weights: str | os.PathLike | None = None,
+                 weights: str | os.PathLike | None = None, adapt_input: bool = False,
                  input_norm: tuple[Sequence[float], Sequence[float]] | None = None, **timm_kwargs: Any) -> None:
         super().__init__()
         if not isinstance(name, str) or not timm.is_model(name):
@@ -88,8 +92,10 @@ class Encoder(nn.Module):
             self.register_buffer("norm_std", std, persistent=False)
         if self.small_input:
             apply_small_input_stem(self.model)
+        # what loading ``weights`` adapted (load_weights' notes), for the caller to report
+        self.weight_notes: list[str] = []
         if weights is not None:
-            load_weights(self.model, weights)
+            self.weight_notes = load_weights(self.model, weights, adapt_input=adapt_input)
         self.spec = self._measure_spec()
         # Whether get_classifier() turns the embedding into forward_head's logits; checked on the first batch.
         self._classifier_is_head: Optional[bool] = None

@@ -1,18 +1,24 @@
 """Reading weight files into timm models: safely (never unpickling code), strictly, and adapted as timm does.
 
 The rules follow timm's ``load_pretrained``: a first convolution with another input-channel count is adapted
-with ``adapt_input_conv`` (summed for 1 channel, repeated and rescaled otherwise), and a classifier of another
-size is dropped in favour of the model's fresh head (kept too when the file is a headless backbone). BatchNorm
+with ``adapt_input_conv`` (summed for 1 channel, repeated and rescaled otherwise) when the caller asks for it
+(``adapt_input=True``: initialising from weights of another modality) and refused otherwise, and a classifier of
+another size is dropped in favour of the model's fresh head (kept too when the file is a headless backbone),
+unless the load is ``exact`` (a finished run's weights evaluated as they are). BatchNorm
 ``num_batches_tracked`` counters a file lacks are taken from the model. Unlike a ``strict=False`` load, every
 other missing, unexpected or mis-shaped key is an error that names the keys.
+
+Files exported by crossmodal carry their encoder config in their metadata (:func:`stored_config`);
+:func:`config_mismatch` words how it differs from the config a file is loaded as.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
 import warnings
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +34,22 @@ MAX_LISTED = 5
 REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNORECASE)
 # BatchNorm's batch counter: only read when momentum=None, and often left out of published checkpoints.
 BATCH_COUNTER = "num_batches_tracked"
+# The encoder config keys that decide what a weight file means, in the order a mismatch names them.
+IDENTITY_KEYS = ("name", "in_chans", "num_classes", "small_input", "input_norm")
+
+
+class InputChannelsMismatch(DataError):
+    """A weight file's first convolution takes another number of input channels than the model, and the load
+    was not asked to adapt it (``adapt_input``). Callers reword it with the setting that allows the adaptation.
+
+    Attributes:
+        key: the first convolution's weight (``conv1.weight``); file_chans, model_chans: the two channel counts.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str, file_chans: int, model_chans: int) -> None:
+        self.key, self.file_chans, self.model_chans = key, int(file_chans), int(model_chans)
+        super().__init__(path, f"its first convolution {key} takes {file_chans} input channel"
+                               f"{'' if file_chans == 1 else 's'}, the model {model_chans}")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -80,11 +102,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
+def load_weights(model: nn.Module, path: str | os.PathLike, adapt_input: bool = False,
+                 exact: bool = False) -> list[str]:
     """Load a weight file into a timm model, strictly, adapting what timm's own loader adapts.
 
     - the first convolution (``pretrained_cfg['first_conv']``) of another input-channel count is converted with
-      timm's ``adapt_input_conv``, from the file's channel count to the model's;
+      timm's ``adapt_input_conv``, from the file's channel count to the model's, when ``adapt_input`` is true,
+      and is an :class:`InputChannelsMismatch` otherwise;
     - the classifier (``pretrained_cfg['classifier']``) is dropped when the model has none (``num_classes=0``),
       and dropped with a warning, keeping the model's freshly initialised head, when its size differs;
     - a file without any classifier (a backbone saved with ``num_classes=0``) keeps the model's freshly
@@ -92,19 +116,26 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
     - BatchNorm ``num_batches_tracked`` counters the file lacks are taken from the model;
     - anything else that does not match is a :class:`DataError` naming the keys.
 
+    With ``exact`` (evaluating a finished run's weights) nothing is adapted: a classifier of another size, or
+    none, is a mismatch too.
+
     Args:
         model: a timm model (with ``pretrained_cfg``), changed in place.
         path: the weight file, see :func:`read_state_dict`.
+        adapt_input: adapt a first convolution of another input-channel count (initialising from weights of
+            another modality); ignored with ``exact``.
+        exact: the file must be this model's, as is.
 
     Returns:
         One line per adaptation made (empty when the file matched as is).
 
     Raises:
+        InputChannelsMismatch: the first convolution's input channels differ and may not be adapted.
         DataError: the file cannot be read or does not match the model.
 
     Examples:
         >>> model = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=0)
-        >>> load_weights(model, "resnet18_rgb.safetensors")
+        >>> load_weights(model, "resnet18_rgb.safetensors", adapt_input=True)
         ['adapted conv1.weight from 3 to 1 input channels', "dropped the file's classifier fc (the model has no head)"]
     """
     from timm.models._manipulate import adapt_input_conv
@@ -118,13 +149,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
             continue
         file_chans, model_chans = state[key].shape[1], own[key].shape[1]
         if file_chans != model_chans:
+            if exact or not adapt_input:
+                raise InputChannelsMismatch(path, key, file_chans, model_chans)
             try:
                 state[key] = adapt_input_conv(model_chans, state[key], base_chans=file_chans)
             except (NotImplementedError, AssertionError, ValueError) as err:
                 raise DataError(path, f"cannot adapt {key} from {file_chans} to {model_chans} input channels "
                                       f"({_first_line(err)})") from None
             notes.append(f"adapted {key} from {file_chans} to {model_chans} input channels")
-    fresh_heads = _adapt_classifiers(model, state, own, notes)
+    fresh_heads = [] if exact else _adapt_classifiers(model, state, own, notes)
     _fill_batch_counters(state, own, notes)
     problems = _mismatches(state, own)
     if problems:
@@ -134,6 +167,104 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> list[str]:
         warnings.warn(f"{os.fspath(path)}: {note}", stacklevel=2)
     model.load_state_dict(state, strict=True)
     return notes
+
+
+def input_adaptations(notes: Sequence[str]) -> list[str]:
+    """The notes of :func:`load_weights` that tell of an adapted first convolution."""
+    return [note for note in notes if note.startswith("adapted ") and note.endswith(" input channels")]
+
+
+def read_metadata(path: str | os.PathLike, any_name: bool = False) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file ({} for another file or one without metadata).
+
+    Args:
+        any_name: read ``path`` as safetensors whatever its name ends with.
+
+    Raises:
+        DataError: a ``.safetensors`` file (with ``any_name``: any file) that cannot be read.
+    """
+    path = os.fspath(path)
+    if not (any_name or path.endswith(".safetensors")) or not os.path.isfile(path):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for a file that is not one
+        raise DataError(path, f"not a readable safetensors file ({_first_line(err)})") from None
+
+
+def stored_config(path: str | os.PathLike, metadata: Optional[Mapping[str, str]] = None) -> Optional[dict[str, Any]]:
+    """The encoder config a file exported by crossmodal records (``Encoder(**config)`` rebuilds its model), or
+    None for a file without crossmodal metadata (a plain timm or PyTorch state dict).
+
+    Raises:
+        DataError: unreadable metadata.
+    """
+    metadata = read_metadata(path) if metadata is None else metadata
+    if "encoder" in metadata:
+        try:
+            config = json.loads(metadata["encoder"])
+        except (ValueError, TypeError):
+            config = None
+        if not isinstance(config, dict):
+            raise DataError(path, "its 'encoder' metadata is not a JSON mapping")
+        return config
+    if "timm_name" in metadata and "in_chans" in metadata:  # written before the full config was recorded
+        try:
+            return {"name": metadata["timm_name"], "in_chans": int(metadata["in_chans"]),
+                    "num_classes": int(metadata.get("num_classes", 0)),
+                    "small_input": metadata.get("small_input") == "true"}
+        except ValueError:
+            raise DataError(path, "its in_chans / num_classes metadata are not integers") from None
+    return None
+
+
+def config_mismatch(stored: Mapping[str, Any], expected: Mapping[str, Any], against: str,
+                    keys: Optional[Sequence[str]] = None, stored_modality: Optional[str] = None,
+                    expected_modality: Optional[str] = None) -> Optional[str]:
+    """How a weight file's recorded encoder config differs from the one it is loaded as, in words, or None.
+
+    Args:
+        stored: the file's config (:func:`stored_config`); expected: the config it is loaded as.
+        against: what says ``expected`` (``the run's model card``, ``teacher.encoder``).
+        keys: the keys compared (default: every key either has; a key set to None counts as absent, and a
+            recorded key with its default value as equal when the other lacks it).
+        stored_modality, expected_modality: named beside the input channels when known.
+
+    Examples:
+        >>> config_mismatch({"name": "resnet18", "in_chans": 3}, {"name": "resnet18", "in_chans": 1},
+        ...                 "the run's model card", None, "rgb", "depth")
+        "its encoder has 3 input channels (rgb), the run's model card says 1 input channel (depth)"
+    """
+    defaults = {"num_classes": 0, "small_input": False}
+    a, b = _plain(stored), _plain(expected)
+    names = list(keys) if keys is not None else (
+        [k for k in IDENTITY_KEYS if k in a or k in b] + sorted((set(a) | set(b)) - set(IDENTITY_KEYS)))
+    differ = [k for k in names if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k))]
+    if not differ:
+        return None
+    ours = " and ".join(_described(k, a.get(k, defaults.get(k)), stored_modality) for k in differ)
+    theirs = " and ".join(_described(k, b.get(k, defaults.get(k)), expected_modality) for k in differ)
+    return f"its encoder has {ours}, {against} says {theirs}"
+
+
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as JSON would hold it (tuples as lists), without None values."""
+    return {k: v for k, v in json.loads(json.dumps(dict(config), default=repr)).items() if v is not None}
+
+
+def _described(key: str, value: Any, modality: Optional[str]) -> str:
+    if value is None:
+        return f"no {key}"
+    if key == "in_chans":
+        return f"{value} input channel{'' if value == 1 else 's'}" + (f" ({modality})" if modality else "")
+    if key == "name":
+        return f"architecture {value}"
+    if key == "num_classes":
+        return f"{value} classes" if value else "no classifier"
+    return f"{key} {json.dumps(value)}"
 
 
 def _adapt_classifiers(model: nn.Module, state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor],

@@ -20,11 +20,16 @@ from crossmodal.engine import TrainSetup
 from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.models.config import encoder_config
-from crossmodal.models.encoder import create_encoder
 from crossmodal.models.outputs import TeacherNeeds
 from crossmodal.models.teacher import FrozenTeacher
 from crossmodal.train.distillation import DistillTask, TeacherView
 from crossmodal.train.export import finish_run
+from crossmodal.train.initial_weights import check_recorded_config, initialised_encoder
+
+# What a frozen teacher's weight file must agree on with teacher.encoder, when the file records its encoder: the
+# teacher is used as it is, so another architecture, stem or input normalisation would silently change what it
+# computes (input channels are adapted only with teacher.adapt_input; a classifier of another size is dropped).
+TEACHER_KEYS = ("name", "small_input", "input_norm")
 
 Plan = dict[str, tuple[float, dict[str, Any]]]
 
@@ -49,15 +54,18 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
         raise ConfigError(f"loss.class_labels: '{class_labels}' is not an image-level class label set")
 
     teacher_encoder_cfg, teacher_weights = teacher_source(teacher_cfg)
-    teacher = FrozenTeacher(create_encoder({**encoder_config(teacher_encoder_cfg, tm, channels["teacher.modality"],
-                                                             "teacher"),
-                                            "weights": teacher_weights})).to(device)
+    teacher_config = encoder_config(teacher_encoder_cfg, tm, channels["teacher.modality"], "teacher")
+    if teacher_weights is not None:
+        against = "teacher.encoder" if teacher_cfg.encoder is not None else "the run's model card"
+        check_recorded_config(teacher_weights, teacher_config, against, TEACHER_KEYS, tm)
+    teacher = FrozenTeacher(initialised_encoder(teacher_config, teacher_weights, teacher_cfg.adapt_input, "teacher",
+                                                tm)).to(device)
     if teacher_weights is None and runtime.rank() == 0:
         print("warning: teacher.weights is null, so the teacher is randomly initialised (fine for a smoke test, "
               "meaningless otherwise)", flush=True)
     student_config = encoder_config(student_cfg.encoder, sm, channels["student.modality"], "student",
                                     num_classes if loss_cfg.ce > 0 else None)
-    student = create_encoder({**student_config, "weights": student_cfg.weights})
+    student = initialised_encoder(student_config, student_cfg.weights, student_cfg.adapt_input, "student", sm)
 
     labels = (torch.from_numpy(train.class_values[class_labels][train.rows]).long() if class_labels else None)
     distillers = {}
@@ -139,6 +147,9 @@ def teacher_source(teacher_cfg: TeacherSection) -> tuple[dict[str, Any], Optiona
             raise DataError(weights, f"teacher.weights is a folder but {err.problem}") from None
         encoder = encoder if encoder is not None else {k: v for k, v in card["encoder"].items() if v is not None}
         weights = run_folder.card_weights(weights, card)
+        if os.path.isfile(weights):  # the run's weight file is the one its card describes
+            check_recorded_config(weights, card["encoder"], "the run's model card",
+                                  expected_modality=card.get("modality"))
     elif weights is not None and not os.path.isfile(weights):
         raise DataError(weights, "no such teacher weight file (teacher.weights)")
     if encoder is None:

@@ -14,10 +14,11 @@ from crossmodal.files import atomic_output
 from crossmodal.models.encoder import Encoder
 
 
-def export_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
+def export_encoder(encoder: Encoder, path: str | os.PathLike, modality: str | None = None) -> None:
     """Save ``encoder.model``'s state (plain timm keys, contiguous CPU tensors) as safetensors, atomically.
 
-    The metadata records the timm name and input channels. Load it with
+    The metadata records the timm name, input channels, the full encoder config and, when given, the modality
+    (so that a file loaded as another encoder is refused in words). Load it with
     ``timm.create_model(name, pretrained=True, in_chans=C, num_classes=K,
     pretrained_cfg_overlay=dict(file=path, num_classes=K))``, or with ``Encoder(..., weights=path)``.
     """
@@ -25,6 +26,8 @@ def export_encoder(encoder: Encoder, path: str | os.PathLike) -> None:
     metadata = {"timm_name": encoder.name, "in_chans": str(encoder.in_chans),
                 "num_classes": str(encoder.num_classes), "small_input": str(encoder.small_input).lower(),
                 "encoder": json.dumps(encoder.config, sort_keys=True)}  # rebuilds it: Encoder(**config)
+    if modality is not None:
+        metadata["modality"] = modality
     with atomic_output(path, suffix=".safetensors") as temporary:
         save_file(state, temporary, metadata=metadata)
         os.chmod(temporary, 0o666 & ~_umask())  # safetensors creates its files private (0600)
@@ -34,7 +37,7 @@ def finish_run(run_dir: str, verb: str, config: RunConfig, encoder: Encoder, mod
                record: Mapping[str, Any], **extra: Any) -> None:
     """Export the trained encoder and write the model card, last: its presence marks the run finished."""
     weights_name = run_folder.WEIGHTS[verb]
-    export_encoder(encoder, os.path.join(run_dir, weights_name))
+    export_encoder(encoder, os.path.join(run_dir, weights_name), modality)
     run_folder.write_model_card(run_dir, model_card(verb, config, encoder, weights_name, modality, train, record,
                                                     **extra))
     print(f"{'teacher' if verb == 'train-teacher' else 'student'} written to {os.path.join(run_dir, weights_name)}")

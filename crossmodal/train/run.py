@@ -41,22 +41,23 @@ def run_training(verb: str, config_path: Optional[str], overrides: Sequence[str]
         device = runtime.resolve_device(config.device)
         runtime.seed_everything(config.seed, config.deterministic)
         run_dir, created = run_folder.create(run_dir, claim=not out and resume is None)
-        try:
-            setup = BUILDERS[verb](config, run_dir, device)
-            setup.hooks.extend(hooks)
-            trainer = Trainer(setup)
-        except BaseException:
-            # A config rejected before training must not leave a run folder behind: the same command,
-            # corrected, would then be refused as "already holds a run".
-            if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        run_folder.write_config(run_dir, dump_config(config.to_tree()))
-        # Training's random stream must not depend on what building drew from it: a teacher cache is built
-        # (drawing) on a first start and on rank 0, but only loaded on a restart and on the other ranks. Each
-        # rank gets its own stream (its own dropout and drop-path masks), as in timm's seed + rank.
-        runtime.seed_random(config.seed + 1 + runtime.rank())
-        record = trainer.run(resume=resume is not None)
+        with run_folder.lock(run_dir, verb):
+            try:
+                setup = BUILDERS[verb](config, run_dir, device)
+                setup.hooks.extend(hooks)
+                trainer = Trainer(setup)
+            except BaseException:
+                # A config rejected before training must not leave a run folder behind: the same command,
+                # corrected, would then be refused as "already holds a run".
+                if created:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            run_folder.write_config(run_dir, dump_config(config.to_tree()))
+            # Training's random stream must not depend on what building drew from it: a teacher cache is built
+            # (drawing) on a first start and on rank 0, but only loaded on a restart and on the other ranks.
+            # Each rank gets its own stream (its own dropout and drop-path masks), as in timm's seed + rank.
+            runtime.seed_random(config.seed + 1 + runtime.rank())
+            record = trainer.run(resume=resume is not None)
         return run_dir, record
     finally:
         torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
@@ -75,8 +76,9 @@ def _resolve_run(verb: str, config_path: Optional[str], overrides: Sequence[str]
         config = cls.load(config_path or saved_path, overrides)
         differences = config_differences(saved.to_tree(), config.to_tree(), RESUME_MAY_CHANGE)
         if differences:
-            raise ConfigError(f"--resume {run_dir}: the run was started with another config: "
-                              f"{'; '.join(differences[:3])}; only {', '.join(RESUME_MAY_CHANGE)} may change")
+            raise ConfigError(f"--resume {run_dir}: the run was started with another config "
+                              f"({len(differences)} difference{'s' if len(differences) > 1 else ''}): "
+                              f"{'; '.join(differences)}; only {', '.join(RESUME_MAY_CHANGE)} may change")
     else:
         if config_path is None:
             raise ConfigError("give a config file, or --resume RUN_DIR")

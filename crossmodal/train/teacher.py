@@ -17,8 +17,8 @@ from crossmodal.engine import SupervisedTask, TrainSetup
 from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError
 from crossmodal.models.config import encoder_config
-from crossmodal.models.encoder import create_encoder
 from crossmodal.train.export import finish_run
+from crossmodal.train.initial_weights import initialised_encoder
 
 
 def build_teacher_training(config: TeacherRunConfig, run_dir: str, device: torch.device) -> TrainSetup:
@@ -41,8 +41,8 @@ def build_teacher_training(config: TeacherRunConfig, run_dir: str, device: torch
         train.keep_classes(classes, subset)
     check_batch_size(config.train.batch_size, len(train))
     num_classes = (len(subset) if subset is not None else layout.labels[classes].num_classes) if classes else None
-    encoder = create_encoder({**encoder_config(model.encoder, model.modality, channels, "model", num_classes),
-                              "weights": model.weights})
+    encoder = initialised_encoder(encoder_config(model.encoder, model.modality, channels, "model", num_classes),
+                                  model.weights, model.adapt_input, "model", model.modality)
     seg_info = layout.labels[segmentation] if segmentation else None
     task = SupervisedTask(encoder, model.modality, classes, segmentation,
                           num_segmentation_classes=seg_info.num_classes if seg_info else 0,

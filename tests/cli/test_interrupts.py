@@ -17,7 +17,7 @@ def _fresh():
 
 def swallowed_interrupt():
     try:
-        interrupts._handler(signal.SIGINT, None)
+        interrupts._interrupt_handler(signal.SIGINT, None)
     except KeyboardInterrupt:
         pass  # what a weakref callback does with it
 

@@ -167,7 +167,7 @@ def test_garbage_file_is_one_line_data_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(DataError) as error:
         load_checkpoint(path, verb="distill", config=CONFIG)
-    assert one_line(error).startswith(f"{path}: not a readable checkpoint (")
+    assert one_line(error).startswith(f"{path}: not a readable checkpoint: ")
 
 
 def test_truncated_checkpoint_is_a_data_error(tmp_path):
@@ -177,7 +177,8 @@ def test_truncated_checkpoint_is_a_data_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError) as error:
         load_checkpoint(path, verb="distill", config=CONFIG)
-    assert one_line(error).startswith(f"{path}: not a readable checkpoint")
+    assert one_line(error) == (f"{path}: not a readable checkpoint: truncated or damaged (it is not a complete "
+                               f"archive); an interrupted copy or a full disk?")
 
 
 def test_missing_checkpoint(tmp_path):

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from timm.models import adapt_input_conv
 
 from crossmodal.errors import DataError
-from crossmodal.models import Encoder, apply_small_input_stem, load_weights, read_state_dict
+from crossmodal.models import Encoder, InputChannelsMismatch, apply_small_input_stem, load_weights, read_state_dict
 
 NAME, CLASSES = "test_resnet", 7
 
@@ -49,11 +49,30 @@ def test_read_state_dict_unwraps_containers(files, source, fmt):
 @pytest.mark.parametrize("in_chans", [1, 2, 3, 4])
 @pytest.mark.parametrize("fmt", ["safetensors", "pth"])
 def test_first_conv_is_adapted_like_timm(files, source, in_chans, fmt):
-    encoder = Encoder(NAME, in_chans=in_chans, num_classes=CLASSES, weights=files[fmt])
+    encoder = Encoder(NAME, in_chans=in_chans, num_classes=CLASSES, weights=files[fmt], adapt_input=True)
+    assert encoder.weight_notes == ([] if in_chans == 3 else [f"adapted conv1.0.weight from 3 to {in_chans} input "
+                                                              f"channels"])
     state = encoder.model.state_dict()
     torch.testing.assert_close(state["conv1.0.weight"], adapt_input_conv(in_chans, source["conv1.0.weight"]),
                                rtol=0, atol=0)
     assert all(torch.equal(state[k], source[k]) for k in source if k != "conv1.0.weight")
+
+
+def test_first_conv_is_adapted_only_when_asked(files):
+    with pytest.raises(InputChannelsMismatch, match=r"rgb\.safetensors: its first convolution conv1\.0\.weight "
+                                                    r"takes 3 input channels, the model 1$"):
+        Encoder(NAME, in_chans=1, num_classes=CLASSES, weights=files["safetensors"])
+    with pytest.raises(InputChannelsMismatch):  # exact: not even when asked
+        load_weights(timm.create_model(NAME, in_chans=1, num_classes=CLASSES), files["pth"], adapt_input=True,
+                     exact=True)
+
+
+def test_an_exact_load_keeps_no_fresh_head(files):
+    with pytest.raises(DataError, match=r"unexpected keys fc\.bias, fc\.weight$"):
+        load_weights(timm.create_model(NAME, num_classes=0), files["safetensors"], exact=True)
+    with pytest.raises(DataError, match=r"shape mismatch fc\.weight: file \(7, 96\) vs model \(5, 96\)"):
+        load_weights(timm.create_model(NAME, num_classes=5), files["safetensors"], exact=True)
+    assert load_weights(timm.create_model(NAME, num_classes=CLASSES), files["safetensors"], exact=True) == []
 
 
 def test_head_is_dropped_without_a_classifier_and_replaced_when_its_size_differs(files, source):
@@ -71,7 +90,8 @@ def test_head_is_dropped_without_a_classifier_and_replaced_when_its_size_differs
 
 @pytest.mark.parametrize("in_chans, num_classes", [(1, 0), (2, CLASSES), (4, 0), (3, CLASSES)])
 def test_timm_loads_the_same_file_to_the_same_parameters(files, in_chans, num_classes):
-    ours = Encoder(NAME, in_chans=in_chans, num_classes=num_classes, weights=files["safetensors"]).model
+    ours = Encoder(NAME, in_chans=in_chans, num_classes=num_classes, weights=files["safetensors"],
+                   adapt_input=True).model
     theirs = timm.create_model(NAME, pretrained=True, in_chans=in_chans, num_classes=num_classes,
                                pretrained_cfg_overlay=dict(file=str(files["safetensors"]), num_classes=CLASSES))
     a, b = ours.state_dict(), theirs.state_dict()
@@ -155,7 +175,7 @@ def test_a_headless_backbone_file_keeps_the_models_fresh_head(source, tmp_path):
     assert all(torch.equal(model.fc.state_dict()[k], fresh[k]) for k in fresh)
     assert all(torch.equal(model.state_dict()[k], backbone[k]) for k in backbone)
     with pytest.warns(UserWarning, match="the file has none"):
-        Encoder(NAME, in_chans=1, num_classes=3, weights=path)
+        Encoder(NAME, in_chans=1, num_classes=3, weights=path, adapt_input=True)
 
 
 def test_a_file_with_half_a_classifier_is_still_an_error(source, tmp_path):

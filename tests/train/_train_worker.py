@@ -1,11 +1,13 @@
 """A training run driven by the tests, in its own process (plain ``python`` or under ``torchrun``).
 
-    python _train_worker.py VERB CFG --out RUN_DIR [--kill-at STEP] [--dump DIR] [key=value ...]
+    python _train_worker.py VERB CFG --out RUN_DIR [--kill-at STEP] [--term-at STEP] [--dump DIR]
+                            [key=value ...]
 
 ``--kill-at STEP`` SIGKILLs this process right after optimizer step STEP (what a node failure does: no
-cleanup, no last checkpoint). ``--dump DIR`` saves this rank's distiller state (CRD's memory banks and
-normalisation constants) before and after training, and its final student, to ``DIR/rank{RANK}.pt``, for
-comparing the ranks of a multi-process run.
+cleanup, no last checkpoint). ``--term-at STEP`` sends it SIGTERM there instead (a scheduler's preemption),
+with the CLI's signal handling: it exits with 143 and the CLI's last line. ``--dump DIR`` saves this rank's
+distiller state (CRD's memory banks and normalisation constants) before and after training, and its final
+student, to ``DIR/rank{RANK}.pt``, for comparing the ranks of a multi-process run.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 
 import torch
 
+from crossmodal import interrupts
 from crossmodal.train.run import BUILDERS, run_training
 
 
@@ -26,6 +29,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--out", required=True)
     parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--term-at", type=int)
     parser.add_argument("--dump")
     args = parser.parse_args()
 
@@ -35,6 +39,10 @@ def main() -> None:
         if trainer.step == args.kill_at:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def terminate(trainer) -> None:
+        if trainer.step == args.term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def distiller_state(task) -> dict[str, torch.Tensor]:
         return {key: value.detach().cpu().clone() for key, value in task.distillers.state_dict().items()
@@ -55,8 +63,14 @@ def main() -> None:
             trainers.append(trainer)
 
     hooks = ([kill] if args.kill_at is not None else []) + ([capture] if args.dump else [])
+    hooks += [terminate] if args.term_at is not None else []
     BUILDERS[args.verb] = build  # the verb's builder, wrapped to capture the initial distiller state
-    run_training(args.verb, args.config, args.overrides, out=args.out, hooks=hooks)
+    interrupts.install()
+    try:
+        run_training(args.verb, args.config, args.overrides, out=args.out, hooks=hooks)
+    except interrupts.Terminated as err:  # as crossmodal.cli.main reports it
+        print(f"crossmodal {args.verb}: {err}", file=sys.stderr)
+        sys.exit(143)
     if args.dump:  # after the run: the epoch's end averages BatchNorm statistics over the ranks
         captured["final"] = distiller_state(trainers[0].task)
         captured["student"] = {key: value.detach().cpu().clone()

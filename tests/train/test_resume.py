@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -124,6 +125,27 @@ def test_teacher_training_resumes_bit_for_bit(synthetic_file, tmp_path):
     assert_same_run(uninterrupted, resumed, "teacher.safetensors")
     epochs = read_csv(resumed / "metrics_epochs.csv")
     assert {"train_ce", "train_seg_ce", "eval_top1", "eval_miou"} <= set(epochs[-1])
+
+
+def test_sigterm_saves_a_checkpoint_at_the_signal_and_the_run_resumes_bit_for_bit(synthetic_file, tmp_path):
+    """A scheduler's preemption: SIGTERM after step 3 (checkpoints every 2 steps) finishes that step, saves at
+    step 3, exits with 143 and one line; nothing is lost, and the resumed run ends as an uninterrupted one."""
+    overrides = [f"data.path={synthetic_file}", *COMMON, "task.decoder_channels=8"]
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    worker = start_worker("train-teacher", SMOKE_TEACHER, *overrides, "--out", resumed, "--term-at", 3)
+    run_in_process("train-teacher", SMOKE_TEACHER, overrides, uninterrupted)  # while the worker starts
+    terminated = wait(worker)
+    assert terminated.returncode == 143, terminated.stderr
+    assert terminated.stderr.rstrip().splitlines()[-1] == (
+        f"crossmodal train-teacher: terminated (SIGTERM) after saving a checkpoint at step 3 (epoch 1, batch 3); "
+        f"--resume {resumed} continues from it")
+    assert "Traceback" not in terminated.stderr
+    assert load_checkpoint(resumed)["step"] == 3
+    assert not [name for name in os.listdir(resumed) if ".tmp-" in name]
+    result = cli_in_process("train-teacher", "--resume", resumed, "device=cpu")
+    assert result.returncode == 0, result.stderr
+    assert f"resumed {resumed / 'checkpoint.pt'} at epoch 1, step 3" in result.stdout
+    assert_same_run(uninterrupted, resumed, "teacher.safetensors")
 
 
 def _digest(path: Path) -> str:
