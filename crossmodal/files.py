@@ -57,15 +57,16 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
 
     ``suffix`` keeps an extension on the temporary name for writers that choose the format by it (OpenCV).
     """
-    from crossmodal.errors import DataError
+    from crossmodal.errors import CrossmodalError, DataError
 
     temporary = temporary_name(path, suffix)
     remove_stale_temporaries(path)
     try:
         yield temporary
         os.replace(temporary, path)
-    except (OSError, RuntimeError) as err:  # torch's writer reports a failed write as a RuntimeError
-        reason = place_error(err, os.path.dirname(os.path.abspath(temporary)))
+    except Exception as err:  # torch's writer says RuntimeError, safetensors its own SafetensorError
+        reason = None if isinstance(err, CrossmodalError) else \
+            place_error(err, os.path.dirname(os.path.abspath(temporary)))
         if reason is None:
             raise
         try:  # free the space now: a writer that still holds the file (HDF5) can then close it cleanly

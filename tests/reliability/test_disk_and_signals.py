@@ -233,3 +233,21 @@ def test_a_refused_resume_lists_every_difference(teacher_run):
     result = cli("train-teacher", "--resume", teacher_run, "optim.lr=0.5", "seed=7", "train.epochs=3")
     line = error_line(result)
     assert "(3 differences)" in line and all(key in line for key in ("optim.lr", "seed", "train.epochs"))
+
+
+def test_an_export_to_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError, not an OSError."""
+    from safetensors import SafetensorError
+
+    from crossmodal.errors import DataError
+    from crossmodal.models import Encoder
+    from crossmodal.train import export
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(export, "save_file", full)
+    with pytest.raises(DataError) as error:
+        export.export_encoder(Encoder("test_resnet", in_chans=1, small_input=True), tmp_path / "student.safetensors")
+    assert str(error.value) == f"{tmp_path / 'student.safetensors'}: cannot write it: no space left on the device"
+    assert os.listdir(tmp_path) == []
