@@ -115,7 +115,8 @@ def test_smoke_run_exports_student_and_model_card(smoke):
     run, data, _, _ = smoke
     weights, metadata = load_exported(run / "student.safetensors")
     encoder = json.loads(metadata.pop("encoder"))
-    assert metadata == {"timm_name": "test_resnet", "in_chans": "1", "num_classes": "0", "small_input": "true"}
+    assert metadata == {"timm_name": "test_resnet", "in_chans": "1", "num_classes": "0", "small_input": "true",
+                        "modality": "depth"}
     assert encoder == {"name": "test_resnet", "in_chans": 1, "num_classes": 0, "small_input": True,
                        "input_norm": None}
     assert not any(key.startswith(("student.", "model.")) for key in weights)  # plain timm keys
