@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, Optional
 
+from crossmodal import runtime
 from crossmodal.errors import DataError
 from crossmodal.files import ensure_folder, write_json
 from crossmodal.pipeline import probe_or_reuse, segment_or_reuse, train_or_reuse
@@ -73,7 +74,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> dict[s
     common = [f"seed={options.seed}", f"device={options.device}", f"train.progress={str(options.progress).lower()}"]
 
     say(f"[1/6] data: {options.num} synthetic RGB-D scenes of {options.size} x {options.size} -> {data}")
-    _ensure_data(data, options)
+    _ensure_data(data, options, say)
     say(f"[2/6] RGB teacher on the scene classes and segmentation -> {out}/teacher")
     teacher = train_or_reuse("train-teacher", config_path("demo_teacher"), common + [f"data.path={data}"]
                              + _epochs(options.teacher_epochs), os.path.join(out, "teacher"), say)
@@ -85,7 +86,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> dict[s
     say("[4/6] linear probes on the scene classes: the CRD student and a scratch student (random init)")
     probes = {method: _probe(method, student, data, out, options, say) for method in METHODS}
     say(f"[5/6] segmentation transfer over each frozen encoder, {options.segment_epochs} epochs")
-    segments = {method: _segment(method, student, data, out, options) for method in METHODS}
+    segments = {method: _segment(method, student, data, out, options, say) for method in METHODS}
 
     say("[6/6] report")
     results = {method: _summary(probes[method], segments[method]) for method in METHODS}
@@ -97,6 +98,9 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> dict[s
     say(format_results(results))
     say(f"wrote {out}/results.json and {out}/report/ (report.md, plots; previews in {out}/segment/*/frozen) "
         f"in {(time.monotonic() - start) / 60:.1f} min")
+    note = runtime.busy_machine_note()
+    if note:
+        say(f"note: {note} (the README's time is for 2 idle cores)")
     return results
 
 
@@ -104,7 +108,7 @@ def _epochs(epochs: Optional[int]) -> list[str]:
     return [] if epochs is None else [f"train.epochs={epochs}"]
 
 
-def _ensure_data(path: str, options: DemoOptions) -> None:
+def _ensure_data(path: str, options: DemoOptions, say: Callable[[str], None]) -> None:
     """Generate the scenes, or check that an existing file is the demo's data with the asked-for options."""
     if not os.path.exists(path):
         from crossmodal.data.synthetic import generate
@@ -123,7 +127,7 @@ def _ensure_data(path: str, options: DemoOptions) -> None:
         problem = (f"lacks {missing}" if missing else
                    "was generated with " + ", ".join(f"{key}={value}" for key, value in differing.items()))
         raise DataError(path, f"{problem}, not this demo's data ({asked}); delete it or choose another --out")
-    print(f"      reusing {path}")
+    say(f"      reusing {path}")
 
 
 def _probe(method: str, student: str, data: str, out: str, options: DemoOptions,
@@ -136,13 +140,15 @@ def _probe(method: str, student: str, data: str, out: str, options: DemoOptions,
         progress=options.progress), say)
 
 
-def _segment(method: str, student: str, data: str, out: str, options: DemoOptions) -> dict[str, Any]:
+def _segment(method: str, student: str, data: str, out: str, options: DemoOptions,
+             say: Callable[[str], None]) -> dict[str, Any]:
     from crossmodal.eval.segment import SegmentOptions
 
     return segment_or_reuse(SegmentOptions(
         checkpoint=student, data=data, labels="seg", protocols=(PROTOCOL,), random_init=method == "scratch",
         epochs=options.segment_epochs, lr=0.05, batch_size=32, augment=False, seed=options.seed,
-        out=os.path.join(out, "segment", method), method=method, device=options.device, progress=options.progress))
+        out=os.path.join(out, "segment", method), method=method, device=options.device, progress=options.progress),
+        say)
 
 
 def _summary(probe: dict[str, Any], segment: dict[str, Any]) -> dict[str, float]:

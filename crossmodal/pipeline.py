@@ -51,6 +51,7 @@ def segment_or_reuse(options: Any, say: Say = print) -> dict[str, Any]:
 
     path = os.path.join(options.out, run_folder.SEGMENT_JSON)
     if os.path.exists(path):
+        say(f"      reusing {path}")
         return _read(path)
     shutil.rmtree(options.out, ignore_errors=True)
     result = run_segment(options)

@@ -153,3 +153,20 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(value)
     return value
+
+
+def busy_machine_note() -> str | None:
+    """A line saying why steps may run slowly, when they may: the CPUs are busy with other work (a load
+    average above the CPU count) or torch runs more threads than there are CPUs; None otherwise."""
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    if load > 1.5 * cpus:
+        return (f"the machine is busy (load average {load:.1f} on {cpus} CPUs): steps run slower than on an idle "
+                f"machine, and times quoted for one do not apply")
+    if torch.get_num_threads() > cpus:
+        return (f"torch runs {torch.get_num_threads()} threads on {cpus} CPUs; set OMP_NUM_THREADS={cpus} (or "
+                f"fewer) for faster steps")
+    return None

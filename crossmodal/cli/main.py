@@ -10,6 +10,7 @@ from typing import Sequence
 from crossmodal import __version__, interrupts
 from crossmodal.cli import (demo_verb, inspect_verb, prepare_verb, probe_verb, report_verb, segment_verb,
                             train_verbs)
+from crossmodal.cli.help_text import plain_help
 from crossmodal.errors import CrossmodalError
 from crossmodal.files import place_error
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
         verb.register(verbs)
+    plain_help(parser)  # docstrings and help strings as plain words, whichever verb they come from
     return parser
 
 

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from crossmodal import data_prep
+from crossmodal.cli.help_text import ParagraphFormatter
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     for name in data_prep.CONVERTERS:
         module = data_prep.converter(name)
         sub = sources.add_parser(name, help=module.HELP, description=(module.__doc__ or module.HELP).strip(),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=ParagraphFormatter)
         module.add_arguments(sub)
         sub.set_defaults(handler=_run, module=module)
 

@@ -121,10 +121,14 @@ class TeacherRunConfig(RunConfig):
 # ------------------------------------------------------------------------------------------------ distill
 @dataclass(frozen=True, kw_only=True)
 class TeacherSection(Section):
-    modality: str = setting("str", help="the teacher's modality, e.g. rgb")
+    modality: Optional[str] = setting(
+        "str", None, nullable=True,
+        help="the teacher's modality, e.g. rgb; may be omitted when weights is a train-teacher run folder (its "
+             "model card's modality)")
     encoder: Optional[dict[str, Any]] = setting(
         "mapping", None, nullable=True,
-        help=ENCODER_HELP + "; may be omitted when weights is a train-teacher run folder")
+        help=ENCODER_HELP + "; may be omitted when weights is a train-teacher run folder (the keys it does not "
+             "set come from the run's model card)")
     weights: Optional[str] = setting(
         "path", None, nullable=True,
         help="a weight file or a train-teacher run folder; null: random teacher (smoke tests)")

@@ -3,7 +3,10 @@
 Folder layout: ``<id>_<modality>.<ext>``, e.g. ``0001_rgb.png``, ``0001_depth.png``, ``0001_label13.png``;
 every id must have the same modalities. CSV layout: a header ``id,<modality>,...[,split]`` (the first column is
 the id, whatever its name) with file paths relative to the CSV; an optional ``split`` column names each row's
-split. Modalities are recognised by name:
+split. Without one, every pair goes to ``--split`` (default ``train``), or ``--test-fraction F`` divides the
+pairs into ``train`` and ``test``: the pairs in file order (a folder's ids sorted, a CSV's rows as listed) are cut
+into round(N*F) consecutive blocks and one pair of each block, drawn with ``--seed``, goes to ``test``, so the
+test pairs spread over the whole source. Modalities are recognised by name:
 
 - ``rgb`` / ``color`` / ``image``: colour, 8 or 16 bit (16-bit scaled to 8);
 - ``depth``, ``raw_depth``: depth, converted to metres with ``--depth-scale`` (16-bit PNG default: millimetres);
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import re
 import sys
@@ -52,7 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="classes per segmentation set (default: the largest class id seen + 1)")
     parser.add_argument("--class-names", metavar="FILE", help="a text file with one class name per line")
-    parser.add_argument("--split", default="train", help="the split of every row without a split column")
+    parser.add_argument("--split", default=None,
+                        help="the split of every row without a split column (default train)")
+    parser.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                        help="share of the pairs, in (0, 1), in a 'test' split, the rest in 'train': one pair of "
+                             "each of round(N*F) consecutive blocks in file order (for a source without a split "
+                             "column; default: every pair in --split)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the draw of the test pair within each block of --test-fraction (default 0)")
     add_common_arguments(parser)
 
 
@@ -78,19 +89,50 @@ def _natural_key(text: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
-def index_pairs(src: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
-    """(ids, modalities, files[id][modality], split per id) from a folder or a CSV index; every file exists."""
+def index_pairs(src: str, default_split: str,
+                test_fraction: float | None = None,
+                seed: int = 0) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
+    """(ids, modalities, files[id][modality], split per id) from a folder or a CSV index; every file exists.
+
+    With ``test_fraction``, a source without a split column gets ``train`` and ``test`` (:func:`draw_test_rows`).
+    """
     if os.path.isfile(src):
-        ids, modalities, files, splits = _index_csv(src, default_split)
+        ids, modalities, files, splits = _index_csv(src, default_split, refuse_split_column=test_fraction is not None)
     elif os.path.isdir(src):
         ids, modalities, files, splits = _index_folder(src, default_split)
     else:
         raise DataError(src, "no such folder or CSV file")
+    if test_fraction is not None:
+        test = set(draw_test_rows(len(ids), test_fraction, seed, src).tolist())
+        splits = ["test" if row in test else "train" for row in range(len(ids))]
     for sample_id in ids:  # before writing anything: a missing file is found now, not an hour in
         for modality, path in files[sample_id].items():
             if not os.path.isfile(path):
                 raise DataError(path, f"no such file (sample '{sample_id}', modality '{modality}')")
     return ids, modalities, files, splits
+
+
+def check_test_fraction(test_fraction: float | None, split: str | None) -> None:
+    """--test-fraction is a number in (0, 1) and does not come with --split."""
+    if test_fraction is None:
+        return
+    if not (math.isfinite(test_fraction) and 0 < test_fraction < 1):
+        raise DataError("--test-fraction", f"must be a number in (0, 1), got {test_fraction}")
+    if split is not None:
+        raise DataError("--test-fraction", f"makes the splits train and test; it does not go with --split {split} "
+                                           f"(drop one of them)")
+
+
+def draw_test_rows(num: int, test_fraction: float, seed: int, src: str = "--test-fraction") -> np.ndarray:
+    """The sorted rows of the test split: round(num * test_fraction) consecutive blocks of the rows in file order,
+    one row drawn from each with ``seed`` (deterministic; the test rows spread over the whole source)."""
+    num_test = int(round(num * test_fraction))
+    if not 0 < num_test < num:
+        raise DataError(src, f"--test-fraction {test_fraction} of {num} pairs leaves a split empty "
+                             f"(each of train and test needs at least one pair)")
+    bounds = (np.arange(num_test + 1) * num) // num_test  # block b: rows bounds[b] .. bounds[b + 1] - 1
+    offsets = np.random.default_rng([seed, num]).random(num_test)
+    return bounds[:-1] + (offsets * np.diff(bounds)).astype(np.int64)
 
 
 def _index_folder(src: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
@@ -110,7 +152,8 @@ def _index_folder(src: str, default_split: str) -> tuple[list[str], list[str], d
     return ids, modalities, files, [default_split] * len(ids)
 
 
-def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
+def _index_csv(path: str, default_split: str,
+               refuse_split_column: bool = False) -> tuple[list[str], list[str], dict[str, dict[str, str]], list[str]]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
@@ -119,6 +162,9 @@ def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dic
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(path, f"not a readable CSV text file: {err}") from None
     split_column = next((c for c in header[1:] if c.lower() == "split"), None)
+    if split_column and refuse_split_column:
+        raise DataError(path, f"has a '{split_column}' column: its rows name their splits already; drop "
+                              f"--test-fraction or the column")
     modalities = [column for column in header[1:] if column != split_column]
     if not modalities or "" in header or len(set(header)) != len(header):
         raise DataError(path, f"needs a header id,<modality>,...[,split] with distinct names "
@@ -146,14 +192,21 @@ def _index_csv(path: str, default_split: str) -> tuple[list[str], list[str], dic
 def run(args: argparse.Namespace) -> None:
     convert(args.src, args.out, size=checked_size(args.size), overwrite=args.overwrite,
             compression=args.compression, depth_storage=args.depth_storage, depth_scale=args.depth_scale, label_base=args.label_base,
-            num_classes=args.num_classes, class_names_file=args.class_names, split=args.split)
+            num_classes=args.num_classes, class_names_file=args.class_names, split=args.split,
+            test_fraction=args.test_fraction, seed=args.seed)
 
 
 def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: bool = False,
             compression: str = DEFAULT_CODEC, depth_storage: str = "uint16", depth_scale: float | None = None, label_base: int = 1,
-            num_classes: int | None = None, class_names_file: str | None = None, split: str = "train") -> None:
-    """Convert a folder or CSV index of paired image files (see the module docstring)."""
-    ids, modalities, files, splits = index_pairs(src, split)
+            num_classes: int | None = None, class_names_file: str | None = None, split: str | None = None,
+            test_fraction: float | None = None, seed: int = 0) -> None:
+    """Convert a folder or CSV index of paired image files (see the module docstring).
+
+    ``split``: the split of every row without a split column (None: ``train``); ``test_fraction``: instead,
+    ``train`` and ``test`` (see :func:`draw_test_rows`), drawn with ``seed``.
+    """
+    check_test_fraction(test_fraction, split)
+    ids, modalities, files, splits = index_pairs(src, split or "train", test_fraction, seed)
     stored = {m: _stored_name(m) for m in modalities}
     if len(set(stored.values())) != len(stored):
         raise DataError(src, f"modalities {modalities} map onto the same stored name")
@@ -170,7 +223,8 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     segmentation = [m for m in modalities if _kind(m) == "segmentation"]
     listed = _listed_class_names(class_names_file, num_classes)
     largest = {m: -1 for m in segmentation}
-    options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes}
+    options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes,
+               "test_fraction": test_fraction, "seed": seed if test_fraction is not None else None}
     with PairedWriter(out, len(ids), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
                       options=options, overwrite=overwrite, compression=compression, depth=depth_storage) as writer:
         for m in modalities:

@@ -152,6 +152,7 @@ class CRD(Distiller):
         if memory == "queue" and (mode != "exact" or negatives != "all"):
             raise ConfigError("crd: a queue has no row per sample; use mode='exact' and negatives='all' with it")
         self.num_negatives, self.temperature = num_negatives, float(temperature)
+        _warn_if_negatives_repeat(num_negatives, num_samples if memory == "bank" else None)
         self.objective, self.normalization, self.z_momentum = objective, normalization, float(z_momentum)
         self.scoring = scoring
         self.embed_student = EmbedHead(student.embed_dim, feat_dim, norm=head_batchnorm)
@@ -313,6 +314,21 @@ def _check_integer(name: str, value: Any, minimum: int) -> None:
 def _check_number(name: str, value: Any, valid: Callable[[float], bool], what: str) -> None:
     if not is_finite_number(value) or not valid(value):
         raise ConfigError(f"crd: {name} must be {what}, not {value!r}")
+
+
+def _warn_if_negatives_repeat(num_negatives: int, num_samples: Optional[int]) -> None:
+    """One line on stderr (rank 0) when K is more than half of N (RepDistiller's setting is a third): the
+    negatives then repeat samples, and a contrast of K terms over few distinct samples is mostly cost."""
+    if num_samples is None or num_negatives * 2 <= num_samples or runtime.rank() != 0:
+        return
+    import sys
+
+    repeats = num_negatives / num_samples
+    what = (f"each anchor's negatives hold every sample about {repeats:.1f} times" if repeats >= 1 else
+            f"each anchor's negatives cover {100 * repeats:.0f}% of them")
+    print(f"crd: K = {num_negatives} negatives per anchor with N = {num_samples} training samples: {what} "
+          f"(RepDistiller: K = 16384 for N = 50,000); consider distill.options.crd.num_negatives <= "
+          f"{max(1, num_samples // 3)}", file=sys.stderr)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

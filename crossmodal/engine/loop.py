@@ -127,6 +127,7 @@ class Trainer:
         self.window_sums: dict[str, torch.Tensor] = {}
         self.window_steps = 0
         self._checkpoint_requested = threading.Event()
+        self._busy_said = False
 
     # ----------------------------------------------------------------------------------------- public
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -215,6 +216,7 @@ class Trainer:
             if self.step % self.train_cfg.log_every == 0 or self.batch_in_epoch == self.steps_per_epoch:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = self._log_steps(window_samples * self.world / elapsed)
+                self._say_if_busy()
                 bar.set_postfix(loss=f"{record['loss']:.4g}", samples_s=f"{record['samples_per_s']:.0f}")
                 window_start, window_samples = time.perf_counter(), 0
             saved = self._checkpoint_due()
@@ -247,6 +249,15 @@ class Trainer:
         self.batch_in_epoch += 1
         self.lr = lr
         return logs, len(batch["index"])
+
+    def _say_if_busy(self) -> None:
+        """Once per run, on rank 0: a line when the machine is busy or oversubscribed (slow steps explained)."""
+        if self._busy_said or not self.is_main:
+            return
+        self._busy_said = True
+        note = runtime.busy_machine_note()
+        if note:
+            tqdm.write(f"note: {note}")
 
     def _log_steps(self, samples_per_s: float) -> dict[str, Any]:
         """One record of the means over the steps since the last one (converting the tensors only here keeps

@@ -5,12 +5,17 @@ import csv
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from crossmodal.files import atomic_output
 from crossmodal.run_folder import CURVES as PLOT
 from crossmodal.run_folder import EPOCHS_CSV, STEPS_CSV
 from crossmodal.run_folder import METRICS_JSONL as JSONL
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class MetricsLog:
@@ -83,39 +88,132 @@ def write_csv(path: str, records: list[Mapping[str, Any]]) -> None:
 
 
 def plot_curves(path: str, records: Iterable[Mapping[str, Any]]) -> None:
-    """Losses per step, the learning rate, and every per-epoch metric, in one PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The run's curves (see :func:`curves_figure`) as a PNG, written atomically."""
+    figure = curves_figure(records)
+    with atomic_output(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
 
+
+# Logged values that describe training rather than being a loss term: matched against the last part of the
+# name (``crd/z_student`` -> ``z_student``). CRD's normalising constants and positive score, KD's agreement,
+# VID's variance, the gradient norm, accuracies.
+_DIAGNOSTIC = re.compile(r"^z_|score|agreement|variance|norm|acc|top\d|iou")
+_NOT_PLOTTED = {"scope", "step", "epoch", "lr", "samples_per_s", "time_s"}
+_LOG_RANGE = 100.0  # a panel of positive values spanning more than this factor gets a log scale
+_COLUMNS = 3
+
+
+def is_diagnostic(key: str) -> bool:
+    """Whether a per-step series is a diagnostic (its own panels) rather than a loss term (the loss panel)."""
+    return bool(_DIAGNOSTIC.search(key.rsplit("/", 1)[-1]))
+
+
+@dataclass
+class Panel:
+    """One axes of the curves figure: its series (name -> (x, y) points), title, x label and y scale."""
+    title: str
+    xlabel: str
+    series: dict[str, tuple[list[float], list[float]]]
+    yscale: str = "linear"
+    marker: str | None = None
+    legend: bool = True
+
+
+def curve_panels(records: Iterable[Mapping[str, Any]]) -> list[Panel]:
+    """The panels of the curves, each only when it has something to draw.
+
+    * training losses per step: the total ``loss`` and every unweighted term (``ce``, ``crd``,
+      ``crd/loss_student_anchor``, ``at/stage_s1_t1`` ...);
+    * diagnostics per step (``crd/z_student``, ``crd/positive_score``, ``kd/agreement``, ``grad_norm`` ...),
+      kept off the loss axis: the series that stay positive share one panel, on a log scale when they span
+      more than a factor 100 (CRD's normalisers of thousands beside a score below one); the others are
+      grouped by magnitude, one linear panel per group;
+    * the learning rate per step;
+    * the per-epoch evaluation (``eval_*``), only for a run that evaluates.
+    """
     records = list(records)
     steps = [r for r in records if r.get("scope") == "step"]
     epochs = [r for r in records if r.get("scope") == "epoch"]
-    skip = {"scope", "step", "epoch", "lr", "samples_per_s", "time_s"}
-    loss_keys = list(dict.fromkeys(k for r in steps for k in r if k not in skip))
-    epoch_keys = list(dict.fromkeys(k for r in epochs for k in r if k not in skip and not k.startswith("train_")))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key in loss_keys:
-        points = [(r["step"], r[key]) for r in steps if _finite(r.get(key))]
-        if points:
-            axes[0].plot(*zip(*points), label=key, linewidth=1.5 if key == "loss" else 0.8)
-    axes[0].set(title="training losses (unweighted terms)", xlabel="step")
-    lr = [(r["step"], r["lr"]) for r in steps if _finite(r.get("lr"))]
-    if lr:
-        axes[1].plot(*zip(*lr))
-    axes[1].set(title="learning rate", xlabel="step")
-    for key in epoch_keys:
-        points = [(r["epoch"], r[key]) for r in epochs if _finite(r.get(key))]
-        if points:
-            axes[2].plot(*zip(*points), marker="o", label=key)
-    axes[2].set(title="per-epoch evaluation", xlabel="epoch")
-    for axis in (axes[0], axes[2]):
-        if axis.get_legend_handles_labels()[0]:
+    keys = [k for k in dict.fromkeys(k for r in steps for k in r) if k not in _NOT_PLOTTED]
+    step_series = {key: _points(steps, "step", key) for key in keys}
+    step_series = {key: points for key, points in step_series.items() if points[0]}
+    losses = {key: points for key, points in step_series.items() if not is_diagnostic(key)}
+    losses = {key: losses[key] for key in sorted(losses, key=lambda k: k != "loss")}  # the total first
+    diagnostics = {key: points for key, points in step_series.items() if is_diagnostic(key)}
+    panels = []
+    if losses:
+        panels.append(_scaled(Panel("training losses (unweighted terms)", "step", losses)))
+    lr = _points(steps, "step", "lr")
+    if lr[0]:
+        panels.append(Panel("learning rate", "step", {"lr": lr}, legend=False))
+    positive = {key: points for key, points in diagnostics.items() if min(points[1]) > 0}
+    if positive:
+        panels.append(_scaled(Panel("diagnostics", "step", positive)))
+    for group in _by_magnitude({k: p for k, p in diagnostics.items() if k not in positive}):
+        panels.append(Panel("diagnostics", "step", group))
+    evaluation = [k for k in dict.fromkeys(k for r in epochs for k in r) if k.startswith("eval_")]
+    evaluation_series = {key: _points(epochs, "epoch", key) for key in evaluation}
+    evaluation_series = {key: points for key, points in evaluation_series.items() if points[0]}
+    if evaluation_series:
+        panels.append(Panel("per-epoch evaluation", "epoch", evaluation_series, marker="o"))
+    return panels
+
+
+def curves_figure(records: Iterable[Mapping[str, Any]]) -> Figure:
+    """A matplotlib figure of :func:`curve_panels`, up to three panels a row, two for four (one placeholder
+    axes when nothing was logged). No pyplot state is involved: nothing to close."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    panels = curve_panels(records)
+    columns = 2 if len(panels) == 4 else max(1, min(_COLUMNS, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
+    figure = Figure(figsize=(5 * columns, 3.6 * rows), layout="constrained")
+    grid = figure.add_gridspec(rows, columns)
+    if not panels:
+        axis = figure.add_subplot(grid[0, 0])
+        axis.set(title="no metrics logged")
+        return figure
+    for position, panel in enumerate(panels):
+        axis = figure.add_subplot(grid[position // columns, position % columns])
+        for key, (x, y) in panel.series.items():
+            total = {"color": "black", "linewidth": 1.8} if key == "loss" else {"linewidth": 1.0}
+            axis.plot(x, y, label=key, marker=panel.marker, markersize=4, **total)
+        axis.set_yscale(panel.yscale)
+        title = panel.title + (" (log scale)" if panel.yscale == "log" else "")
+        axis.set(title=title, xlabel=panel.xlabel)
+        axis.grid(True, which="major", alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
+        if panel.legend:
             axis.legend(fontsize=7)
-    figure.tight_layout()
-    with atomic_output(path, suffix=".png") as temporary:
-        figure.savefig(temporary, dpi=90, format="png")
-    plt.close(figure)
+    return figure
+
+
+def _points(records: list[Mapping[str, Any]], x: str, key: str) -> tuple[list[float], list[float]]:
+    pairs = [(r[x], r[key]) for r in records if _finite(r.get(key)) and _finite(r.get(x))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _scaled(panel: Panel) -> Panel:
+    """A log scale for a panel of positive values only, spanning more than ``_LOG_RANGE``."""
+    values = [v for _, y in panel.series.values() for v in y]
+    if values and min(values) > 0 and max(values) / min(values) > _LOG_RANGE:
+        panel.yscale = "log"
+    return panel
+
+
+def _by_magnitude(series: dict[str, tuple[list[float], list[float]]]) -> list[dict]:
+    """Series grouped so that the largest magnitude in a group is at most ``_LOG_RANGE`` times the smallest
+    (all-zero series join the smallest group)."""
+    size = {key: max(abs(v) for v in y) for key, (_, y) in series.items()}
+    groups: list[dict] = []
+    top = 0.0
+    for key in sorted(series, key=lambda k: -size[k]):
+        if not groups or (size[key] > 0 and top > _LOG_RANGE * size[key]):
+            groups.append({})
+            top = size[key]
+        groups[-1][key] = series[key]
+    return [dict(sorted(group.items(), key=lambda item: list(series).index(item[0]))) for group in groups]
 
 
 def _ends_without_newline(path: str) -> bool:

@@ -8,10 +8,12 @@ accuracy, mIoU over the classes present in the ground truth, and per-class IoU. 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from crossmodal.data.format import LabelInfo, read_layout
 from crossmodal.data.setup import for_loader, modality_channels, open_split, transforms
 from crossmodal.engine import SupervisedTask, Trainer, TrainSetup
 from crossmodal.engine.confusion import confusion_matrix, per_class_iou, segmentation_scores
+from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import LoadedEncoder, load_encoder, method_name, recorded_seed
 from crossmodal.eval.preview_segmentation import write_segmentation_preview
@@ -34,6 +37,12 @@ FORMAT = "crossmodal-segment/1"
 PROTOCOLS = ("finetune", "frozen")
 JSON_NAME = run_folder.SEGMENT_JSON
 PREVIEW_SAMPLES = 4
+CONFIG_WHERE = "segment"
+# The run config's keys that segment fills from its own flags: an error about one names the flag the user gave.
+FLAGS = {"train.batch_size": "--batch-size", "train.epochs": "--epochs", "optim.lr": "--lr", "data.size": "--size",
+         "data.num_workers": "--num-workers", "data.augment": "--augment", "data.loader": "--loader",
+         "data.path": "--data", "data.split": "--train-split", "data.eval_split": "--test-split"}
+_KEY = re.compile(r"(?<![\w.-])'?(" + "|".join(map(re.escape, FLAGS)) + r")'?(?![\w.])")
 
 
 @dataclass
@@ -135,10 +144,12 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
     data_cfg = {"path": data_path, "split": options.train_split, "eval_split": options.test_split,
                 "size": list(options.size) if options.size else None, "augment": options.augment,
                 "num_workers": options.num_workers, "loader": options.loader}
-    config = RunConfig.validated({"seed": options.seed, "device": options.device, "data": data_cfg,
-                                  "optim": {"lr": options.lr},
-                                  "train": {"epochs": options.epochs, "batch_size": options.batch_size,
-                                            "progress": options.progress}}, "segment")
+    with flag_names():  # the engine's and the config's messages name config keys; segment's user gave flags
+        config = RunConfig.validated({"seed": options.seed, "device": options.device, "data": data_cfg,
+                                      "optim": {"lr": options.lr},
+                                      "train": {"epochs": options.epochs, "batch_size": options.batch_size,
+                                                "progress": options.progress}}, CONFIG_WHERE)
+        check_batch_size(config.train.batch_size, splits[options.train_split])  # before anything is written
     runtime.resolve_device(config.device)  # a wrong device is refused before anything is written
     channels = modality_channels(data_path, {"--modality": modality})["--modality"]
     check_input_channels("--modality", modality, channels, loaded.encoder.in_chans,
@@ -155,13 +166,45 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
     if options.json_path:
         ensure_folder(os.path.dirname(os.path.abspath(options.json_path)))
     ensure_folder(out)
-    with run_folder.lock(out, "segment"):  # a second `segment --out` of the same folder is refused, not raced
+    with run_folder.lock(out, "segment"), flag_names():  # a second `segment --out` is refused, not raced
         for protocol in options.protocols:
             result["results"][protocol] = run_protocol(protocol, loaded, modality, seg_info, config,
                                                        os.path.join(out, protocol), options)
         for path in [os.path.join(out, JSON_NAME)] + ([options.json_path] if options.json_path else []):
             write_json(path, result)
     return result
+
+
+@contextlib.contextmanager
+def flag_names() -> Iterator[None]:
+    """Re-raise a ConfigError or DataError whose message names a config key of :data:`FLAGS` with the flag
+    instead (``train.batch_size 64 x 1 process(es) exceeds ...`` -> ``--batch-size 64 x 1 process(es) ...``);
+    the engine's messages stay as they are for the config-driven verbs."""
+    try:
+        yield
+    except ConfigError as err:
+        message = flag_message(str(err))
+        if message == str(err):
+            raise
+        raise ConfigError(message) from err
+    except DataError as err:
+        problem = flag_message(err.problem)
+        if problem == err.problem:
+            raise
+        raise DataError(err.path, problem) from err
+
+
+def flag_message(message: str) -> str:
+    """``message`` with the config keys segment sets from its flags replaced by those flags.
+
+    Examples:
+        >>> flag_message("segment: 'optim.lr' must be a positive number, got -1.0")
+        '--lr must be a positive number, got -1.0'
+    """
+    translated = _KEY.sub(lambda match: FLAGS[match.group(1)], message)
+    if translated != message and translated.startswith(f"{CONFIG_WHERE}: "):  # the config's "where" prefix
+        translated = translated[len(CONFIG_WHERE) + 2:]
+    return translated
 
 
 def segmentation_labels(data_path: str, labels: str) -> LabelInfo:
@@ -245,7 +288,8 @@ def default_out(loaded: LoadedEncoder, options: SegmentOptions) -> str:
 
 
 def format_table(result: Mapping[str, Any]) -> str:
-    """The results as a short text table, one row per protocol."""
+    """The results as a short text table, one row per protocol, in percent with one decimal like the probe's and
+    the report's tables (the JSON keeps fractions)."""
     lines = [f"segment {result['labels']} on {result['modality']}, method {result['method']}, seed {result['seed']}"
              f", {result['epochs']} epoch(s), scored on '{result['test_split']}'",
              f"{'protocol':<10}{'pixel_acc':>11}{'mean_class_acc':>16}{'miou':>8}"]
@@ -260,5 +304,5 @@ def _finite(value: float) -> Optional[float]:
 
 
 def _show(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return "-" if value is None else f"{100 * value:.1f}%"
 

@@ -1,8 +1,8 @@
 """``crossmodal distill``: from a validated config to the engine's :class:`~crossmodal.engine.TrainSetup`.
 
 The distillers named by the config are checked (names, options, weights) before any data is read; the teacher
-comes from a weight file or a train-teacher run folder (whose model card gives its encoder); its outputs are
-cached when the teacher's view of the data is not augmented.
+comes from a weight file or a train-teacher run folder (whose model card gives its modality and the encoder keys
+the config does not set); its outputs are cached when the teacher's view of the data is not augmented.
 """
 from __future__ import annotations
 
@@ -38,13 +38,14 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
     """A modality-B student from a frozen modality-A teacher."""
     data, teacher_cfg, student_cfg, loss_cfg = config.data, config.teacher, config.student, config.loss
     plan = distiller_plan(config)
+    teacher_encoder_cfg, teacher_weights, tm = teacher_source(teacher_cfg)  # before any data is read
     class_labels = loss_cfg.class_labels
     if loss_cfg.ce > 0 and not class_labels:
         raise ConfigError("loss.ce > 0 needs loss.class_labels (the class label set of the transfer split)")
     ensure_data(data)
     train_transform, eval_transform = transforms(data)
     use_cache = _use_cache(teacher_cfg.cache, data.augment)
-    tm, sm = teacher_cfg.modality, student_cfg.modality
+    sm = student_cfg.modality
     channels = modality_channels(data.path, {"teacher.modality": tm, "student.modality": sm})
     train = open_split(data.path, data.split, [sm] + ([] if use_cache else [tm]), [class_labels], train_transform,
                        config.seed)
@@ -53,10 +54,9 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
     if class_labels and train.layout.labels[class_labels].type != "class":
         raise ConfigError(f"loss.class_labels: '{class_labels}' is not an image-level class label set")
 
-    teacher_encoder_cfg, teacher_weights = teacher_source(teacher_cfg)
     teacher_config = encoder_config(teacher_encoder_cfg, tm, channels["teacher.modality"], "teacher")
     if teacher_weights is not None:
-        against = "teacher.encoder" if teacher_cfg.encoder is not None else "the run's model card"
+        against = "teacher.encoder" if teacher_cfg.encoder else "the run's model card"
         check_recorded_config(teacher_weights, teacher_config, against, TEACHER_KEYS, tm)
     teacher = FrozenTeacher(initialised_encoder(teacher_config, teacher_weights, teacher_cfg.adapt_input, "teacher",
                                                 tm)).to(device)
@@ -136,26 +136,47 @@ def distiller_plan(config: DistillRunConfig) -> Plan:
     return plan
 
 
-def teacher_source(teacher_cfg: TeacherSection) -> tuple[dict[str, Any], Optional[str]]:
-    """(encoder config, weight file) of the teacher; ``weights`` may be a train-teacher run folder, whose model
-    card supplies the encoder config when ``teacher.encoder`` is not given."""
-    weights, encoder = teacher_cfg.weights, teacher_cfg.encoder
+def teacher_source(teacher_cfg: TeacherSection) -> tuple[dict[str, Any], Optional[str], str]:
+    """(encoder config, weight file, modality) of the teacher.
+
+    ``weights`` may be a train-teacher run folder: its model card gives the modality when ``teacher.modality`` is
+    not set, and every encoder key ``teacher.encoder`` does not set (architecture, stem, ``input_norm`` ...). A
+    ``teacher.modality`` other than the run's is an error, unless ``teacher.adapt_input`` is true (the first
+    convolution is then adapted, and the card's input channels and normalisation are not taken).
+
+    Raises:
+        ConfigError: ``teacher.modality: rgb, but the teacher run RUN was trained on lab_l; ...``, or a missing
+            modality or encoder without a run folder.
+        DataError: a missing weight file, a folder without a model card, weights that disagree with the card.
+    """
+    weights, encoder, modality = teacher_cfg.weights, teacher_cfg.encoder, teacher_cfg.modality
     if weights is not None and os.path.isdir(weights):
         try:
             card = run_folder.read_model_card(weights)
         except DataError as err:
             raise DataError(weights, f"teacher.weights is a folder but {err.problem}") from None
-        encoder = encoder if encoder is not None else {k: v for k, v in card["encoder"].items() if v is not None}
+        trained_on = card["modality"]
+        if modality is None:
+            modality = trained_on
+        elif modality != trained_on and not teacher_cfg.adapt_input:
+            raise ConfigError(f"teacher.modality: {modality}, but the teacher run {weights} was trained on "
+                              f"{trained_on}; drop teacher.modality or set it to {trained_on}")
+        inherited = {k: v for k, v in card["encoder"].items() if v is not None}
+        if modality != trained_on:  # adapted to another modality: the card's channels and normalisation are not it
+            inherited = {k: v for k, v in inherited.items() if k not in ("in_chans", "input_norm")}
+        encoder = {**inherited, **(encoder or {})}
         weights = run_folder.card_weights(weights, card)
         if os.path.isfile(weights):  # the run's weight file is the one its card describes
-            check_recorded_config(weights, card["encoder"], "the run's model card",
-                                  expected_modality=card.get("modality"))
+            check_recorded_config(weights, card["encoder"], "the run's model card", expected_modality=trained_on)
     elif weights is not None and not os.path.isfile(weights):
         raise DataError(weights, "no such teacher weight file (teacher.weights)")
+    if modality is None:
+        raise ConfigError("teacher.modality is missing (it may be omitted only when teacher.weights is a "
+                          "train-teacher run folder)")
     if encoder is None:
         raise ConfigError("teacher.encoder is missing (it may be omitted only when teacher.weights is a "
                           "train-teacher run folder)")
-    return dict(encoder), weights
+    return dict(encoder), weights, modality
 
 
 def _use_cache(mode: str | bool, augment: bool) -> bool:

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import error_line, run_cli
+from conftest import cli, error_line, run_cli
 from crossmodal.data.codecs import read_physical
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.data.format import read_layout
@@ -208,3 +208,66 @@ def test_non_finite_depth_becomes_holes(tmp_path):
         stored = read_physical(handle["modalities/depth"], 0)[..., 0]
     assert stored[0, 0] == stored[1, 1] == stored[2, 2] == 0 and (stored[3] == 2.5).all()
     assert read_layout(tmp_path / "p.h5").modalities["depth"].nonfinite == 0  # the converter already made holes
+
+
+def _rgb_folder(folder, num):
+    """``num`` ids (natural order 1..num, not the listing order) with one small rgb picture each."""
+    folder.mkdir()
+    for k in range(num):
+        cv2.imwrite(str(folder / f"{k + 1}_rgb.png"), np.full((2, 3, 3), k, np.uint8))
+    return folder
+
+
+def _splits(path):
+    with h5py.File(path, "r") as handle:
+        return {name: handle["splits"][name][()].tolist() for name in handle["splits"]}
+
+
+def test_test_fraction_makes_spread_deterministic_train_and_test(tmp_path):
+    folder = _rgb_folder(tmp_path / "pairs", 20)
+    for name, seed in (("a.h5", 0), ("b.h5", 0), ("c.h5", 5)):
+        assert cli("prepare", "pairs", "--src", folder, "--out", tmp_path / name, "--test-fraction", 0.25,
+                   "--seed", seed).returncode == 0
+    splits = _splits(tmp_path / "a.h5")
+    assert sorted(splits) == ["test", "train"] and len(splits["test"]) == 5 and len(splits["train"]) == 15
+    assert sorted(splits["test"] + splits["train"]) == list(range(20))  # disjoint, every pair in one split
+    assert sorted(row // 4 for row in splits["test"]) == [0, 1, 2, 3, 4]  # one per block of 4: spread out
+    assert _splits(tmp_path / "b.h5") == splits  # the same seed, the same split
+    assert _splits(tmp_path / "c.h5")["test"] != splits["test"]
+    with h5py.File(tmp_path / "a.h5", "r") as handle:  # rows follow the ids' natural order
+        assert [int(handle["modalities/rgb"][row][0, 0, 0]) for row in range(20)] == list(range(20))
+    options = read_layout(tmp_path / "a.h5").provenance["options"]
+    assert options["test_fraction"] == 0.25 and options["seed"] == 0
+    assert read_layout(tmp_path / "c.h5").provenance["options"]["seed"] == 5
+
+
+def test_test_fraction_on_a_csv_without_split_column_rounds(tmp_path):
+    _rgb_folder(tmp_path / "pairs", 7)
+    (tmp_path / "index.csv").write_text("id,rgb\n" + "".join(f"{k},pairs/{k}_rgb.png\n" for k in range(7, 0, -1)))
+    assert cli("prepare", "pairs", "--src", tmp_path / "index.csv", "--out", tmp_path / "p.h5",
+               "--test-fraction", 0.3).returncode == 0
+    assert read_layout(tmp_path / "p.h5").splits == {"test": 2, "train": 5}  # round(7 * 0.3) = 2
+
+
+@pytest.mark.parametrize("case", ["with --split", "split column", "fraction 0", "fraction 1.5", "fraction nan",
+                                  "empty test", "empty train"])
+def test_test_fraction_refusals(tmp_path, case):
+    folder = _rgb_folder(tmp_path / "pairs", 4)
+    src, extra, fraction = folder, [], 0.5
+    if case == "with --split":
+        extra, expected = ["--split", "val"], ("--test-fraction: makes the splits train and test; it does not go "
+                                               "with --split val")
+    elif case == "split column":
+        src = tmp_path / "index.csv"
+        src.write_text("id,rgb,split\n1,pairs/1_rgb.png,train\n2,pairs/2_rgb.png,test\n")
+        expected = "index.csv: has a 'split' column: its rows name their splits already; drop --test-fraction"
+    elif case.startswith("fraction"):
+        fraction = case.split()[1]
+        expected = f"--test-fraction: must be a number in (0, 1), got {float(fraction)}"
+    else:
+        fraction = 0.1 if case == "empty test" else 0.9
+        expected = f"--test-fraction {fraction} of 4 pairs leaves a split empty"
+    line = error_line(cli("prepare", "pairs", "--src", src, "--out", tmp_path / "p.h5", "--test-fraction",
+                          fraction, *extra))
+    assert expected in line
+    assert not list(tmp_path.glob("*.h5")) and not list(tmp_path.glob(".*.h5*"))

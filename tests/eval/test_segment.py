@@ -11,7 +11,7 @@ import yaml
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import load_encoder, method_name, recorded_seed
 from crossmodal.engine.confusion import confusion_matrix, per_class_iou
-from crossmodal.eval.segment import FORMAT, SegmentOptions, run_segment, segmentation_labels
+from crossmodal.eval.segment import FORMAT, SegmentOptions, format_table, run_segment, segmentation_labels
 from crossmodal.models import Encoder
 from crossmodal.train.export import export_encoder
 from crossmodal.engine import SupervisedTask
@@ -116,6 +116,25 @@ def test_the_device_loader_trains_the_same_decoder_without_augmentation(student_
     assert results["device"]["per_class_iou"] == results["workers"]["per_class_iou"]
     heads = [_checkpoint_model(tmp_path / loader / "frozen") for loader in ("workers", "device")]
     assert all(torch.equal(heads[0][key], heads[1][key]) for key in heads[0])
+
+
+def test_the_table_shows_percent_like_probe_and_report():
+    """The printed table is in percent with one decimal (probe's and report's convention); the JSON keeps fractions."""
+    result = {"labels": "seg", "modality": "depth", "method": "crd", "seed": 0, "epochs": 1, "test_split": "test",
+              "results": {"finetune": {"pixel_acc": 0.87264, "mean_class_acc": 0.5, "miou": 1.0},
+                          "frozen": {"pixel_acc": 0.0, "mean_class_acc": None, "miou": 0.04321}}}
+    lines = format_table(result).splitlines()
+    assert lines[1].split() == ["protocol", "pixel_acc", "mean_class_acc", "miou"]
+    assert lines[2].split() == ["finetune", "87.3%", "50.0%", "100.0%"]
+    assert lines[3].split() == ["frozen", "0.0%", "-", "4.3%"]
+
+
+def test_a_batch_larger_than_the_split_names_the_flag_and_writes_nothing(student_file, synthetic_file, tmp_path):
+    options = SegmentOptions(str(student_file), str(synthetic_file), "seg", modality="depth", epochs=1,
+                             batch_size=1000, out=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"^--batch-size 1000 x 1 process\(es\) exceeds the \d+ training samples"):
+        run_segment(options)
+    assert not (tmp_path / "out").exists()
 
 
 def test_per_class_iou_by_hand():

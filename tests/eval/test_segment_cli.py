@@ -58,7 +58,12 @@ def test_segment_prints_a_table(segmented):
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("protocol"))
     assert lines[header].split() == ["protocol", "pixel_acc", "mean_class_acc", "miou"]
-    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["finetune", "frozen"]
+    rows = [line.split() for line in lines[header + 1:header + 3]]
+    assert [row[0] for row in rows] == ["finetune", "frozen"]
+    scores = json.loads((segmented[0] / "s.json").read_text())["results"]
+    for row in rows:  # percent with one decimal, like probe and report; the JSON keeps the fractions
+        assert row[1:] == [f"{100 * scores[row[0]][key]:.1f}%" if scores[row[0]][key] is not None else "-"
+                           for key in ("pixel_acc", "mean_class_acc", "miou")]
 
 
 def test_a_class_label_set_is_one_line(student):
@@ -97,4 +102,17 @@ def test_bad_options_are_one_line_and_write_nothing(student, tmp_path, args, mes
                              "--out", tmp_path / "out", *args)
     assert result.returncode == 2
     assert message in error_line(result)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, expected, key", [
+    (("--batch-size", "100000"), "--batch-size 100000 x 1 process(es) exceeds the", "train.batch_size"),
+    (("--lr", "-1"), "--lr must be a positive number, got -1.0", "optim.lr"),
+])
+def test_errors_name_the_flags_not_the_config_keys(student, tmp_path, args, expected, key):
+    _, run, data = student
+    result = cli("segment", "--checkpoint", run, "--data", data, "--labels", "seg", "--out", tmp_path / "out", *args)
+    assert result.returncode == 2
+    line = error_line(result)
+    assert expected in line and key not in line and "segment: segment:" not in line
     assert not (tmp_path / "out").exists()

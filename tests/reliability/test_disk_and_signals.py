@@ -251,3 +251,17 @@ def test_an_export_to_a_full_disk_is_one_line(tmp_path, monkeypatch):
         export.export_encoder(Encoder("test_resnet", in_chans=1, small_input=True), tmp_path / "student.safetensors")
     assert str(error.value) == f"{tmp_path / 'student.safetensors'}: cannot write it: no space left on the device"
     assert os.listdir(tmp_path) == []
+
+
+def test_a_busy_or_oversubscribed_machine_is_said(monkeypatch):
+    from crossmodal import runtime
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
+    assert runtime.busy_machine_note().startswith("the machine is busy (load average 6.0 on 2 CPUs)")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert runtime.busy_machine_note() == "torch runs 8 threads on 2 CPUs; set OMP_NUM_THREADS=2 (or fewer) for " \
+                                          "faster steps"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert runtime.busy_machine_note() is None

@@ -1,0 +1,58 @@
+"""``--help`` reads as plain words: no reStructuredText markup from the docstrings behind it leaks through."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from conftest import cli
+from crossmodal import data_prep
+from crossmodal.cli.help_text import plain
+from crossmodal.cli.main import build_parser
+
+MARKUP = ("``", ":mod:", ":func:", ":class:", ":meth:", ":attr:", ">>>")
+
+
+def _verbs() -> list[str]:
+    subparsers = next(action for action in build_parser()._actions
+                      if isinstance(action, argparse._SubParsersAction))
+    return sorted(subparsers.choices)
+
+
+def test_every_verb_is_checked():
+    assert {"prepare", "inspect", "train-teacher", "distill", "probe", "segment", "report", "demo"} <= set(_verbs())
+
+
+COMMANDS = [[]] + [[verb] for verb in _verbs()] + [["prepare", source] for source in data_prep.CONVERTERS]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(command) or "crossmodal" for command in COMMANDS])
+def test_help_has_no_markup(command):
+    result = cli(*command, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: crossmodal"), result.stderr
+    leaked = [marker for marker in MARKUP if marker in result.stdout]
+    assert not leaked, f"crossmodal {' '.join(command)} --help shows {leaked}:\n{result.stdout}"
+    assert "::\n" not in result.stdout
+
+
+def test_converter_help_keeps_its_paragraphs_lists_and_literal_blocks():
+    nyu = cli("prepare", "nyu", "--help").stdout
+    assert "(nyu_depth_v2_labeled.mat, MATLAB" in nyu and "The metadata folder (--meta) holds splits.mat" in nyu
+    assert "back to 480 x 640):\n\n    images     (1449, 3, 640, 480) uint8" in nyu  # the table as written
+    assert "\nReferences:\n    - [0] Silberman" in nyu
+    synthetic = cli("prepare", "synthetic", "--help").stdout
+    assert "crossmodal.data.synthetic" in synthetic and "\n\nRooms with floor" in synthetic
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("See :mod:`crossmodal.data.synthetic` and :func:`~crossmodal.progress.sample_bar`.",
+     "See crossmodal.data.synthetic and sample_bar."),
+    (":class:`the writer <crossmodal.data.format.PairedWriter>`, :py:meth:`a.B.c`", "the writer, a.B.c"),
+    ("``--meta`` holds ``splits.mat``; run ``crossmodal prepare repack --src a.h5``",
+     "--meta holds splits.mat; run 'crossmodal prepare repack --src a.h5'"),
+    ("As h5py sees it::\n\n    images (3, 4)\n\nThen.", "As h5py sees it:\n\n    images (3, 4)\n\nThen."),
+    ("Sum two numbers.\n\nExamples:\n    >>> add(1, 2)\n    3\n\nMore.", "Sum two numbers.\n\nMore."),
+    ("plain text: 'quoted', a-b, 50%, [64, 64]", "plain text: 'quoted', a-b, 50%, [64, 64]"),
+], ids=["roles", "titled-roles", "literals", "literal-block", "doctest", "no-markup"])
+def test_plain(text, expected):
+    assert plain(text) == expected
