@@ -90,6 +90,22 @@ def deferred_termination() -> Iterator[None]:
         _deferring -= 1
 
 
+@contextmanager
+def unseen_by_new_processes() -> Iterator[None]:
+    """Start worker processes inside: they begin with SIGINT ignored (an ignored signal stays ignored across
+    ``exec``), so a Ctrl-C sent to the whole process group prints no traceback from a child still starting up;
+    the parent, which stops them, gets its handler back at the end of the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        check()
+
+
 def termination_pending() -> bool:
     """Whether SIGTERM arrived during :func:`deferred_termination` (and was not handled yet)."""
     return _terminate_pending

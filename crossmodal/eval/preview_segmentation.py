@@ -6,7 +6,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from crossmodal.data.modalities import MAX_DEPTH_M
 from crossmodal.data.preview import label_palette
+from crossmodal.data.summary import DEPTH_KINDS
 from crossmodal.files import atomic_output
 
 
@@ -28,23 +30,147 @@ def colorize(labels: np.ndarray, num_classes: int, ignore_index: Optional[int]) 
     return tile
 
 
-def input_tile(image: np.ndarray) -> np.ndarray:
+def input_tile(image: np.ndarray, percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
     """A normalised (C, H, W) input -> (H, W, 3) floats in [0, 1] for display: three channels as RGB, any
-    other count as its first channel through the ``turbo`` colour map; each sample scaled by its own range."""
+    other count as its first channel through the ``turbo`` colour map; each sample scaled by its own robust
+    range (``percentiles`` of its values, so a few outliers do not wash out the frame)."""
     import matplotlib
 
     image = image.astype(np.float32)
-    low, high = float(image.min()), float(image.max())
-    scaled = (image - low) / max(high - low, 1e-6)
+    low, high = _robust_range(image if image.shape[0] == 3 else image[0], percentiles)
+    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
     if scaled.shape[0] == 3:
         return scaled.transpose(1, 2, 0)
     return matplotlib.colormaps["turbo"](scaled[0])[..., :3]
 
 
+def _robust_range(values: np.ndarray, percentiles: tuple[float, float] = (2.0, 98.0)) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(finite, percentiles))
+    if high - low < 1e-6:
+        low, high = float(finite.min()), float(finite.max())
+    return low, high
+
+
+def to_metres(values: np.ndarray | float) -> np.ndarray | float:
+    """Invert the depth normalisation ([0, MAX_DEPTH_M] m -> [-1, 1])."""
+    return (np.asarray(values) + 1.0) / 2.0 * MAX_DEPTH_M if isinstance(values, np.ndarray) \
+        else (values + 1.0) / 2.0 * MAX_DEPTH_M
+
+
+def present_classes(labels: Sequence[np.ndarray], num_classes: int, ignore_index: Optional[int]) -> list[int]:
+    """The class ids in [0, num_classes) that occur in ``labels`` (void excluded), ascending."""
+    seen: set[int] = set()
+    for array in labels:
+        seen.update(int(v) for v in np.unique(array))
+    return sorted(c for c in seen if 0 <= c < num_classes and c != ignore_index)
+
+
+def _run_context(path: str | os.PathLike) -> dict:
+    """What the run folder beside ``path`` says (its ``config.yaml`` ``segment`` section): the method name,
+    the label set's class names and the modality; empty when there is no such file."""
+    config_path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(path))), "config.yaml")
+    try:
+        import yaml
+
+        with open(config_path, encoding="utf-8") as handle:
+            tree = yaml.safe_load(handle) or {}
+        segment = tree.get("segment") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(segment, dict) or not segment:
+        return {}
+    context: dict = {"modality": segment.get("modality"), "protocol": segment.get("protocol")}
+    try:
+        from crossmodal.eval.checkpoints import method_name
+
+        card = None
+        checkpoint = segment.get("checkpoint")
+        if checkpoint and os.path.isdir(checkpoint) and not segment.get("random_init"):
+            from crossmodal import run_folder
+
+            card = run_folder.read_model_card(checkpoint)
+        context["method"] = method_name(card, bool(segment.get("random_init")))
+    except Exception:  # noqa: BLE001 - the title is a nicety; never fail the run over it
+        pass
+    try:
+        from crossmodal.data.format import read_layout
+
+        data_path = (tree.get("data") or {}).get("path")
+        info = read_layout(data_path).labels[segment["labels"]]
+        context["class_names"] = tuple(info.class_names)
+    except Exception:  # noqa: BLE001
+        pass
+    return context
+
+
+def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                        predictions: Sequence[np.ndarray], num_classes: int, ignore_index: Optional[int],
+                        title: str = "", class_names: Optional[Sequence[str]] = None, method: Optional[str] = None,
+                        modality: Optional[str] = None):
+    """The preview figure and what it shows: ``(figure, info)`` with ``info`` holding ``title``, ``legend``
+    (the class names in the legend), ``depth_ranges`` (per sample ``(low, high)`` of its colour bar) and
+    ``depth_unit`` (``"m"`` or ``"normalised"``). See :func:`write_segmentation_preview`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = len(images)
+    single = bool(rows) and images[0].shape[0] != 3
+    metres = single and modality in DEPTH_KINDS
+    figure, axes = plt.subplots(rows, 3, figsize=(6.6 if single else 6, 2 * rows + 1.1), squeeze=False)
+    palette = label_palette(num_classes + 1)
+    info: dict = {"depth_ranges": [], "depth_unit": ("m" if metres else "normalised") if single else None}
+    for row, (image, truth, predicted) in enumerate(zip(images, truths, predictions)):
+        tiles = (input_tile(image), colorize(truth, num_classes, ignore_index),
+                 colorize(predicted, num_classes, ignore_index))
+        input_name = f"input ({modality})" if modality else "input"
+        for column, (tile, name) in enumerate(zip(tiles, (input_name, "ground truth", "prediction"))):
+            axis = axes[row, column]
+            axis.imshow(tile, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(name, fontsize=9)
+        if single:
+            low, high = _robust_range(image[0].astype(np.float32))
+            if metres:
+                low, high = float(to_metres(low)), float(to_metres(high))
+            info["depth_ranges"].append((low, high))
+            mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(low, high), cmap="turbo")
+            bar = figure.colorbar(mappable, ax=axes[row, 0], fraction=0.046, pad=0.03)
+            bar.ax.tick_params(labelsize=6)
+            bar.set_label("m" if metres else "normalised", fontsize=6, labelpad=1)
+    shown = present_classes(list(truths) + list(predictions), num_classes, ignore_index)
+    names = [class_names[c] if class_names and c < len(class_names) else f"class {c}" for c in shown]
+    info["legend"] = names
+    if shown:
+        handles = [Patch(facecolor=palette[c + 1] / 255.0, edgecolor="black", linewidth=0.3, label=n)
+                   for c, n in zip(shown, names)]
+        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=6, frameon=False,
+                      handlelength=1.0, columnspacing=0.8, handletextpad=0.4)
+    full = title
+    if method and method not in title:
+        full = f"{method}: {title}" if title else method
+    info["title"] = full
+    if full:
+        figure.suptitle(full, fontsize=9)
+    legend_rows = -(-len(shown) // 5) if shown else 0
+    figure.tight_layout(rect=(0, 0.055 * legend_rows * 3.0 / max(rows + 1, 1), 1, 1))
+    return figure, info
+
+
 def write_segmentation_preview(path: str | os.PathLike, images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
                                predictions: Sequence[np.ndarray], num_classes: int, ignore_index: Optional[int],
-                               title: str = "") -> str:
-    """Write ``path`` (PNG, atomically): one row per sample with input, ground truth and prediction.
+                               title: str = "", class_names: Optional[Sequence[str]] = None,
+                               method: Optional[str] = None, modality: Optional[str] = None) -> str:
+    """Write ``path`` (PNG, atomically): one row per sample with input, ground truth and prediction, a legend
+    of the classes that occur in the shown samples, a colour bar per single-channel input (its 2-98 percentile
+    range, in metres for a depth modality) and a title naming the method.
 
     Args:
         path: the PNG to write.
@@ -54,6 +180,9 @@ def write_segmentation_preview(path: str | os.PathLike, images: Sequence[np.ndar
         num_classes: the label set's class count.
         ignore_index: its void value, drawn black.
         title: a line above the grid.
+        class_names: the label set's class names; method: the evaluated encoder's method name; modality: the
+            input's modality. Each, when not given, comes from the run folder's ``config.yaml`` beside ``path``
+            when there is one.
 
     Returns:
         ``path``.
@@ -61,27 +190,16 @@ def write_segmentation_preview(path: str | os.PathLike, images: Sequence[np.ndar
     Examples:
         >>> write_segmentation_preview("preview.png", [x], [y], [p], 13, 255, "seg13, finetune")
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    rows = len(images)
-    figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows + 0.4), squeeze=False)
+    if class_names is None or method is None or modality is None:
+        context = _run_context(path)
+        class_names = class_names if class_names is not None else context.get("class_names")
+        method = method if method is not None else context.get("method")
+        modality = modality if modality is not None else context.get("modality")
+    figure, _ = segmentation_figure(images, truths, predictions, num_classes, ignore_index, title, class_names,
+                                    method, modality)
     try:
-        for row, (image, truth, predicted) in enumerate(zip(images, truths, predictions)):
-            tiles = (input_tile(image), colorize(truth, num_classes, ignore_index),
-                     colorize(predicted, num_classes, ignore_index))
-            for column, (tile, name) in enumerate(zip(tiles, ("input", "ground truth", "prediction"))):
-                axis = axes[row, column]
-                axis.imshow(tile, interpolation="nearest")
-                axis.set_xticks([])
-                axis.set_yticks([])
-                if row == 0:
-                    axis.set_title(name, fontsize=9)
-        if title:
-            figure.suptitle(title, fontsize=9)
-        figure.tight_layout()
         with atomic_output(path, suffix=".png") as temporary:
             figure.savefig(temporary, format="png", dpi=80)
     finally:

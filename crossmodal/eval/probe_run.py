@@ -262,7 +262,9 @@ def convergence_warning(row: dict[str, Any]) -> Optional[str]:
 
 def render_table(result: dict[str, Any]) -> str:
     """The probe results as a plain-text table, one row per stage."""
-    head = (f"probe of {result['checkpoint']} ({result['method']}, {result['modality']}) on {result['data']}: "
+    subject = (f"a random initialisation of {result['checkpoint']}'s architecture" if result.get("random_init")
+               else result["checkpoint"])
+    head = (f"probe of {subject} ({result['method']}, {result['modality']}) on {result['data']}: "
             f"'{result['labels']}'" + (f" classes {', '.join(result['classes'])}" if result.get("classes") else "")
             + f", {result['num_classes']} classes, {result['num_train']} train / "
             f"{result['num_test']} test samples, chance {100 * result['chance']:.1f}%"

@@ -44,14 +44,39 @@ def _percent(summary: dict | None) -> tuple[float, float]:
     return 100 * summary["mean"], 100 * (summary["std"] or 0.0)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _offset(index: int, count: int, spread: float = 0.2) -> float:
+    """A small horizontal shift of method ``index`` of ``count`` so identical points do not hide each other."""
+    return 0.0 if count <= 1 else spread * (index / (count - 1) - 0.5)
+
+
+def _points(axis, positions, means, stds, marker: str, label: str) -> None:
+    """A line with markers; error bars with caps only where some std is above zero (one seed: plain markers)."""
+    if any(std > 0 for std in stds):
+        axis.errorbar(positions, means, yerr=stds, marker=marker, capsize=3, label=label)
+    else:
+        axis.plot(positions, means, marker=marker, label=label)
+
+
+def integer_ticks(axis, which: str = "x") -> None:
+    """Whole-number ticks on an epoch (or other count) axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    (axis.xaxis if which == "x" else axis.yaxis).set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_probe(report: dict, kind: str, path: Path) -> None:
     """Top-1 per stage per method (lines with std error bars), chance dashed; one panel per probe group."""
     figure, axes = _subplots(len(report["probe"]), 6)
     for axis, table in zip(axes, report["probe"]):
         stages = stage_order(stage for entry in table["methods"].values() for stage in entry[kind])
-        for method, entry in table["methods"].items():
+        count = len(table["methods"])
+        for index, (method, entry) in enumerate(table["methods"].items()):
             means, stds = zip(*(_percent(entry[kind].get(stage)) for stage in stages)) if stages else ((), ())
-            axis.errorbar(range(len(stages)), means, yerr=stds, marker="o", capsize=3, label=method)
+            positions = [stage + _offset(index, count) for stage in range(len(stages))]
+            _points(axis, positions, means, stds, MARKERS[index % len(MARKERS)], method)
         chance = table["chance"]
         for value in (chance if isinstance(chance, list) else [chance] if chance is not None else []):
             axis.axhline(100 * value, linestyle="--", color="gray", label="chance")
@@ -73,8 +98,9 @@ def plot_segmentation(report: dict, path: Path) -> None:
         for index, protocol in enumerate(protocols):
             means, stds = zip(*(_percent(table["methods"][method].get(protocol, {}).get("miou"))
                                 for method in methods))
-            axis.bar([position + index * width for position in range(len(methods))], means, width, yerr=stds,
-                     capsize=3, label=protocol)
+            spread = any(std > 0 for std in stds)
+            axis.bar([position + index * width for position in range(len(methods))], means, width,
+                     yerr=stds if spread else None, capsize=3 if spread else 0, label=protocol)
         axis.set_xticks([position + width * (len(protocols) - 1) / 2 for position in range(len(methods))], methods)
         axis.set(ylabel="mIoU (%)", title=f"{Path(table['data']).name} / {table['labels']}")
         axis.legend(fontsize="small")

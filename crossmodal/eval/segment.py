@@ -249,7 +249,9 @@ def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: 
     scores = {key: _finite(value) for key, value in segmentation_scores(confusion).items()}
     preview = os.path.join(run_dir, "preview.png")
     write_segmentation_preview(preview, *samples, num_classes=seg_info.num_classes, ignore_index=ignore_index,
-                               title=f"{options.labels}, {protocol}{' (scratch)' if options.random_init else ''}")
+                               title=f"{options.labels}, {protocol}{' (scratch)' if options.random_init else ''}",
+                               class_names=seg_info.class_names, modality=modality,
+                               method=options.method or method_name(loaded.card, options.random_init))
     return {**scores, "per_class_iou": dict(zip(names, per_class_iou(confusion))), "preview": preview}
 
 

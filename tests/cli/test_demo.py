@@ -74,7 +74,7 @@ def test_a_rerun_reuses_every_finished_step(demo):
     before = (out / "results.json").read_text()
     again = cli("demo", "--out", out, *TINY)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("reusing") == 5  # the data, both training runs and both probes
+    assert again.stdout.count("reusing") == 7  # the data, both training runs, both probes and both segmentations
     assert "probe stage" not in again.stdout  # nothing probed again
     assert "epoch 1/1" not in again.stdout  # nothing trained again
     assert json.loads((out / "results.json").read_text()) == json.loads(before)

@@ -139,7 +139,7 @@ def interrupted_prepare(tmp_path: Path, sig: int) -> subprocess.CompletedProcess
     deadline = time.monotonic() + 60
     while not [name for name in os.listdir(tmp_path) if ".tmp-" in name] and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(0.5)
+    time.sleep(0.1)  # the generator's worker processes may still be starting: they must stay quiet too
     os.killpg(process.pid, sig)
     stdout, stderr = process.communicate(timeout=60)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from crossmodal import interrupts
 from crossmodal.data.codecs import DEFAULT_CODEC
 from crossmodal.data.format import PairedWriter
 from crossmodal.data.synthetic.scenes import CLASS_NAMES, IGNORE_INDEX, SEG_CLASS_NAMES, render_scene
@@ -63,7 +64,8 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
                             description="Kinect-like noise, 0 = hole" if noise else "equal to depth")
         writer.add_segmentation("seg", size, size, SEG_CLASS_NAMES, ignore_index=IGNORE_INDEX)
         bar = sample_bar(None, num, "synthetic")
-        pool = multiprocessing.get_context("spawn").Pool(workers, _ignore_interrupt) if workers > 1 else None
+        with interrupts.unseen_by_new_processes():
+            pool = multiprocessing.get_context("spawn").Pool(workers, _ignore_interrupt) if workers > 1 else None
         try:
             chunks = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
             for (start, *_), chunk in zip(jobs, chunks):

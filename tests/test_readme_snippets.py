@@ -1,0 +1,48 @@
+"""The README's Python snippets run as written, each in a fresh interpreter, in a folder holding a miniature of
+what `make demo` leaves in ``runs/demo/`` (the same file names and configs, fewer scenes and one epoch each)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli
+
+pytestmark = pytest.mark.slow  # trains a teacher and a student, then starts a Python per snippet
+
+CONFIGS = ROOT / "crossmodal" / "configs"
+SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory) -> Path:
+    """``runs/demo/`` in miniature: synthetic.h5, the RGB teacher run and the CRD student run."""
+    from crossmodal.data.synthetic import generate
+
+    base = tmp_path_factory.mktemp("readme")
+    demo = base / "runs" / "demo"
+    demo.mkdir(parents=True)
+    generate(str(demo / "synthetic.h5"), num=160, size=64, seed=0, workers=1)
+    common = [f"data.path={demo / 'synthetic.h5'}", "train.epochs=1", "train.batch_size=32", "train.progress=false"]
+    result = cli("train-teacher", CONFIGS / "demo_teacher.yaml", "--out", demo / "teacher", *common)
+    assert result.returncode == 0, result.stderr
+    result = cli("distill", CONFIGS / "demo_distill.yaml", "--out", demo / "crd", *common,
+                 f"teacher.weights={demo / 'teacher'}", "distill.options.crd.num_negatives=64")
+    assert result.returncode == 0, result.stderr
+    return base
+
+
+def test_the_readme_has_its_snippets():
+    assert len(SNIPPETS) >= 3
+
+
+@pytest.mark.parametrize("number", range(len(SNIPPETS)))
+def test_a_readme_snippet_runs_as_written(demo_folder, number):
+    result = subprocess.run([sys.executable, "-c", SNIPPETS[number]], cwd=demo_folder, capture_output=True,
+                            text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}, timeout=300)
+    assert result.returncode == 0, f"README snippet {number + 1}:\n{SNIPPETS[number]}\n{result.stderr[-3000:]}"
+    assert result.stdout.strip(), "each snippet prints what it made"
