@@ -81,6 +81,7 @@ def plot_probe(report: dict, kind: str, path: Path) -> None:
         for value in (chance if isinstance(chance, list) else [chance] if chance is not None else []):
             axis.axhline(100 * value, linestyle="--", color="gray", label="chance")
         axis.set_xticks(range(len(stages)), stages)
+        axis.set_xlim(-0.5, len(stages) - 0.5)  # the methods' offsets stay small beside their stage
         axis.set(xlabel="stage", ylabel="top-1 (%)", title=f"{kind}: {Path(table['data']).name} / {table['labels']}"
                                                           + (f" ({len(table['classes'])} classes)"
                                                              if table.get("classes") else ""))
