@@ -51,6 +51,13 @@ def temporary_name(path: str | os.PathLike, suffix: str = "") -> str:
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}{suffix}")
 
 
+def os_reason(err: BaseException) -> str:
+    """Why an operation on a file failed, in words: :func:`place_error`'s reason, else the system's message (or
+    the error's own text, on one line)."""
+    reason = place_error(err) or getattr(err, "strerror", None) or str(err)
+    return " ".join(str(reason).split())[:200]  # HDF5's messages span lines
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary name to write; rename it to ``path`` if the block completes, remove it otherwise.
@@ -127,7 +134,7 @@ def ensure_folder(folder: str | os.PathLike) -> str:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise DataError(folder, f"cannot create this folder: {place_error(err) or err.strerror or err}") from None
+        raise DataError(folder, f"cannot create this folder: {os_reason(err)}") from None
     return folder
 
 
@@ -147,7 +154,7 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
                 json.dump(value, handle, indent=2)
                 handle.write("\n")
     except OSError as err:
-        raise DataError(path, f"cannot write it: {place_error(err) or err.strerror or err}") from None
+        raise DataError(path, f"cannot write it: {os_reason(err)}") from None
 
 
 @contextmanager
@@ -175,7 +182,7 @@ def exclusive_lock(lock_path: str | os.PathLike, target: str | os.PathLike, what
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise DataError(target, f"cannot create its lock file {lock_path}: "
-                                    f"{place_error(err) or err.strerror or err}") from None
+                                    f"{os_reason(err)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

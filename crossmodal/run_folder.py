@@ -28,7 +28,7 @@ import torch
 
 from crossmodal import runtime
 from crossmodal.errors import ConfigError, DataError
-from crossmodal.files import atomic_output, exclusive_lock, place_error
+from crossmodal.files import atomic_output, exclusive_lock, os_reason
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
@@ -86,7 +86,7 @@ def create(run_dir: str, claim: bool = False) -> tuple[str, bool]:
     try:
         return _create(run_dir, claim)
     except OSError as err:
-        raise DataError(run_dir, f"cannot create the run folder: {place_error(err) or err.strerror or err}") from None
+        raise DataError(run_dir, f"cannot create the run folder: {os_reason(err)}") from None
 
 
 def _create(run_dir: str, claim: bool) -> tuple[str, bool]:

@@ -18,7 +18,7 @@ from crossmodal.data import device as device_module
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.data.device import DeviceResidentData
 from crossmodal.data.device_ops import rgb_to_lab, uniforms
-from crossmodal.data.format import PairedWriter
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data.modalities import MODALITIES, Modality, to_range
 from crossmodal.data.transforms import PairedTransform
 from crossmodal.errors import DataError

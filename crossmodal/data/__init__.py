@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "FORMAT_VERSION": "format", "Layout": "format", "PairedWriter": "format", "read_layout": "format",
+    "FORMAT_VERSION": "format", "Layout": "format", "PairedWriter": "paired_writer", "read_layout": "format",
     "MODALITIES": "modalities", "Modality": "modalities", "register_modality": "modalities",
     "resolve_modality": "modalities", "PairedTransform": "transforms", "PairedDataset": "dataset", "collate": "dataset",
 }

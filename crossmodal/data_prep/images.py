@@ -18,7 +18,7 @@ import numpy as np
 
 from crossmodal.argtypes import positive_int
 from crossmodal.data.codecs import DEFAULT_CODEC
-from crossmodal.data.format import PairedWriter
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep.common import (add_common_arguments, checked_size, decode_image, resize_image,
                                          to_rgb8)
 from crossmodal.progress import sample_bar

@@ -25,7 +25,8 @@ import numpy as np
 import scipy.io
 
 from crossmodal.data.codecs import DEFAULT_CODEC
-from crossmodal.data.format import DEFAULT_IGNORE_INDEX, PairedWriter
+from crossmodal.data.format import DEFAULT_IGNORE_INDEX
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep.common import add_common_arguments, checked_size, resize_image, resize_nearest
 from crossmodal.progress import sample_bar
 from crossmodal.errors import DataError

@@ -31,7 +31,8 @@ from PIL import Image
 
 from crossmodal.argtypes import positive_int
 from crossmodal.data.codecs import DEFAULT_CODEC
-from crossmodal.data.format import DEFAULT_IGNORE_INDEX, PairedWriter
+from crossmodal.data.format import DEFAULT_IGNORE_INDEX
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep.common import (add_common_arguments, checked_size, read_image, resize_image,
                                          resize_nearest, to_rgb8)
 from crossmodal.progress import sample_bar

@@ -16,7 +16,8 @@ import h5py
 import numpy as np
 
 from crossmodal.data.codecs import chunk_error, read_physical
-from crossmodal.data.format import PairedWriter, read_layout
+from crossmodal.data.format import read_layout
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep.common import add_output_arguments
 from crossmodal.errors import DataError
 from crossmodal.progress import sample_bar

@@ -16,7 +16,7 @@ import numpy as np
 
 from crossmodal.argtypes import non_negative_int
 from crossmodal.data.codecs import DEFAULT_CODEC
-from crossmodal.data.format import PairedWriter
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep.common import add_common_arguments, checked_size, resize_image
 from crossmodal.progress import sample_bar
 from crossmodal.errors import DataError

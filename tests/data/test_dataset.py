@@ -138,7 +138,7 @@ def test_set_epoch_reaches_persistent_workers(synthetic_file, context):
 
 
 def test_float16_modality_goes_through_the_transform_like_float32(tmp_path):
-    from crossmodal.data.format import PairedWriter
+    from crossmodal.data.paired_writer import PairedWriter
     values = np.linspace(280, 320, 512, dtype=np.float16).reshape(2, 16, 16, 1)
     for dtype in (np.float16, np.float32):
         with PairedWriter(tmp_path / f"{np.dtype(dtype).name}.h5", 2, source="test", converter="tests") as writer:

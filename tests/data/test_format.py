@@ -7,7 +7,8 @@ import pytest
 
 from conftest import error_line, run_cli
 from crossmodal.data.codecs import read_physical
-from crossmodal.data.format import FORMAT_VERSION, PairedWriter, read_layout
+from crossmodal.data.format import FORMAT_VERSION, read_layout
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.errors import DataError
 
 

@@ -13,7 +13,8 @@ import torch
 from conftest import cli, error_line
 from crossmodal.data import codecs
 from crossmodal.data.dataset import PairedDataset
-from crossmodal.data.format import PairedWriter, read_layout
+from crossmodal.data.format import read_layout
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data.transforms import PairedTransform
 from crossmodal.data_prep import repack
 from crossmodal.errors import DataError

@@ -14,7 +14,7 @@ import numpy as np
 
 from crossmodal import interrupts
 from crossmodal.data.codecs import DEFAULT_CODEC
-from crossmodal.data.format import PairedWriter
+from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data.synthetic.scenes import CLASS_NAMES, IGNORE_INDEX, SEG_CLASS_NAMES, render_scene
 from crossmodal.errors import DataError
 from crossmodal.progress import sample_bar
