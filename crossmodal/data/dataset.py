@@ -161,9 +161,9 @@ class PairedDataset(Dataset):
         a 480 x 640 batch costs more than reading it. A worker starts a new batch each time the loader hands one
         out, so a batch is overwritten once the consumer has received ``ring - prefetch_factor`` more batches
         from the same worker: only for a consumer that is done with each batch before it fetches the next
-        (the training loop, which sets it for the loaders it creates: see ``engine.loop``), with
-        ``ring = prefetch_factor + 2``. 0 turns it off (the default: batches stay valid while they are held).
-        Workers take the setting when they start, i.e. when the loader's iterator is created.
+        (the training loop, whose loaders set it in each worker's copy through ``worker_init_fn``: see
+        ``engine.loop``), with ``ring = prefetch_factor + 2``. 0 turns it off (the default: batches stay valid
+        while they are held).
         """
         self.recycle = int(ring)
 

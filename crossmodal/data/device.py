@@ -62,11 +62,6 @@ from crossmodal.data.format import LabelInfo, ModalityInfo
 from crossmodal.data.modalities import LAB_A_RANGE, LAB_B_RANGE, LAB_L_RANGE, MODALITIES, Modality
 from crossmodal.errors import DataError
 
-try:  # registers the compression filters (Blosc, Zstd ...) that newer files may use with HDF5
-    import hdf5plugin  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 _GIB = 2.0 ** 30
 _READ_BLOCK_BYTES = 64 * 2 ** 20  # host memory of one read block while loading
 
@@ -314,7 +309,7 @@ class DeviceResidentData:
         stored = self._arrays[name][index]
         scale = self.layout.modalities[name].scale
         if scale is not None:
-            stored = _as_float(stored) * torch.tensor(scale, dtype=torch.float32, device=stored.device)
+            stored = _as_float(stored) * float(np.float32(scale))  # a scalar operand: no copy to the device
         return _as_float(self._resampled(stored, geometry, name in self.nearest))
 
     def _jitter(self, modality: Modality, values: Tensor, draws: Optional[Tensor]) -> Tensor:

@@ -222,7 +222,8 @@ def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
                       torch.where(value == green, (blue - red) / safe + 2, (red - green) / safe + 4))
     hue = torch.remainder(hue / 6 + shift[:, None, None], 1.0)
     saturation = torch.where(value > 0, delta / torch.where(value > 0, value, 1.0), 0.0)
-    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + hue[:, None] * 6, 6)
+    offsets = _channel_constant("hue_offsets", np.array([5.0, 3.0, 1.0], np.float32), x.device)
+    k = torch.remainder(offsets + hue[:, None] * 6, 6)
     return value[:, None] - (value * saturation)[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import read_layout
-from crossmodal.data.summary import DEPTH_KINDS, sample_rows
+from crossmodal.data.format import DEPTH_KINDS
+from crossmodal.data.summary import sample_rows
 from crossmodal.errors import DataError
 from crossmodal.files import atomic_output
 

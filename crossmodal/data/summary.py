@@ -8,10 +8,9 @@ import h5py
 import numpy as np
 
 from crossmodal.data.codecs import chunk_error, read_physical
-from crossmodal.data.format import Layout, read_layout
+from crossmodal.data.format import DEPTH_KINDS, Layout, read_layout
 from crossmodal.errors import DataError
 
-DEPTH_KINDS = ("depth", "raw_depth")
 
 
 def sample_rows(num_samples: int, max_rows: int) -> np.ndarray:

@@ -34,6 +34,11 @@ from crossmodal.errors import ConfigError, CrossmodalError
 
 PREFETCH = 2  # batches in flight per DataLoader worker
 
+
+def _recycle_in_worker(worker_id: int) -> None:
+    """A training loader's ``worker_init_fn``: this worker's copy of the data set reuses its batch buffers."""
+    torch.utils.data.get_worker_info().dataset.recycle_batches(PREFETCH + 2)
+
 Hook = Callable[["Trainer"], None]
 
 
@@ -172,25 +177,14 @@ class Trainer:
         workers = self.config.data.num_workers
         # A private generator: creating the loader's iterator must not draw from the global torch RNG, or a
         # run resumed mid-epoch would diverge from an uninterrupted one.
-        loader = DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                            prefetch_factor=PREFETCH if workers > 0 else None,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            generator=torch.Generator().manual_seed(self.config.seed))
-        if workers == 0 or not hasattr(data, "recycle_batches"):
-            return loader
-        return self._recycling(loader, data)
-
-    @staticmethod
-    def _recycling(loader: DataLoader, data: Any) -> Iterable[Mapping[str, Any]]:
-        """The loader's batches, its workers writing into a ring of shared-memory buffers: each batch is done
-        with inside its step (moved to the device or used there) before the next is fetched. The setting is
-        taken by the workers as they start and then cleared, so no other reader of ``data`` inherits it."""
-        data.recycle_batches(PREFETCH + 2)
-        try:
-            batches = iter(loader)
-        finally:
-            data.recycle_batches(0)
-        yield from batches
+        # Each batch is done with inside its step (moved to the device or used there) before the next is
+        # fetched, so the workers, and only they, may write into a ring of shared-memory buffers.
+        recycle = workers > 0 and hasattr(data, "recycle_batches")
+        return DataLoader(data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                          prefetch_factor=PREFETCH if workers > 0 else None,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          generator=torch.Generator().manual_seed(self.config.seed),
+                          worker_init_fn=_recycle_in_worker if recycle else None)
 
     def _run_epoch(self) -> dict[str, Any]:
         data = self.setup.train_data

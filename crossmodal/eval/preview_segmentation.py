@@ -8,7 +8,7 @@ import numpy as np
 
 from crossmodal.data.modalities import MAX_DEPTH_M
 from crossmodal.data.preview import label_palette
-from crossmodal.data.summary import DEPTH_KINDS
+from crossmodal.data.format import DEPTH_KINDS
 from crossmodal.files import atomic_output
 
 
