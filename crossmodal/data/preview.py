@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import cv2
 import h5py
@@ -18,7 +19,11 @@ TILE = 160  # longest side of one tile in pixels
 SMALL_TILE = 96  # small images are upscaled (nearest neighbour) by a whole factor to at most this
 GRID_WIDTH = 800  # narrow cells are laid out several to a line up to about this width
 GAP = 6
-HEADER = 22
+LINE = 18  # height of one line of text
+RAMP = 10  # height of a colour bar's colour ramp
+MARGIN = 3
+MIN_SCALE = 0.35  # the smallest font scale used before text wraps
+FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def label_palette(num_colors: int = 256) -> np.ndarray:
@@ -85,9 +90,10 @@ def _fit(tile: np.ndarray, side: int) -> np.ndarray:
 
 
 def write_preview(path: str, out: str, num_samples: int = 6) -> str:
-    """Write the grid to ``out`` (atomically) and return ``out``: one cell per sample (a caption with its row,
-    class labels and each depth frame's display range, then its modalities and label maps side by side);
-    cells are laid out several to a line when they are narrow (small images)."""
+    """Write the grid to ``out`` (atomically) and return ``out``: one cell per sample (a caption with its row
+    and class labels, then its modalities and label maps side by side, each depth tile over a colour bar of
+    its own display range in its units); cells are laid out several to a line when they are narrow (small
+    images), and a legend of the label classes shown closes the grid."""
     if os.path.isdir(out):
         raise DataError(out, "is a folder; --preview takes the path of a .png file")
     layout = read_layout(path)
@@ -97,61 +103,155 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
     palette = label_palette()
     kind_order = {"rgb": 0, "depth": 1, "raw_depth": 2}
     columns = sorted(layout.modalities, key=lambda n: (kind_order.get(layout.modalities[n].kind, 3), n))
-    columns += [n for n, info in layout.labels.items() if info.type == "segmentation"]
+    segmentations = [n for n, info in layout.labels.items() if info.type == "segmentation"]
+    columns += segmentations
     class_sets = [n for n, info in layout.labels.items() if info.type == "class"]
+    shown_classes: dict[str, set[int]] = {name: set() for name in segmentations}
     cells, widths = [], []
     try:
         with h5py.File(layout.path, "r") as handle:
             class_values = {name: handle["labels"][name][()] for name in class_sets}
             for row in rows:
-                tiles, ranges = [], []
+                tiles, bars = [], []
                 for name in columns:
+                    shown = None
                     if name in layout.modalities:
                         info = layout.modalities[name]
                         tile, shown = _to_tile(read_physical(handle["modalities"][name], row), info.kind)
-                        if shown is not None:
-                            ranges.append(f"{name} {shown[0]:.2f}-{shown[1]:.2f}")
+                        unit = info.units if info.units and len(info.units) <= 3 else ""
                     else:
                         labels = handle["labels"][name][row]
+                        void = layout.labels[name].ignore_index
                         tile = palette[(labels.astype(np.int64) + 1) % len(palette)]  # class 0 is not black
-                        tile[labels == layout.labels[name].ignore_index] = 0  # void black
-                    tiles.append(_fit(tile, tile_side(*tile.shape[:2])))
+                        tile[labels == void] = 0  # void black
+                        shown_classes[name].update(int(v) for v in np.unique(labels) if v != void)
+                    tile = _fit(tile, tile_side(*tile.shape[:2]))
+                    tiles.append(tile)
+                    bars.append(None if shown is None else colour_bar(tile.shape[1], *shown, unit))
                 widths = [t.shape[1] for t in tiles]
                 strip = np.concatenate(tiles, axis=1)
+                if any(bar is not None for bar in bars):
+                    height = max(bar.shape[0] for bar in bars if bar is not None)
+                    strip = np.concatenate([strip, np.concatenate(
+                        [bar if bar is not None else np.full((height, w, 3), 255, np.uint8)
+                         for bar, w in zip(bars, widths)], axis=1)], axis=0)
                 caption = f"row {row}" + "".join(
-                    f"  {n}: {_class_name(layout.labels[n].class_names, class_values[n][row])}" for n in class_sets)
-                bars = [_text_bar(caption, strip.shape[1])]
-                if ranges:
-                    bars.append(_text_bar("  ".join(ranges), strip.shape[1]))
-                cells.append(np.concatenate(bars + [strip], axis=0))
+                    f", {n}: {_class_name(layout.labels[n].class_names, class_values[n][row])}" for n in class_sets)
+                cells.append(np.concatenate([text_block(caption, strip.shape[1]), strip], axis=0))
     except OSError as err:
         raise DataError(layout.path, f"cannot read the data (truncated or damaged file): {err}") from None
-    header = np.concatenate([_text_bar(name, width) for name, width in zip(columns, widths)], axis=1)
+    header = _header(columns, widths)
     per_line = max(1, min(len(cells), GRID_WIDTH // (header.shape[1] + GAP)))
     lines = []
     for start in range(0, len(cells), per_line):
-        line = [header_cell for cell in cells[start:start + per_line]
-                for header_cell in (np.concatenate([header, cell], axis=0),)]
+        line = [np.concatenate([header, cell], axis=0) for cell in cells[start:start + per_line]]
+        height = max(cell.shape[0] for cell in line)
+        line = [_pad(cell, height, cell.shape[1]) for cell in line]
         line += [np.full_like(line[0], 255)] * (per_line - len(line))
         spaced = []
         for cell in line:
             spaced += [cell, np.full((cell.shape[0], GAP, 3), 255, np.uint8)]
         lines.append(np.concatenate(spaced[:-1], axis=1))
-    grid = np.concatenate(lines, axis=0)
+    width = max(line.shape[1] for line in lines)
+    for name in segmentations:
+        names = layout.labels[name].class_names
+        entries = [(palette[(c + 1) % len(palette)], names[c] if c < len(names) else f"class {c}")
+                   for c in sorted(shown_classes[name])]
+        lines.append(legend(f"{name}:", entries, max(width, 320)))
+    width = max(line.shape[1] for line in lines)
+    grid = np.concatenate([_pad(line, line.shape[0], width) for line in lines], axis=0)
     with atomic_output(out, suffix=".png") as tmp:
         if not cv2.imwrite(tmp, grid[..., ::-1]):
             raise DataError(out, "cannot write the preview PNG there")
     return out
 
 
+def colour_bar(width: int, low: float, high: float, unit: str = "") -> np.ndarray:
+    """A horizontal turbo colour bar ``width`` pixels wide (uint8 RGB) labelled with the depth tile's display
+    range: ``low`` at its left end, ``high`` and ``unit`` at its right end."""
+    ramp = np.linspace(0, 255, max(width - 2 * MARGIN, 1)).astype(np.uint8)[None, :]
+    colours = cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO)[..., ::-1]
+    bar = np.full((RAMP + LINE, width, 3), 255, np.uint8)
+    bar[2:RAMP, MARGIN:MARGIN + colours.shape[1]] = colours
+    left, right = f"{low:.2f}", f"{high:.2f}" + (f" {unit}" if unit else "")
+    scale = _fitting_scale(f"{left}  {right}", width)
+    _put(bar, left, MARGIN, RAMP + LINE - 5, scale)
+    right_width = cv2.getTextSize(right, FONT, scale, 1)[0][0]
+    _put(bar, right, max(MARGIN, width - MARGIN - right_width), RAMP + LINE - 5, scale)
+    return bar
+
+
+def text_block(text: str, width: int) -> np.ndarray:
+    """``text`` on white, ``width`` pixels wide: shrunk to fit down to a legible size, then wrapped at commas
+    and spaces onto as many lines as it needs (never clipped, unless one word is wider than the block)."""
+    scale = _fitting_scale(text, width)
+    lines = [text] if _text_width(text, scale) <= width - 2 * MARGIN else _wrap(text, width, scale)
+    block = np.full((LINE * len(lines) + 4, width, 3), 255, np.uint8)
+    for number, line in enumerate(lines):
+        _put(block, line, MARGIN, LINE * (number + 1) - 3, scale)
+    return block
+
+
+def legend(title: str, entries: list[tuple[np.ndarray, str]], width: int) -> np.ndarray:
+    """A legend ``width`` pixels wide: ``title`` then a colour swatch and name per entry, wrapped onto lines."""
+    scale = 0.45
+    items = [(None, title)] + entries
+    placed, x, y = [], MARGIN, 0
+    for colour, name in items:
+        item_width = (LINE if colour is not None else 0) + _text_width(name, scale) + 12
+        if x + item_width > width and x > MARGIN:
+            x, y = MARGIN + _text_width(title, scale) + 12, y + LINE + 2
+        placed.append((colour, name, x, y))
+        x += item_width
+    block = np.full((y + LINE + 8, width, 3), 255, np.uint8)
+    for colour, name, x, y in placed:
+        if colour is not None:
+            block[y + 4:y + LINE - 2, x:x + LINE - 6] = colour
+            cv2.rectangle(block, (x, y + 4), (x + LINE - 7, y + LINE - 3), (0, 0, 0), 1)
+            x += LINE
+        _put(block, name, x, y + LINE - 4, scale)
+    return block
+
+
 def _class_name(names: tuple[str, ...], value: int) -> str:
     return names[value] if value >= 0 else "unlabelled"
 
 
-def _text_bar(text: str, width: int) -> np.ndarray:
-    bar = np.full((HEADER, width, 3), 255, np.uint8)
-    scale = 0.45  # shrink the text to fit a narrow tile (down to 0.3), then it is clipped
-    while scale > 0.3 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 6:
+def _header(columns: list[str], widths: list[int]) -> np.ndarray:
+    blocks = [text_block(name, width) for name, width in zip(columns, widths)]
+    height = max(block.shape[0] for block in blocks)
+    return np.concatenate([_pad(block, height, block.shape[1]) for block in blocks], axis=1)
+
+
+def _pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` on a white canvas of ``height`` x ``width`` (top left)."""
+    if image.shape[:2] == (height, width):
+        return image
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    canvas[:image.shape[0], :image.shape[1]] = image
+    return canvas
+
+
+def _text_width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
+
+
+def _fitting_scale(text: str, width: int) -> float:
+    """The largest font scale from 0.45 down to ``MIN_SCALE`` at which ``text`` fits in ``width``."""
+    scale = 0.45
+    while scale > MIN_SCALE + 1e-9 and _text_width(text, scale) > width - 2 * MARGIN:
         scale -= 0.05
-    cv2.putText(bar, text, (3, HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return bar
+    return scale
+
+
+def _wrap(text: str, width: int, scale: float) -> list[str]:
+    lines = [""]
+    for word in re.split(r"(?<=[ ,])", text):  # break after a space or a comma
+        if lines[-1].strip() and _text_width((lines[-1] + word).rstrip(), scale) > width - 2 * MARGIN:
+            lines.append("")
+        lines[-1] += word
+    return [line.strip() for line in lines]
+
+
+def _put(image: np.ndarray, text: str, x: int, y: int, scale: float) -> None:
+    cv2.putText(image, text, (x, y), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)

@@ -26,7 +26,7 @@ from crossmodal.config import RESUME_MAY_CHANGE, OptimSection, RunConfig
 from crossmodal.data.dataset import collate
 from crossmodal.engine.checkpoint import (load_checkpoint, load_module_state, rng_state, save_checkpoint,
                                           set_rng_state)
-from crossmodal.engine.metrics_log import MetricsLog
+from crossmodal.engine.metrics_log import MetricsLog, epoch_line
 from crossmodal.engine.sampler import EpochBatchSampler, check_batch_size
 from crossmodal.engine.schedule import learning_rate
 from crossmodal.engine.task import Task
@@ -275,8 +275,7 @@ class Trainer:
             record.update({f"eval_{k}": v for k, v in self._evaluate().items()})
         self.metrics.log(record)
         if self.is_main:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("train_loss", "eval_")))
-            tqdm.write(f"epoch {self.epoch + 1}/{self.epochs}: {shown}")
+            tqdm.write(f"epoch {self.epoch + 1}/{self.epochs}: {epoch_line(record)}")
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_sums, self.epoch_batches = {}, 0

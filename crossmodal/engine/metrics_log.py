@@ -18,6 +18,19 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def epoch_line(record: Mapping[str, Any]) -> str:
+    """The console summary of an epoch record: the training loss terms as numbers and the evaluation metrics
+    (accuracies, mIoU: fractions in the record and in JSON) as percentages, like every table a person reads.
+
+    Examples:
+        >>> epoch_line({"epoch": 1, "train_loss": 1.23456, "eval_top1": 0.4752, "time_s": 3.0})
+        'train_loss 1.235, eval_top1 47.5%'
+    """
+    shown = [f"{key} {value:.4g}" for key, value in record.items() if key.startswith("train_loss")]
+    shown += [f"{key} {100 * value:.1f}%" for key, value in record.items() if key.startswith("eval_")]
+    return ", ".join(shown)
+
+
 class MetricsLog:
     """Append-only ``RUN_DIR/metrics.jsonl``: records ``{"scope": "step" | "epoch", "step": ..., ...}``.
 

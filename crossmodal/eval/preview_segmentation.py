@@ -122,7 +122,11 @@ def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarra
     rows = len(images)
     single = bool(rows) and images[0].shape[0] != 3
     metres = single and modality in DEPTH_KINDS
-    figure, axes = plt.subplots(rows, 3, figsize=(6.6 if single else 6, 2 * rows + 1.1), squeeze=False)
+    shown = present_classes(list(truths) + list(predictions), num_classes, ignore_index)
+    names = [class_names[c] if class_names and c < len(class_names) else f"class {c}" for c in shown]
+    legend_lines = -(-len(shown) // 4)
+    figure, axes = plt.subplots(rows, 3, figsize=(6.6 if single else 6, 2 * rows + 0.5 + 0.2 * legend_lines),
+                                squeeze=False)
     palette = label_palette(num_classes + 1)
     info: dict = {"depth_ranges": [], "depth_unit": ("m" if metres else "normalised") if single else None}
     for row, (image, truth, predicted) in enumerate(zip(images, truths, predictions)):
@@ -143,24 +147,25 @@ def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarra
             info["depth_ranges"].append((low, high))
             mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(low, high), cmap="turbo")
             bar = figure.colorbar(mappable, ax=axes[row, 0], fraction=0.046, pad=0.03)
-            bar.ax.tick_params(labelsize=6)
-            bar.set_label("m" if metres else "normalised", fontsize=6, labelpad=1)
-    shown = present_classes(list(truths) + list(predictions), num_classes, ignore_index)
-    names = [class_names[c] if class_names and c < len(class_names) else f"class {c}" for c in shown]
+            bar.ax.tick_params(labelsize=7)
+            bar.set_label("m" if metres else "normalised", fontsize=7, labelpad=1)
     info["legend"] = names
-    if shown:
-        handles = [Patch(facecolor=palette[c + 1] / 255.0, edgecolor="black", linewidth=0.3, label=n)
-                   for c, n in zip(shown, names)]
-        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=6, frameon=False,
-                      handlelength=1.0, columnspacing=0.8, handletextpad=0.4)
     full = title
     if method and method not in title:
         full = f"{method}: {title}" if title else method
     info["title"] = full
     if full:
-        figure.suptitle(full, fontsize=9)
-    legend_rows = -(-len(shown) // 5) if shown else 0
-    figure.tight_layout(rect=(0, 0.055 * legend_rows * 3.0 / max(rows + 1, 1), 1, 1))
+        figure.suptitle(full, fontsize=10)
+    bottom = 0.0
+    if shown:
+        handles = [Patch(facecolor=palette[c + 1] / 255.0, edgecolor="black", linewidth=0.3, label=n)
+                   for c, n in zip(shown, names)]
+        legend = figure.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0),
+                               ncol=min(len(handles), 4), fontsize=8, frameon=False, handlelength=1.2,
+                               columnspacing=1.0, handletextpad=0.4)
+        figure.canvas.draw()  # the legend's height, to keep the grid just above it
+        bottom = legend.get_window_extent().height / figure.bbox.height
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     return figure, info
 
 

@@ -110,3 +110,11 @@ def test_disabled_log_leaves_an_existing_file_alone(tmp_path):
     before = (tmp_path / JSONL).read_bytes()
     MetricsLog(str(tmp_path), enabled=False).rewind(1)
     assert (tmp_path / JSONL).read_bytes() == before
+
+
+def test_epoch_line_shows_losses_as_numbers_and_evaluation_as_percent():
+    from crossmodal.engine.metrics_log import epoch_line
+
+    record = {"scope": "epoch", "step": 4, "epoch": 2, "train_loss": 0.123456, "train_loss/crd": 7.5,
+              "train_ce": 2.0, "eval_top1": 0.4752, "eval_miou": 0.1168, "time_s": 3.2}
+    assert epoch_line(record) == "train_loss 0.1235, train_loss/crd 7.5, eval_top1 47.5%, eval_miou 11.7%"

@@ -70,6 +70,56 @@ def test_inspect_grid_of_small_images_has_several_columns(synthetic_file, tmp_pa
     assert grid.shape[0] < 6 * 96  # not one tall column
 
 
+def test_inspect_colour_bar_spans_turbo_and_is_labelled():
+    import cv2
+
+    from crossmodal.data.preview import MARGIN, RAMP, colour_bar
+
+    bar = colour_bar(96, 1.06, 6.75, "m")
+    assert bar.shape == (bar.shape[0], 96, 3) and bar.shape[0] > RAMP
+    turbo = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_TURBO)[0, :, ::-1]
+    ramp = bar[RAMP // 2]
+    assert (ramp[MARGIN] == turbo[0]).all() and (ramp[96 - MARGIN - 1] == turbo[1]).all()
+    text = bar[RAMP:]
+    assert (text.min(axis=2) < 100).any(axis=0)[:30].any() and (text.min(axis=2) < 100).any(axis=0)[-30:].any()
+
+
+def test_inspect_captions_wrap_instead_of_being_cut():
+    from crossmodal.data.preview import LINE, MARGIN, _fitting_scale, _text_width, _wrap, text_block
+
+    caption = "row 239, label: automobile, scene: living_room"
+    block = text_block(caption, 96)
+    assert block.shape[0] >= 3 * LINE  # three lines or more at this width
+    scale = _fitting_scale(caption, 96)
+    lines = _wrap(caption, 96, scale)
+    assert " ".join(lines).replace(", ", ",").replace(",", ", ") == caption  # no word lost
+    assert all(_text_width(line, scale) <= 96 - 2 * MARGIN for line in lines)
+    assert text_block("rgb", 96).shape[0] == LINE + 4  # a short text stays one line
+
+
+def test_inspect_grid_ends_with_a_legend_of_the_classes_shown(synthetic_file, tmp_path):
+    import cv2
+    import h5py
+
+    from crossmodal.data.preview import label_palette, legend, write_preview
+    from crossmodal.data.summary import sample_rows
+
+    out = write_preview(str(synthetic_file), str(tmp_path / "grid.png"), 4)
+    grid = cv2.imread(out)[..., ::-1]
+    with h5py.File(synthetic_file, "r") as handle:
+        seg = handle["labels"]["seg"]
+        rows = sample_rows(seg.shape[0], 4)
+        void = int(seg.attrs.get("ignore_index", 255))
+        present = sorted({int(v) for row in rows for v in np.unique(seg[row]) if v != void})
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in seg.attrs["class_names"]]
+    palette = label_palette()
+    expected = legend("seg:", [(palette[c + 1], names[c]) for c in present], grid.shape[1])
+    assert (grid[-expected.shape[0]:] == expected).all()
+    bottom = grid[-expected.shape[0]:].reshape(-1, 3)
+    for c in present:
+        assert (bottom == palette[c + 1]).all(axis=1).sum() > 20  # a filled swatch per class shown
+
+
 def test_report_plots_one_seed_have_no_zero_width_caps_and_offset_points(tmp_path):
     import matplotlib
 
