@@ -148,7 +148,7 @@ def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarra
             mappable = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(low, high), cmap="turbo")
             bar = figure.colorbar(mappable, ax=axes[row, 0], fraction=0.046, pad=0.03)
             bar.ax.tick_params(labelsize=7)
-            bar.set_label("m" if metres else "normalised", fontsize=7, labelpad=1)
+            bar.ax.set_title("m" if metres else "norm.", fontsize=7, pad=3)  # upright, above the bar
     info["legend"] = names
     full = title
     if method and method not in title:

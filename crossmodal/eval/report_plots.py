@@ -100,8 +100,9 @@ def plot_segmentation(report: dict, path: Path) -> None:
             means, stds = zip(*(_percent(table["methods"][method].get(protocol, {}).get("miou"))
                                 for method in methods))
             spread = any(std > 0 for std in stds)
-            axis.bar([position + index * width for position in range(len(methods))], means, width,
-                     yerr=stds if spread else None, capsize=3 if spread else 0, label=protocol)
+            bars = axis.bar([position + index * width for position in range(len(methods))], means, width,
+                            yerr=stds if spread else None, capsize=3 if spread else 0, label=protocol)
+            axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)  # the value read off each bar
         axis.set_xticks([position + width * (len(protocols) - 1) / 2 for position in range(len(methods))], methods)
         axis.set(ylabel="mIoU (%)", title=f"{Path(table['data']).name} / {table['labels']}")
         axis.legend(fontsize="small")
