@@ -71,3 +71,45 @@ def test_the_task_is_cross_modal(tmp_path):
         scores[name + "_group"] = group.score(features[450:], cabinets[450:])
     assert scores["rgb"] > 0.6 and scores["depth"] < 0.4  # chance among five cabinets is 0.2
     assert scores["depth_group"] > 0.75  # shape is visible in depth
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The generator's rendering processes among ``pid``'s children (not multiprocessing's resource tracker)."""
+    import os
+
+    found = []
+    for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+        try:
+            command = open(f"/proc/{child}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"spawn_main" in command:
+            found.append(int(child))
+    return found if os.path.isdir(f"/proc/{pid}") else []
+
+
+def test_a_worker_killed_mid_way_is_one_line_not_a_hang(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "scenes.h5"
+    process = subprocess.Popen([sys.executable, "-m", "crossmodal", "prepare", "synthetic", "--out", str(out),
+                                "--num", "4000", "--size", "96", "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _spawned_workers(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _spawned_workers(process.pid)
+        assert workers, "the generator started no worker process"
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        _, stderr = process.communicate(timeout=60)  # multiprocessing.Pool waited here for ever
+    finally:
+        process.kill()
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert process.returncode == 2 and "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and "a worker process rendering the scenes died" in lines[0] and str(out) in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary file, no lock left

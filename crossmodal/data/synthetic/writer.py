@@ -4,11 +4,15 @@ Usage: ``generate("scenes.h5", num=4000, size=64, seed=0)``; ``crossmodal prepar
 """
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import os
 import signal
-from typing import Any
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -39,6 +43,23 @@ def _render_chunk(job: tuple[int, int, int, int, bool]) -> dict[str, Any]:
         "label": np.array([scene["label"] for scene in scenes], np.int64)}
 
 
+def _in_order(pool: ProcessPoolExecutor, function, jobs: list, ahead: int) -> Iterator[Any]:
+    """``function(job)`` for each job, in order, with at most ``ahead`` jobs in flight: a slow writer never
+    has all the rendered chunks waiting in memory. The first ``ahead`` jobs are submitted now, which starts
+    the pool's processes (call it where they should start). A worker that dies raises ``BrokenProcessPool``
+    from the iterator (``multiprocessing.Pool`` would replace it and wait for its lost chunk for ever)."""
+    remaining = iter(jobs)
+    pending = deque(pool.submit(function, job) for job in itertools.islice(remaining, ahead))
+
+    def results() -> Iterator[Any]:
+        while pending:
+            future = pending.popleft()
+            pending.extend(pool.submit(function, job) for job in itertools.islice(remaining, 1))
+            yield future.result()
+
+    return results()
+
+
 def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_fraction: float = 0.2,
              noise: bool = True, workers: int | None = None, overwrite: bool = False,
              compression: str = DEFAULT_CODEC, depth_storage: str = "uint16") -> None:
@@ -64,18 +85,23 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
                             description="Kinect-like noise, 0 = hole" if noise else "equal to depth")
         writer.add_segmentation("seg", size, size, SEG_CLASS_NAMES, ignore_index=IGNORE_INDEX)
         bar = sample_bar(None, num, "synthetic")
-        with interrupts.unseen_by_new_processes():
-            pool = multiprocessing.get_context("spawn").Pool(workers, _ignore_interrupt) if workers > 1 else None
+        pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_interrupt) if workers > 1 else None
         try:
-            chunks = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
+            with interrupts.unseen_by_new_processes():  # the first jobs start the workers
+                chunks = _in_order(pool, _render_chunk, jobs, 2 * workers) if pool else map(_render_chunk, jobs)
             for (start, *_), chunk in zip(jobs, chunks):
                 labels[start:start + len(chunk["label"])] = chunk["label"]
                 writer.write_batch(start, rgb=chunk["rgb"], depth=chunk["depth"], raw_depth=chunk["raw_depth"],
                                    seg=chunk["seg"])
                 bar.update(len(chunk["label"]))  # re-raises a Ctrl-C swallowed inside a callback
+        except BrokenProcessPool:
+            raise DataError(out, f"a worker process rendering the scenes died (killed, perhaps for memory, with "
+                                 f"{workers} workers of {size} x {size} scenes); nothing was written. Try "
+                                 f"--workers 1") from None
         finally:
             if pool:
-                pool.terminate()
+                pool.shutdown(wait=True, cancel_futures=True)  # a running chunk finishes (workers ignore Ctrl-C)
             bar.close()
         writer.add_class_labels("label", labels, CLASS_NAMES)
         order = np.random.default_rng([seed, num]).permutation(num)
