@@ -9,7 +9,7 @@ import torch
 
 from crossmodal.errors import DataError
 from crossmodal.models.encoder import Encoder
-from crossmodal.models.weights import InputChannelsMismatch, config_mismatch, load_weights, read_metadata, \
+from crossmodal.models.weights import InputChannelsMismatch, check_recorded_config, load_weights, read_metadata, \
     stored_config
 from crossmodal import run_folder
 
@@ -69,13 +69,7 @@ def load_encoder(checkpoint: str | os.PathLike, random_init: bool = False, seed:
 def _load_exactly(encoder: Encoder, weights: str, config: Mapping[str, Any], modality: Optional[str],
                   against: str) -> None:
     """Load ``weights`` into ``encoder`` as they are, after checking the encoder config the file records."""
-    metadata = read_metadata(weights)
-    stored = stored_config(weights, metadata)
-    if stored is not None:
-        problem = config_mismatch(stored, config, against, stored_modality=metadata.get("modality"),
-                                  expected_modality=modality)
-        if problem:
-            raise DataError(weights, problem)
+    check_recorded_config(weights, config, against, expected_modality=modality)
     try:
         load_weights(encoder.model, weights, exact=True)
     except InputChannelsMismatch as err:

@@ -250,6 +250,23 @@ def config_mismatch(stored: Mapping[str, Any], expected: Mapping[str, Any], agai
     return f"its encoder has {ours}, {against} says {theirs}"
 
 
+def check_recorded_config(weights: str, expected: Mapping[str, Any], against: str,
+                          keys: Optional[Sequence[str]] = None, expected_modality: Optional[str] = None) -> None:
+    """Refuse a file exported by crossmodal whose recorded encoder config differs from ``expected`` on ``keys``
+    (default: every key); a file without crossmodal metadata passes (its tensors are checked when loaded).
+
+    Raises:
+        DataError: ``WEIGHTS: its encoder has ..., AGAINST says ...``.
+    """
+    metadata = read_metadata(weights)
+    stored = stored_config(weights, metadata)
+    if stored is None:
+        return
+    problem = config_mismatch(stored, expected, against, keys, metadata.get("modality"), expected_modality)
+    if problem:
+        raise DataError(weights, problem)
+
+
 def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` as JSON would hold it (tuples as lists), without None values."""
     return {k: v for k, v in json.loads(json.dumps(dict(config), default=repr)).items() if v is not None}

@@ -22,9 +22,10 @@ from crossmodal.errors import ConfigError, DataError
 from crossmodal.models.config import encoder_config
 from crossmodal.models.outputs import TeacherNeeds
 from crossmodal.models.teacher import FrozenTeacher
+from crossmodal.models.weights import check_recorded_config
 from crossmodal.train.distillation import DistillTask, TeacherView
 from crossmodal.train.export import finish_run
-from crossmodal.train.initial_weights import check_recorded_config, initialised_encoder
+from crossmodal.train.initial_weights import initialised_encoder
 
 # What a frozen teacher's weight file must agree on with teacher.encoder, when the file records its encoder: the
 # teacher is used as it is, so another architecture, stem or input normalisation would silently change what it

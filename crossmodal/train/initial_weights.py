@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 from crossmodal import runtime
 from crossmodal.errors import DataError
 from crossmodal.models.encoder import Encoder, create_encoder
-from crossmodal.models.weights import (InputChannelsMismatch, config_mismatch, input_adaptations, read_metadata,
-                                       stored_config)
+from crossmodal.models.weights import InputChannelsMismatch, input_adaptations, read_metadata
 
 
 def initialised_encoder(config: Mapping[str, Any], weights: Optional[str], adapt_input: bool, section: str,
@@ -50,18 +49,3 @@ def initialised_encoder(config: Mapping[str, Any], weights: Optional[str], adapt
     return encoder
 
 
-def check_recorded_config(weights: str, expected: Mapping[str, Any], against: str,
-                          keys: Optional[Sequence[str]] = None, expected_modality: Optional[str] = None) -> None:
-    """Refuse a file exported by crossmodal whose recorded encoder config differs from ``expected`` on ``keys``
-    (default: every key); a file without crossmodal metadata passes (its tensors are checked when loaded).
-
-    Raises:
-        DataError: ``WEIGHTS: its encoder has ..., AGAINST says ...``.
-    """
-    metadata = read_metadata(weights)
-    stored = stored_config(weights, metadata)
-    if stored is None:
-        return
-    problem = config_mismatch(stored, expected, against, keys, metadata.get("modality"), expected_modality)
-    if problem:
-        raise DataError(weights, problem)
