@@ -155,6 +155,16 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def load_average() -> str:
+    """The system's load average for a benchmark's output, beside its figures (other work on the machine
+    skews timings): ``load average 0.89 0.96 0.96 (1/5/15 min, 2 CPUs)``."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):  # not on every platform
+        return "load average unknown"
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} CPUs)"
+
+
 def busy_machine_note() -> str | None:
     """A line saying why steps may run slowly, when they may: the CPUs are busy with other work (a load
     average above the CPU count) or torch runs more threads than there are CPUs; None otherwise."""

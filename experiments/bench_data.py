@@ -42,6 +42,7 @@ from crossmodal.data.modalities import MODALITIES  # noqa: E402
 from crossmodal.data.synthetic import generate  # noqa: E402
 from crossmodal.engine.loop import PREFETCH  # noqa: E402
 from crossmodal.data_prep.pairs import convert as convert_pairs  # noqa: E402
+from crossmodal.runtime import load_average  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -158,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     codecs = list(dict.fromkeys(args.codecs))
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    print(f"before: {load_average()}")
     ratios: dict[tuple[str, str, int], float] = {}
     rates_480: dict[str, float] = {}
     print(f"{'size':<8} {'workers':>7} {'png/s':>8} " + " ".join(f"{c + '/s':>13} {'ratio':>6}" for c in codecs))
@@ -180,7 +181,7 @@ def main() -> None:
                 print(f"{label:<8} {workers:>7} {png_rate:>8.1f} " + " ".join(cells), flush=True)
     sample_bytes = 480 * 640 * 4 * (3 + 1)  # the float32 rgb and depth tensors of one sample
     memcpy = memcpy_bytes_per_second(sample_bytes * 8)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"after: {load_average()}")
     for position, codec in enumerate(codecs):
         prefix = "hdf5" if position == 0 else f"hdf5({codec})"
         line = "{}-vs-png 480x640: w0={:.2f}x w2={:.2f}x; 64x64: w0={:.2f}x w2={:.2f}x".format(

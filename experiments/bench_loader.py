@@ -29,10 +29,7 @@ from crossmodal.data.device import DeviceResidentData  # noqa: E402
 from crossmodal.data.synthetic import generate  # noqa: E402
 from crossmodal.data.transforms import PairedTransform  # noqa: E402
 from crossmodal.models import Encoder  # noqa: E402
-
-
-def load_average() -> str:
-    return "load average " + " ".join(f"{value:.2f}" for value in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
+from crossmodal.runtime import load_average  # noqa: E402
 
 
 def make_step(device: torch.device, model_name: str):

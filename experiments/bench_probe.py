@@ -43,13 +43,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from crossmodal.eval.knn import knn_probe  # noqa: E402
 from crossmodal.eval.probe import linear_probe  # noqa: E402
+from crossmodal.runtime import load_average  # noqa: E402
 
 SMALL = {"num": 1500, "size": 64, "teacher_epochs": 3, "student_epochs": 3}
 LARGE = {"train": 10_000, "test": 2_000, "classes": 10}
-
-
-def load_average() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def small_features(out: Path, checkpoint: str | None, device: str) -> tuple[dict[str, Any], float, str]:
@@ -163,7 +160,7 @@ def compare(case: str, splits: dict[str, Any], device: str) -> tuple[float, floa
                "delta_pt": 100 * abs(same_c.top1 - reference.top1)}
         rows.append(row)
         print(f"  {case} stage {row['stage']}: torch {row['torch_s']:.1f} s, sklearn {row['sklearn_s']:.1f} s "
-              f"(load {load_average()})", flush=True)
+              f"({load_average()})", flush=True)
     torch_total = sum(row["torch_s"] for row in rows)
     sklearn_total = sum(row["sklearn_s"] for row in rows)
     return torch_total, sklearn_total, max(row["delta_pt"] for row in rows), rows
@@ -191,7 +188,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"bench_probe: torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"load average {load_average()}", flush=True)
+          f"{load_average()}", flush=True)
     speedups, deltas = {}, []
     for case in args.cases:
         if case == "small":
@@ -206,7 +203,7 @@ def main() -> None:
         print_table(case, rows)
         print(f"{case}: torch path {torch_s:.1f} s, sklearn path {sklearn_s:.1f} s, speed-up "
               f"{sklearn_s / torch_s:.1f}x; whole probe with the torch path (encoding + every stage + kNN) "
-              f"{encode_s + torch_s:.1f} s; load average {load_average()}", flush=True)
+              f"{encode_s + torch_s:.1f} s; {load_average()}", flush=True)
         speedups[case] = sklearn_s / torch_s
         deltas.append(delta)
     print("probe-speedup " + " ".join(f"{case}={value:.1f}x" for case, value in speedups.items())

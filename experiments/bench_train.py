@@ -66,6 +66,7 @@ from crossmodal.models.outputs import EncoderOutput, TeacherNeeds  # noqa: E402
 from crossmodal.config import RunConfig  # noqa: E402
 from crossmodal.engine import SupervisedTask, Trainer, TrainSetup  # noqa: E402
 from crossmodal.train.distillation import DistillTask, TeacherView  # noqa: E402
+from crossmodal.runtime import load_average  # noqa: E402
 
 STUDENT, TEACHER = "depth", "rgb"
 CLASSES = "label"
@@ -272,15 +273,6 @@ def count_host_syncs(calls: list[Callable[[], Any]]) -> float:
             torch.cuda.set_sync_debug_mode(previous)
     torch.cuda.synchronize()
     return sum("synchroniz" in str(w.message).lower() for w in caught) / max(len(calls), 1)
-
-
-def load_average() -> str:
-    """The system's load average over 1, 5 and 15 minutes (other work on the machine skews the timings)."""
-    try:
-        one, five, fifteen = os.getloadavg()
-    except (AttributeError, OSError):  # not on every platform
-        return "load average unknown"
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min)"
 
 
 def medians(times: dict[str, list[float]]) -> dict[str, float]:

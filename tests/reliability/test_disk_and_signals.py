@@ -265,3 +265,17 @@ def test_a_busy_or_oversubscribed_machine_is_said(monkeypatch):
                                           "faster steps"
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert runtime.busy_machine_note() is None
+
+
+def test_benchmarks_print_the_load_average_one_way(monkeypatch):
+    from crossmodal import runtime
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.891, 0.96, 1.0))
+    assert runtime.load_average() == "load average 0.89 0.96 1.00 (1/5/15 min, 2 CPUs)"
+
+    def unsupported():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(os, "getloadavg", unsupported)
+    assert runtime.load_average() == "load average unknown"
