@@ -4,7 +4,8 @@ schedules, metric logs, confusion-matrix metrics, and the :class:`Task` contract
 ``crossmodal train-teacher``, ``crossmodal distill`` (:mod:`crossmodal.train`) and ``crossmodal segment``
 (:mod:`crossmodal.eval.segment`) are its users: each builds a :class:`Task` and a :class:`TrainSetup`.
 """
-from crossmodal.engine.loop import Hook, Trainer, TrainingDiverged, TrainSetup
+from crossmodal.engine.loop import Trainer, TrainingDiverged
+from crossmodal.engine.setup import Hook, TrainSetup
 from crossmodal.engine.supervised import SupervisedTask, masked_cross_entropy
 from crossmodal.engine.task import Task
 

@@ -12,25 +12,26 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossmodal import interrupts, run_folder, runtime
-from crossmodal.config import RESUME_MAY_CHANGE, OptimSection, RunConfig
+from crossmodal.config import RESUME_MAY_CHANGE
 from crossmodal.data.dataset import collate
 from crossmodal.engine.checkpoint import (load_checkpoint, load_module_state, rng_state, save_checkpoint,
                                           set_rng_state)
 from crossmodal.engine.metrics_log import MetricsLog, epoch_line
+from crossmodal.engine.optim import build_optimizer
 from crossmodal.engine.sampler import EpochBatchSampler, check_batch_size
 from crossmodal.engine.schedule import learning_rate
+from crossmodal.engine.setup import BatchSource, TrainData, TrainSetup
 from crossmodal.engine.task import Task
-from crossmodal.errors import ConfigError, CrossmodalError
+from crossmodal.errors import CrossmodalError
 
 PREFETCH = 2  # batches in flight per DataLoader worker
 
@@ -39,55 +40,8 @@ def _recycle_in_worker(worker_id: int) -> None:
     """A training loader's ``worker_init_fn``: this worker's copy of the data set reuses its batch buffers."""
     torch.utils.data.get_worker_info().dataset.recycle_batches(PREFETCH + 2)
 
-Hook = Callable[["Trainer"], None]
-
-
 class TrainingDiverged(CrossmodalError):
     """The loss became NaN or infinite."""
-
-
-@runtime_checkable
-class BatchSource(Protocol):
-    """A data set that assembles whole batches itself, on the training device (``data.loader: device``, e.g.
-    :class:`crossmodal.data.device.DeviceResidentData`): the engine hands it the sampler's index lists instead
-    of building a DataLoader, so the sampler still decides each batch's samples (and where a resumed epoch
-    starts); ``data.num_workers`` is unused."""
-
-    def __len__(self) -> int: ...
-
-    def batch(self, indices: torch.Tensor) -> Mapping[str, Any]:
-        """The collated batch of the samples at ``indices`` (int64 positions, on the training device)."""
-        ...
-
-
-TrainData = Union[Dataset, BatchSource]
-
-
-@dataclass
-class TrainSetup:
-    """What a verb hands to the :class:`Trainer`.
-
-    Args:
-        verb: the CLI verb (recorded in checkpoints: a distill run cannot resume a teacher's checkpoint).
-        config: the resolved config (the engine reads its seed, data, optim, schedule and train sections).
-        run_dir: the run folder (the same path on every rank).
-        task: what is trained.
-        train_data: the training set (items carry ``index``), a map-style Dataset read by a DataLoader or a
-            :class:`BatchSource`; ``set_epoch`` is called when it has one.
-        eval_data: evaluated every ``train.eval_every`` epochs (the same two kinds), or None.
-        device: where the task runs.
-        finish: called on rank 0 after the last epoch with the final epoch record (exports, model card).
-    """
-
-    verb: str
-    config: RunConfig
-    run_dir: str
-    task: Task
-    train_data: TrainData
-    eval_data: Optional[TrainData]
-    device: torch.device
-    finish: Callable[[dict[str, Any]], None] = lambda metrics: None
-    hooks: list[Hook] = field(default_factory=list)
 
 
 class Trainer:
@@ -116,7 +70,7 @@ class Trainer:
             # BatchNorm statistics are averaged once per epoch (sync_batchnorm_statistics).
             self.model = _data_parallel(self.task, self.device)
         self.parameters = [p for p in self.task.parameters() if p.requires_grad]
-        self.optimizer = _optimizer(self.config.optim, self.parameters)
+        self.optimizer = build_optimizer(self.config.optim, self.parameters)
         self.sampler = EpochBatchSampler(len(setup.train_data), self.train_cfg.batch_size, shuffle=True,
                                          seed=self.config.seed, rank=self.rank, world_size=self.world)
         check_batch_size(self.train_cfg.batch_size, len(setup.train_data))
@@ -449,18 +403,3 @@ def _data_parallel(task: Task, device: torch.device) -> nn.Module:
     else:
         options["broadcast_buffers"] = False
     return nn.parallel.DistributedDataParallel(task, **options)
-
-
-def _optimizer(config: OptimSection, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    parameters = list(parameters)
-    # What torch would refuse with a traceback (or an IndexError), as one line naming the key.
-    if config.name == "adamw" and (len(config.betas) != 2 or not all(0 <= b < 1 for b in config.betas)):
-        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {config.betas}")
-    if config.name == "sgd" and config.nesterov and config.momentum == 0:
-        raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
-    if config.name == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, betas=tuple(config.betas),
-                                 weight_decay=config.weight_decay)
-    return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                           weight_decay=config.weight_decay)
-
