@@ -1,6 +1,7 @@
 """A PNG grid of a few samples: every stored modality side by side with its label maps in colour."""
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -53,10 +54,14 @@ def depth_range(array: np.ndarray, percentiles: tuple[float, float] = (2.0, 98.0
 
 def _to_tile(array: np.ndarray, kind: str) -> tuple[np.ndarray, tuple[float, float] | None]:
     """One stored array (HWC or HW) -> uint8 RGB for display, and for depth the frame's display range: each
-    depth frame is scaled by its own 2-98 percentile range (holes and NaNs black)."""
+    depth frame is scaled by its own 2-98 percentile range (holes and NaNs black); a frame without one valid
+    value is black, with a NaN range."""
     array = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
     if kind in DEPTH_KINDS:
         values = array.astype(np.float32)
+        valid = np.isfinite(values) & (values > 0)
+        if not valid.any():
+            return np.zeros((*values.shape[:2], 3), np.uint8), (math.nan, math.nan)
         low, high = depth_range(values)
         scaled = np.clip((np.nan_to_num(values) - low) / (high - low) * 255, 0, 255).astype(np.uint8)
         tile = cv2.applyColorMap(scaled, cv2.COLORMAP_TURBO)[..., ::-1].copy()
@@ -157,7 +162,8 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
         names = layout.labels[name].class_names
         entries = [(palette[(c + 1) % len(palette)], names[c] if c < len(names) else f"class {c}")
                    for c in sorted(shown_classes[name])]
-        lines.append(legend(f"{name}:", entries, max(width, 320)))
+        lines.append(legend(f"{name}:", entries, max(width, 320)) if entries
+                     else text_block(f"{name}: no labelled pixel in these samples", max(width, 320)))
     width = max(line.shape[1] for line in lines)
     grid = np.concatenate([_pad(line, line.shape[0], width) for line in lines], axis=0)
     with atomic_output(out, suffix=".png") as tmp:
@@ -168,16 +174,20 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
 
 def colour_bar(width: int, low: float, high: float, unit: str = "") -> np.ndarray:
     """A horizontal turbo colour bar ``width`` pixels wide (uint8 RGB) labelled with the depth tile's display
-    range: ``low`` at its left end, ``high`` and ``unit`` at its right end."""
+    range: ``low`` at its left end, ``high`` and ``unit`` at its right end (on a second line when both do not
+    fit on one). A NaN range (a frame without one valid depth value) draws no ramp and says so."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return np.concatenate([np.full((RAMP, width, 3), 255, np.uint8), text_block("no valid depth", width)])
     ramp = np.linspace(0, 255, max(width - 2 * MARGIN, 1)).astype(np.uint8)[None, :]
     colours = cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO)[..., ::-1]
-    bar = np.full((RAMP + LINE, width, 3), 255, np.uint8)
-    bar[2:RAMP, MARGIN:MARGIN + colours.shape[1]] = colours
     left, right = f"{low:.2f}", f"{high:.2f}" + (f" {unit}" if unit else "")
     scale = _fitting_scale(f"{left}  {right}", width)
+    lines = 1 if _text_width(f"{left}  {right}", scale) <= width - 2 * MARGIN else 2
+    bar = np.full((RAMP + LINE * lines, width, 3), 255, np.uint8)
+    bar[2:RAMP, MARGIN:MARGIN + colours.shape[1]] = colours
     _put(bar, left, MARGIN, RAMP + LINE - 5, scale)
-    right_width = cv2.getTextSize(right, FONT, scale, 1)[0][0]
-    _put(bar, right, max(MARGIN, width - MARGIN - right_width), RAMP + LINE - 5, scale)
+    right_width = _text_width(right, scale)
+    _put(bar, right, max(MARGIN, width - MARGIN - right_width), RAMP + LINE * lines - 5, scale)
     return bar
 
 

@@ -40,6 +40,7 @@ def _recycle_in_worker(worker_id: int) -> None:
     """A training loader's ``worker_init_fn``: this worker's copy of the data set reuses its batch buffers."""
     torch.utils.data.get_worker_info().dataset.recycle_batches(PREFETCH + 2)
 
+
 class TrainingDiverged(CrossmodalError):
     """The loss became NaN or infinite."""
 

@@ -19,16 +19,24 @@ if TYPE_CHECKING:
 
 
 def epoch_line(record: Mapping[str, Any]) -> str:
-    """The console summary of an epoch record: the training loss terms as numbers and the evaluation metrics
-    (accuracies, mIoU: fractions in the record and in JSON) as percentages, like every table a person reads.
+    """The console summary of an epoch record: the training loss terms as numbers and the evaluation metrics,
+    accuracies and mIoU (fractions in the record and in JSON) as percentages like every table a person reads.
 
     Examples:
         >>> epoch_line({"epoch": 1, "train_loss": 1.23456, "eval_top1": 0.4752, "time_s": 3.0})
         'train_loss 1.235, eval_top1 47.5%'
     """
     shown = [f"{key} {value:.4g}" for key, value in record.items() if key.startswith("train_loss")]
-    shown += [f"{key} {100 * value:.1f}%" for key, value in record.items() if key.startswith("eval_")]
+    shown += [f"{key} {100 * value:.1f}%" if is_fraction(key) else f"{key} {value:.4g}"
+              for key, value in record.items() if key.startswith("eval_")]
     return ", ".join(shown)
+
+
+def is_fraction(key: str) -> bool:
+    """Whether a metric is a fraction shown as a percentage: accuracies (``top1``, ``*_acc``) and ``miou``; a
+    task's other metrics (a loss, a distance) print as numbers."""
+    name = key.rsplit("/", 1)[-1].removeprefix("eval_")
+    return name.endswith(("top1", "top5", "_acc", "accuracy")) or name == "miou"
 
 
 class MetricsLog:

@@ -22,4 +22,3 @@ def build_optimizer(config: OptimSection, parameters: Iterable[nn.Parameter]) ->
                                  weight_decay=config.weight_decay)
     return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                            weight_decay=config.weight_decay)
-

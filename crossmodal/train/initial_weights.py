@@ -47,5 +47,3 @@ def initialised_encoder(config: Mapping[str, Any], weights: Optional[str], adapt
     if adapted and runtime.rank() == 0:
         print(f"{section}.adapt_input: {os.fspath(weights)}: {'; '.join(adapted)}", file=sys.stderr, flush=True)
     return encoder
-
-

@@ -78,7 +78,11 @@ def _spawned_workers(pid: int) -> list[int]:
     import os
 
     found = []
-    for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except FileNotFoundError:  # the generator has already exited
+        return []
+    for child in children:
         try:
             command = open(f"/proc/{child}/cmdline", "rb").read()
         except OSError:
@@ -113,3 +117,32 @@ def test_a_worker_killed_mid_way_is_one_line_not_a_hang(tmp_path):
     assert process.returncode == 2 and "Traceback" not in stderr, stderr
     assert len(lines) == 1 and "a worker process rendering the scenes died" in lines[0] and str(out) in lines[0]
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file, no lock left
+
+
+def test_ctrl_c_stops_the_workers_at_once_not_after_their_chunks(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "scenes.h5"
+    # 64 scenes of 512 x 512 per chunk: tens of seconds each; waiting for the running chunks would show
+    process = subprocess.Popen([sys.executable, "-m", "crossmodal", "prepare", "synthetic", "--out", str(out),
+                                "--num", "400", "--size", "512", "--workers", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_spawned_workers(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_spawned_workers(process.pid)) == 2, "the generator did not start its 2 workers"
+        time.sleep(1.0)  # the workers are rendering
+        os.kill(process.pid, signal.SIGINT)  # to the parent alone
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        seconds = time.monotonic() - started
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert seconds < 10, f"took {seconds:.1f} s to stop"
+    assert list(tmp_path.iterdir()) == []

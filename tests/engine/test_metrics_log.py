@@ -118,3 +118,5 @@ def test_epoch_line_shows_losses_as_numbers_and_evaluation_as_percent():
     record = {"scope": "epoch", "step": 4, "epoch": 2, "train_loss": 0.123456, "train_loss/crd": 7.5,
               "train_ce": 2.0, "eval_top1": 0.4752, "eval_miou": 0.1168, "time_s": 3.2}
     assert epoch_line(record) == "train_loss 0.1235, train_loss/crd 7.5, eval_top1 47.5%, eval_miou 11.7%"
+    record = {"epoch": 1, "train_loss": 2.0, "eval_student_top1": 0.5, "eval_pixel_acc": 0.875, "eval_w": 0.003}
+    assert epoch_line(record) == "train_loss 2, eval_student_top1 50.0%, eval_pixel_acc 87.5%, eval_w 0.003"

@@ -73,15 +73,39 @@ def test_inspect_grid_of_small_images_has_several_columns(synthetic_file, tmp_pa
 def test_inspect_colour_bar_spans_turbo_and_is_labelled():
     import cv2
 
-    from crossmodal.data.preview import MARGIN, RAMP, colour_bar
+    from crossmodal.data.preview import LINE, MARGIN, RAMP, colour_bar
 
     bar = colour_bar(96, 1.06, 6.75, "m")
     assert bar.shape == (bar.shape[0], 96, 3) and bar.shape[0] > RAMP
     turbo = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_TURBO)[0, :, ::-1]
     ramp = bar[RAMP // 2]
     assert (ramp[MARGIN] == turbo[0]).all() and (ramp[96 - MARGIN - 1] == turbo[1]).all()
-    text = bar[RAMP:]
-    assert (text.min(axis=2) < 100).any(axis=0)[:30].any() and (text.min(axis=2) < 100).any(axis=0)[-30:].any()
+    inked = (bar[RAMP:].min(axis=2) < 100).any(axis=0)  # columns with text
+    assert inked[:30].any() and inked[-30:].any()
+    assert not inked[30:52].any()  # a gap between "1.06" and "6.75 m": the labels do not run together
+    narrow = colour_bar(50, 1.34, 3.67, "m")  # too narrow for both on one line: the high end goes below
+    assert narrow.shape[0] == bar.shape[0] + LINE
+    assert (narrow[RAMP:RAMP + LINE].min(axis=2) < 100).any() and (narrow[RAMP + LINE:].min(axis=2) < 100).any()
+    empty = colour_bar(96, float("nan"), float("nan"), "m")  # a frame without one valid depth value
+    assert (empty[:RAMP] == 255).all() and (empty[RAMP:].min(axis=2) < 100).any()  # no ramp, a text
+
+
+def test_inspect_grid_has_a_colour_bar_under_every_depth_tile(synthetic_file, tmp_path):
+    import cv2
+
+    from crossmodal.data.preview import MARGIN, RAMP, write_preview
+
+    out = write_preview(str(synthetic_file), str(tmp_path / "grid.png"), 4)
+    grid = cv2.imread(out)[..., ::-1]
+    tile = 96  # 32 x 32 scenes shown at 96 px
+    ramp = cv2.applyColorMap(np.linspace(0, 255, tile - 2 * MARGIN).astype(np.uint8)[None, :],
+                             cv2.COLORMAP_TURBO)[0, :, ::-1]
+    found = 0
+    for row in grid:
+        for start in range(grid.shape[1] - len(ramp) + 1):
+            if (row[start] == ramp[0]).all() and (row[start:start + len(ramp)] == ramp).all():
+                found += 1
+    assert found == 4 * 2 * (RAMP - 2)  # depth and raw_depth of 4 samples, each ramp RAMP - 2 rows tall
 
 
 def test_inspect_captions_wrap_instead_of_being_cut():

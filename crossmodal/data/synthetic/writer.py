@@ -60,6 +60,19 @@ def _in_order(pool: ProcessPoolExecutor, function, jobs: list, ahead: int) -> It
     return results()
 
 
+def _stop(pool: ProcessPoolExecutor, at_once: bool) -> None:
+    """Shut the pool down; ``at_once`` (an error, Ctrl-C, SIGTERM) terminates the workers first rather than
+    letting their chunks finish, which takes minutes for large scenes."""
+    if at_once:
+        terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+        if terminate is not None:
+            terminate()
+        else:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_fraction: float = 0.2,
              noise: bool = True, workers: int | None = None, overwrite: bool = False,
              compression: str = DEFAULT_CODEC, depth_storage: str = "uint16") -> None:
@@ -85,23 +98,25 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
                             description="Kinect-like noise, 0 = hole" if noise else "equal to depth")
         writer.add_segmentation("seg", size, size, SEG_CLASS_NAMES, ignore_index=IGNORE_INDEX)
         bar = sample_bar(None, num, "synthetic")
+        finished = False
         pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
                                    initializer=_ignore_interrupt) if workers > 1 else None
         try:
             with interrupts.unseen_by_new_processes():  # the first jobs start the workers
-                chunks = _in_order(pool, _render_chunk, jobs, 2 * workers) if pool else map(_render_chunk, jobs)
+                chunks = _in_order(pool, _render_chunk, jobs, workers + 1) if pool else map(_render_chunk, jobs)
             for (start, *_), chunk in zip(jobs, chunks):
                 labels[start:start + len(chunk["label"])] = chunk["label"]
                 writer.write_batch(start, rgb=chunk["rgb"], depth=chunk["depth"], raw_depth=chunk["raw_depth"],
                                    seg=chunk["seg"])
                 bar.update(len(chunk["label"]))  # re-raises a Ctrl-C swallowed inside a callback
+            finished = True
         except BrokenProcessPool:
             raise DataError(out, f"a worker process rendering the scenes died (killed, perhaps for memory, with "
                                  f"{workers} workers of {size} x {size} scenes); nothing was written. Try "
                                  f"--workers 1") from None
         finally:
             if pool:
-                pool.shutdown(wait=True, cancel_futures=True)  # a running chunk finishes (workers ignore Ctrl-C)
+                _stop(pool, at_once=not finished)
             bar.close()
         writer.add_class_labels("label", labels, CLASS_NAMES)
         order = np.random.default_rng([seed, num]).permutation(num)
