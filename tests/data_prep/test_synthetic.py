@@ -92,23 +92,33 @@ def _spawned_workers(pid: int) -> list[int]:
     return found if os.path.isdir(f"/proc/{pid}") else []
 
 
-def test_a_worker_killed_mid_way_is_one_line_not_a_hang(tmp_path):
-    import os
-    import signal
+def _generating(out, num: int, size: int):
+    """``crossmodal prepare synthetic`` with 2 workers, started in a process, once both workers run:
+    ``(process, worker pids)``."""
     import subprocess
     import sys
     import time
 
-    out = tmp_path / "scenes.h5"
     process = subprocess.Popen([sys.executable, "-m", "crossmodal", "prepare", "synthetic", "--out", str(out),
-                                "--num", "4000", "--size", "96", "--workers", "2"],
+                                "--num", str(num), "--size", str(size), "--workers", "2"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_spawned_workers(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _spawned_workers(process.pid)
+    if len(workers) < 2:
+        process.kill()
+        raise AssertionError(f"the generator did not start its 2 workers: {process.communicate()[1][-2000:]}")
+    return process, workers
+
+
+def test_a_worker_killed_mid_way_is_one_line_not_a_hang(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "scenes.h5"
+    process, workers = _generating(out, 4000, 96)
     try:
-        deadline = time.monotonic() + 60
-        while not _spawned_workers(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _spawned_workers(process.pid)
-        assert workers, "the generator started no worker process"
         os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
         _, stderr = process.communicate(timeout=60)  # multiprocessing.Pool waited here for ever
     finally:
@@ -122,20 +132,11 @@ def test_a_worker_killed_mid_way_is_one_line_not_a_hang(tmp_path):
 def test_ctrl_c_stops_the_workers_at_once_not_after_their_chunks(tmp_path):
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    out = tmp_path / "scenes.h5"
     # 64 scenes of 512 x 512 per chunk: tens of seconds each; waiting for the running chunks would show
-    process = subprocess.Popen([sys.executable, "-m", "crossmodal", "prepare", "synthetic", "--out", str(out),
-                                "--num", "400", "--size", "512", "--workers", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, _ = _generating(tmp_path / "scenes.h5", 400, 512)
     try:
-        deadline = time.monotonic() + 60
-        while len(_spawned_workers(process.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(_spawned_workers(process.pid)) == 2, "the generator did not start its 2 workers"
         time.sleep(1.0)  # the workers are rendering
         os.kill(process.pid, signal.SIGINT)  # to the parent alone
         started = time.monotonic()
@@ -144,5 +145,5 @@ def test_ctrl_c_stops_the_workers_at_once_not_after_their_chunks(tmp_path):
     finally:
         process.kill()
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
-    assert seconds < 10, f"took {seconds:.1f} s to stop"
+    assert seconds < 10, f"took {seconds:.1f} s to stop (the old pool waited for the running chunks: 34 s)"
     assert list(tmp_path.iterdir()) == []
