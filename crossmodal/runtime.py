@@ -6,7 +6,9 @@ process and for ``torchrun``.
 from __future__ import annotations
 
 import os
+import platform
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -163,6 +165,43 @@ def load_average() -> str:
     except (AttributeError, OSError):  # not on every platform
         return "load average unknown"
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} CPUs)"
+
+
+# The variables that cap the CPU kernels each library picks (tests/kernel_passes.py sets them).
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and its widest vector units, e.g. ``Intel(R) Xeon(R) Processor (AVX-512, AMX)``
+    or ``AMD EPYC 7B13 (AVX2)``: float32 results and speed ratios depend on it (the platform's processor
+    string where there is no ``/proc/cpuinfo``)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)  # the last CPU's
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    model = fields.get("model name") or fields.get("Model") or platform.processor() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    units = [name for flag, name in (("avx512f", "AVX-512"), ("amx_tile", "AMX")) if flag in flags]
+    if not units and "avx2" in flags:
+        units = ["AVX2"]
+    return f"{model} ({', '.join(units)})" if units else model
+
+
+def kernel_description() -> str:
+    """Which CPU kernels torch runs: ``torch CPU kernels AVX512``, with any variable that caps them
+    (``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ...``)."""
+    capped = " ".join(f"{name}={os.environ[name]}" for name in KERNEL_VARIABLES if os.environ.get(name))
+    line = f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+    return f"{line} ({capped})" if capped else line
+
+
+def machine_description() -> str:
+    """One line for a benchmark's header: the CPU, the kernels and threads torch runs, and the load average.
+    A ratio measured on one CPU is not that of another, so every benchmark prints this beside its figures."""
+    return (f"CPU {cpu_description()}, {kernel_description()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}; {load_average()}")
 
 
 def busy_machine_note() -> str | None:

@@ -1,4 +1,5 @@
-"""CC: RepDistiller's correlation formula with identity embeddings."""
+"""CC: RepDistiller's correlation formula with identity embeddings (in float64: a check of the formula,
+``tests/tolerance.py``)."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from crossmodal.distill.cc import CC, cc_loss
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+from tolerance import FLOAT64
 
 SPEC = FeatureSpec((3,), (32,), 3)
 
@@ -25,13 +27,13 @@ def identity_cc() -> CC:
 
 
 def test_loss_with_identity_embeddings_by_hand():
-    student = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0], [2.0, 0.0, 1.0]])
-    teacher = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 3.0], [0.0, 0.0, 0.0]])
+    student = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0], [2.0, 0.0, 1.0]], dtype=torch.float64)
+    teacher = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     delta = [[1.0, 1.0, 1.0], [1.0, 0.0, 2.0], [2.0, 0.0, 1.0]]  # |student - teacher|
     expected = ((1 * 1 + 1 * 0 + 1 * 2) + (1 * 2 + 0 * 0 + 2 * 1)) / 2
     assert [[abs(a - b) for a, b in zip(s, t)] for s, t in zip(student.tolist(), teacher.tolist())] == delta
-    result = identity_cc()(output(student), output(teacher), torch.arange(3))
-    assert result.loss.item() == pytest.approx(expected)
+    result = identity_cc().double()(output(student), output(teacher), torch.arange(3))
+    assert result.loss.item() == pytest.approx(expected, rel=FLOAT64)
 
 
 def test_both_embeddings_train_and_have_the_configured_size():

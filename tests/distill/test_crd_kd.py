@@ -7,6 +7,7 @@ import torch
 from crossmodal.distill import create_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+from tolerance import gamma
 
 STUDENT = FeatureSpec((4, 12), (2, 4), 12, num_classes=5)
 TEACHER = FeatureSpec((6, 10), (2, 4), 10, num_classes=5)
@@ -48,5 +49,6 @@ def test_crd_plus_kd_weights_its_parts():
     teacher = EncoderOutput([], torch.randn(6, 10, generator=generator), torch.randn(6, 5, generator=generator))
     result = both(student, teacher, torch.arange(6))
     expected = 0.8 * float(result.logs["crd"]) + float(result.logs["kd"])
-    assert float(result.loss.detach()) == pytest.approx(expected, rel=1e-6)
+    # float32: 0.8 x crd, 1 x kd and their sum, three roundings of positive terms
+    assert float(result.loss.detach()) == pytest.approx(expected, rel=gamma(3))
     assert both.teacher_needs().embedding and both.teacher_needs().logits

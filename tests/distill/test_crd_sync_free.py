@@ -21,6 +21,7 @@ from crossmodal.models import Encoder, FrozenTeacher, TeacherNeeds
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
 from crossmodal.runtime import all_reduce_mean
 from crossmodal.train.distillation import DistillTask, TeacherView
+from tolerance import FLOAT64, gamma
 
 STUDENT = FeatureSpec(channels=(4, 12), reductions=(2, 4), embed_dim=12)
 TEACHER = FeatureSpec(channels=(6, 10), reductions=(2, 4), embed_dim=10)
@@ -123,7 +124,7 @@ def test_steps_with_repeated_indices_equal_the_former_code(options):
         result.loss.backward()
         expected.loss.backward()
         assert torch.equal(result.loss, expected.loss)
-        torch.testing.assert_close(student.embedding.grad, twin.embedding.grad, rtol=0, atol=1e-7)
+        assert torch.equal(student.embedding.grad, twin.embedding.grad)  # the same operations on the same values
         for name, value in former.state_dict().items():
             if torch.is_tensor(value):
                 assert torch.equal(new.state_dict()[name], value), name
@@ -329,8 +330,13 @@ def test_crd_steps_on_cuda_do_not_synchronise(options):
             (0.8 * crd(student, teacher, index).loss).backward()
     for student, teacher, index in _on_cuda(batches(4)):
         (0.8 * former(student, teacher, index).loss).backward()
-    for name in ("student_memory.rows", "teacher_memory.rows", "z_student", "z_teacher"):
-        torch.testing.assert_close(crd.state_dict()[name], former.state_dict()[name], rtol=1e-5, atol=1e-6)
+    # The same forward operations on the device (backward passes do not touch banks or Z): unit bank rows within
+    # one evaluation's bound of each other at most (the mix's 2 roundings, the normalisation's d + 3), and Z, the
+    # same float32 sum then float64 arithmetic on the device rather than in Python, within FLOAT64.
+    for name in ("student_memory.rows", "teacher_memory.rows"):
+        torch.testing.assert_close(crd.state_dict()[name], former.state_dict()[name], rtol=0, atol=gamma(2 + 8 + 3))
+    for name in ("z_student", "z_teacher"):
+        torch.testing.assert_close(crd.state_dict()[name], former.state_dict()[name], rtol=FLOAT64, atol=0)
 
 
 @CUDA

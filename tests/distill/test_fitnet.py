@@ -1,4 +1,5 @@
-"""FitNet: the hint loss with a known regressor, stage choice, and spatial adaptation."""
+"""FitNet: the hint loss with a known regressor, stage choice, and spatial adaptation. Formulas are checked in
+float64 (``tests/tolerance.py``)."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from crossmodal.distill.fitnet import FitNet
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+from tolerance import FLOAT64
 
 
 def output(features: list[torch.Tensor]) -> EncoderOutput:
@@ -27,16 +29,17 @@ def identity_regressor(fitnet: FitNet) -> None:
 
 def test_hint_loss_with_identity_regressor_and_pooled_student():
     spec = FeatureSpec((2,), (8,), 2)
-    fitnet = FitNet(spec, spec, num_samples=4, stage=0)
+    fitnet = FitNet(spec, spec, num_samples=4, stage=0).double()
     identity_regressor(fitnet)
-    student_map = torch.arange(16.0).view(1, 1, 4, 4).repeat(1, 2, 1, 1)
+    student_map = torch.arange(16.0, dtype=torch.float64).view(1, 1, 4, 4).repeat(1, 2, 1, 1)
     student_map[:, 1] *= -1  # the ReLU zeroes the second channel after pooling
-    teacher_map = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [0.0, 1.0]]]])
+    teacher_map = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [0.0, 1.0]]]], dtype=torch.float64)
     # 2x2 block means of 0..15 laid out 4x4: 2.5, 4.5, 10.5, 12.5
-    predicted = torch.tensor([[[[2.5, 4.5], [10.5, 12.5]], [[0.0, 0.0], [0.0, 0.0]]]])
-    expected = ((predicted - teacher_map) ** 2).mean()
+    predicted = [[2.5, 4.5, 10.5, 12.5], [0.0, 0.0, 0.0, 0.0]]
+    expected = sum((p - t) ** 2 for row, target in zip(predicted, teacher_map.flatten(2)[0].tolist())
+                   for p, t in zip(row, target)) / 8
     loss = fitnet(output([student_map]), output([teacher_map]), torch.arange(1)).loss
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=FLOAT64)
 
 
 def test_default_stage_is_the_third_aligned_stage():
@@ -74,11 +77,12 @@ def test_student_smaller_teacher_and_mixed_sizes_are_pooled():
     teacher = FeatureSpec((5,), (8,), 5)
     fitnet = FitNet(student, teacher, num_samples=4, stage=0)
     fitnet.eval()
-    student_map, teacher_map = torch.randn(2, 3, 6, 2), torch.randn(2, 5, 3, 4)
+    generator = torch.Generator().manual_seed(0)
+    student_map, teacher_map = torch.randn(2, 3, 6, 2, generator=generator), torch.randn(2, 5, 3, 4, generator=generator)
     loss = fitnet(output([student_map]), output([teacher_map]), torch.arange(2)).loss
     expected = F.mse_loss(fitnet.regressor(F.adaptive_avg_pool2d(student_map, (3, 2))),
                           F.adaptive_avg_pool2d(teacher_map, (3, 2)))
-    assert torch.allclose(loss, expected)
+    assert torch.equal(loss, expected)  # the same operations on the same tensors: the same bits
 
 
 def test_loss_decreases_when_training_the_regressor():

@@ -1,4 +1,5 @@
-"""KD: the loss against explicit math, and its construction errors."""
+"""KD: the loss against explicit math (in float64: a check of the formula, ``tests/tolerance.py``), and its
+construction errors."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import torch
 from crossmodal.distill.kd import KD, kd_loss
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+from tolerance import FLOAT64
 
 SPEC = FeatureSpec((4,), (32,), 4, num_classes=3)
 
@@ -32,22 +34,27 @@ def test_loss_matches_explicit_math_on_2x3_logits():
         expected += sum(qc * math.log(qc / pc) for pc, qc in zip(p, q))
     expected = expected * temperature ** 2 / 2
     kd = KD(SPEC, SPEC, num_samples=10, temperature=temperature)
-    result = kd(output(torch.tensor(student)), output(torch.tensor(teacher)), torch.arange(2))
-    assert result.loss.item() == pytest.approx(expected, rel=1e-6)
+    result = kd(output(torch.tensor(student, dtype=torch.float64)), output(torch.tensor(teacher, dtype=torch.float64)),
+                torch.arange(2))
+    assert result.loss.item() == pytest.approx(expected, rel=FLOAT64)
     assert result.logs["agreement"].item() == pytest.approx(0.0)  # argmax 1 vs 0, 2 vs 0
 
 
 def test_loss_is_zero_for_equal_logits_and_positive_otherwise():
-    logits = torch.randn(5, 3)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, generator=generator, dtype=torch.float64)
     kd = KD(SPEC, SPEC, num_samples=10)
-    assert kd(output(logits), output(logits.clone()), torch.arange(5)).loss.item() == pytest.approx(0.0, abs=1e-6)
-    assert kd(output(logits), output(torch.randn(5, 3)), torch.arange(5)).loss.item() > 0
+    # q (log q - log p) with p = q: only rounding is left, relative to the terms' size (the entropy, about 1)
+    assert kd(output(logits), output(logits.clone()), torch.arange(5)).loss.item() == pytest.approx(0.0, abs=FLOAT64)
+    other = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    assert kd(output(logits), output(other), torch.arange(5)).loss.item() > 0
 
 
 def test_default_temperature_is_four():
-    logits_s, logits_t = torch.randn(3, 3), torch.randn(3, 3)
+    generator = torch.Generator().manual_seed(0)
+    logits_s, logits_t = torch.randn(3, 3, generator=generator), torch.randn(3, 3, generator=generator)
     loss = KD(SPEC, SPEC, num_samples=10)(output(logits_s), output(logits_t), torch.arange(3)).loss
-    assert torch.allclose(loss, kd_loss(logits_s, logits_t, 4.0))
+    assert torch.equal(loss, kd_loss(logits_s, logits_t, 4.0))  # the same computation: the same bits
 
 
 def test_gradcheck_float64():

@@ -1,4 +1,5 @@
-"""NST: the polynomial-kernel MMD on tiny maps against an explicit double sum."""
+"""NST: the polynomial-kernel MMD on tiny maps against an explicit double sum (in float64: a check of the formula,
+``tests/tolerance.py``)."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 from crossmodal.distill.nst import NST, nst_loss, poly_kernel
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+from tolerance import FLOAT64
 
 
 def output(features: list[torch.Tensor]) -> EncoderOutput:
@@ -28,25 +30,34 @@ def loop_mmd(student_rows: list[list[float]], teacher_rows: list[list[float]]) -
 def test_loss_on_tiny_maps_matches_an_explicit_sum():
     student = [[1.0, 0.0, 2.0, 1.0], [0.0, 3.0, 1.0, 1.0]]   # C_s=2 channels over a 2x2 map
     teacher = [[1.0, 1.0, 1.0, 0.0]]                        # C_t=1
-    student_map, teacher_map = torch.tensor(student).view(1, 2, 2, 2), torch.tensor(teacher).view(1, 1, 2, 2)
+    student_map = torch.tensor(student, dtype=torch.float64).view(1, 2, 2, 2)
+    teacher_map = torch.tensor(teacher, dtype=torch.float64).view(1, 1, 2, 2)
     spec_s, spec_t = FeatureSpec((2,), (8,), 2), FeatureSpec((1,), (8,), 1)
     result = NST(spec_s, spec_t, num_samples=1)(output([student_map]), output([teacher_map]), torch.arange(1))
-    assert result.loss.item() == pytest.approx(loop_mmd(student, teacher), rel=1e-5)
-    assert result.logs["stage_s0_t0"].item() == pytest.approx(loop_mmd(student, teacher), rel=1e-5)
+    assert result.loss.item() == pytest.approx(loop_mmd(student, teacher), rel=FLOAT64)
+    assert result.logs["stage_s0_t0"].item() == pytest.approx(loop_mmd(student, teacher), rel=FLOAT64)
 
 
 def test_poly_kernel_equals_repdistillers_broadcast_form():
-    a, b = torch.randn(2, 3, 5), torch.randn(2, 4, 5)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 3, 5, generator=generator, dtype=torch.float64)
+    b = torch.randn(2, 4, 5, generator=generator, dtype=torch.float64)
     reference = (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1).pow(2)
     assert poly_kernel(a, b).shape == (2, 4, 3)
-    assert torch.allclose(poly_kernel(a, b), reference, atol=1e-6)
+    # squared dot products: relative to the squared sum of |a_i b_i|, which may exceed a value near zero
+    scale = (a.abs().unsqueeze(1) * b.abs().unsqueeze(2)).sum(-1).pow(2)
+    assert ((poly_kernel(a, b) - reference).abs() <= FLOAT64 * scale).all()
 
 
 def test_equal_patterns_give_zero_and_larger_maps_are_pooled():
-    feature_map = torch.rand(2, 3, 4, 4)
-    assert nst_loss(feature_map, 2.0 * feature_map).item() == pytest.approx(0.0, abs=1e-6)
-    student, teacher = torch.rand(2, 3, 8, 8), torch.rand(2, 6, 4, 4)
-    assert torch.allclose(nst_loss(student, teacher), nst_loss(F.avg_pool2d(student, 2), teacher))
+    generator = torch.Generator().manual_seed(0)
+    feature_map = torch.rand(2, 3, 4, 4, generator=generator, dtype=torch.float64)
+    # three kernel means of order one, two of them cancelling the third: differences of order FLOAT64
+    assert nst_loss(feature_map, 2.0 * feature_map).item() == pytest.approx(0.0, abs=FLOAT64)
+    student = torch.rand(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    teacher = torch.rand(2, 6, 4, 4, generator=generator, dtype=torch.float64)
+    assert float(nst_loss(student, teacher)) == pytest.approx(float(nst_loss(F.avg_pool2d(student, 2), teacher)),
+                                                              rel=FLOAT64)
 
 
 def test_default_stages_skip_the_shallowest():

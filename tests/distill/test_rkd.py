@@ -1,4 +1,5 @@
-"""RKD: distances and angles of three points in the plane, by hand and by an independent loop."""
+"""RKD: distances and angles of three points in the plane, by hand and by an independent loop (in float64: a check
+of the formula, ``tests/tolerance.py``)."""
 from __future__ import annotations
 
 import itertools
@@ -10,6 +11,7 @@ import torch
 from crossmodal.distill.rkd import RKD, angles, pairwise_distances, rkd_losses
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
+from tolerance import FLOAT64
 
 SPEC = FeatureSpec((2,), (32,), 2)
 
@@ -40,9 +42,10 @@ def loop_angles(points: list[tuple[float, float]]) -> list[float]:
 
 
 def test_distances_of_a_3_4_5_triangle():
-    teacher = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    teacher = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
     distances = pairwise_distances(teacher)
-    assert torch.allclose(distances, torch.tensor([[0.0, 3.0, 4.0], [3.0, 0.0, 5.0], [4.0, 5.0, 0.0]]))
+    expected = torch.tensor([[0.0, 3.0, 4.0], [3.0, 0.0, 5.0], [4.0, 5.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(distances, expected, rtol=FLOAT64, atol=0)
     assert torch.equal(pairwise_distances(torch.zeros(2, 2)), torch.tensor([[0.0, 1e-6], [1e-6, 0.0]]))
 
 
@@ -55,22 +58,24 @@ def test_losses_on_three_points_match_an_independent_loop():
     assert loop_distances(teacher_points)[1:3] == pytest.approx([0.75, 1.0])
     assert expected_distance > 0 and expected_angle > 0
     rkd = RKD(SPEC, SPEC, num_samples=3)
-    result = rkd(output(torch.tensor(student_points)), output(torch.tensor(teacher_points)), torch.arange(3))
-    assert result.logs["distance"].item() == pytest.approx(expected_distance, rel=1e-5)
-    assert result.logs["angle"].item() == pytest.approx(expected_angle, rel=1e-5)
-    assert result.loss.item() == pytest.approx(25 * expected_distance + 50 * expected_angle, rel=1e-5)
-    assert angles(torch.tensor(student_points)).tolist() == pytest.approx(loop_angles(student_points), abs=1e-6)
+    student, teacher = (torch.tensor(points, dtype=torch.float64) for points in (student_points, teacher_points))
+    result = rkd(output(student), output(teacher), torch.arange(3))
+    assert result.logs["distance"].item() == pytest.approx(expected_distance, rel=FLOAT64)
+    assert result.logs["angle"].item() == pytest.approx(expected_angle, rel=FLOAT64)
+    assert result.loss.item() == pytest.approx(25 * expected_distance + 50 * expected_angle, rel=FLOAT64)
+    assert angles(student).tolist() == pytest.approx(loop_angles(student_points), rel=0, abs=FLOAT64)  # cosines
 
 
 def test_similar_configurations_give_zero_and_weights_apply():
-    student = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    rotated_scaled = 2.0 * student @ torch.tensor([[0.0, 1.0], [-1.0, 0.0]]) + 5.0
+    student = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    rotated_scaled = 2.0 * student @ torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64) + 5.0
     distance, angle = rkd_losses(student, rotated_scaled)
-    assert distance.item() == pytest.approx(0.0, abs=1e-6) and angle.item() == pytest.approx(0.0, abs=1e-6)
-    other = torch.randn(3, 7)
+    # normalised distances and cosines of order one: rounding leaves differences of order FLOAT64
+    assert distance.item() == pytest.approx(0.0, abs=FLOAT64) and angle.item() == pytest.approx(0.0, abs=FLOAT64)
+    other = torch.randn(3, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     distance, angle = rkd_losses(student, other)
     rkd = RKD(SPEC, FeatureSpec((2,), (32,), 7), num_samples=3, distance_weight=1.0, angle_weight=0.0)
-    assert torch.allclose(rkd(output(student), output(other), torch.arange(3)).loss, distance)
+    assert torch.equal(rkd(output(student), output(other), torch.arange(3)).loss, distance)  # 1 x distance
 
 
 def test_a_batch_of_one_gives_zero_in_the_graph():

@@ -1,4 +1,5 @@
-"""The torch L-BFGS solver reaches scikit-learn's optimum: objective value and predictions, for several C."""
+"""The torch L-BFGS solver reaches scikit-learn's optimum: objective value and predictions, for several C. Values are
+compared within what the stopping rule and float32 allow (``_logreg_bounds``)."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from _logreg_bounds import float32_objective_error, suboptimality
 from crossmodal.eval.logreg import fit_logreg, fit_logreg_batch, objective
+from tolerance import FLOAT64
 
 
 def clusters(num: int, dim: int, classes: int, spread: float, seed: int = 0):
@@ -46,26 +49,31 @@ def test_reaches_the_sklearn_optimum(classes, c, spread):
     assert fit.converged
     reference = float(objective(weight, bias, xt.double(), yt, c, classes))
     ours = float(objective(fit.weight.double(), fit.bias.double(), xt.double(), yt, c, classes))
-    assert ours == pytest.approx(reference, rel=1e-4, abs=1e-7)  # the optimum's value
-    assert ours >= reference - 1e-7  # and sklearn's point is no worse: the same minimum, not a different one
+    above_ours = suboptimality(fit.weight, fit.bias, xt, yt, c, classes)
+    above_reference = suboptimality(weight, bias, xt, yt, c, classes)
+    rounding = FLOAT64 * abs(reference)  # both values in float64
+    assert abs(ours - reference) <= above_ours + above_reference + rounding  # the optimum's value
+    assert ours >= reference - above_reference - rounding  # sklearn's point no worse: the same minimum
     query = torch.from_numpy(clusters(200, 12, classes, spread * 2, seed=9)[0])
     agreement = (fit.predict(query).numpy() == model.predict(query.numpy().astype(np.float64))).mean()
     assert agreement >= 0.99
-    assert fit.objective == pytest.approx(ours, rel=1e-5, abs=1e-7)
+    # the solver's own value at its point, in float32 (or float64 when it finished there)
+    assert fit.objective == pytest.approx(ours, rel=0, abs=float32_objective_error(fit.weight, fit.bias, xt, yt, c,
+                                                                                   classes))
 
 
 def test_objective_by_hand():
-    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # in float64: a check of the formula (tests/tolerance.py)
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     y = torch.tensor([0, 2])
-    weight = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
-    bias = torch.zeros(3)
+    weight = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    bias = torch.zeros(3, dtype=torch.float64)
     # logits [1, 0, 0] and [0, 0, 2]: CE = log(e + 2) - 1 and log(2 + e^2) - 2; penalty |W|^2 / (2 C N) = 2 / 4
     expected = (np.log(np.e + 2) - 1 + np.log(2 + np.e ** 2) - 2) / 2 + 2 / (2 * 1.0 * 2)
-    assert float(objective(weight, bias, x, y, c=1.0)) == pytest.approx(expected)
-    # binary: the penalty doubles (sklearn's one-vector form at the same C)
+    assert float(objective(weight, bias, x, y, c=1.0)) == pytest.approx(expected, rel=FLOAT64)
+    # binary: the penalty doubles (sklearn's one-vector form at the same C); logits [1, 0] and [0, 0]
     two = objective(weight[:2], bias[:2], x, torch.tensor([0, 1]), c=1.0)
-    assert float(two) == pytest.approx(float(torch.nn.functional.cross_entropy(x @ weight[:2].T,
-                                                                               torch.tensor([0, 1]))) + 1 / 2)
+    assert float(two) == pytest.approx((np.log(np.e + 1) - 1 + np.log(2)) / 2 + 1 / 2, rel=FLOAT64)
 
 
 def test_warm_start_reaches_the_same_optimum_in_fewer_iterations():
@@ -75,7 +83,10 @@ def test_warm_start_reaches_the_same_optimum_in_fewer_iterations():
     strong = fit_logreg(xt, yt, 3, 10.0, tol=1e-6)
     warm = fit_logreg(xt, yt, 3, 100.0, tol=1e-6, init=(strong.weight, strong.bias))
     assert warm.converged and cold.converged and warm.iterations < cold.iterations
-    assert warm.objective == pytest.approx(cold.objective, rel=1e-3)
+    # both within their suboptimality of the optimum's value, each value as the solver computed it
+    allowed = sum(suboptimality(fit.weight, fit.bias, xt, yt, 100.0, 3)
+                  + float32_objective_error(fit.weight, fit.bias, xt, yt, 100.0, 3) for fit in (warm, cold))
+    assert warm.objective == pytest.approx(cold.objective, rel=0, abs=allowed)
 
 
 def test_a_fit_stopped_at_its_cap_says_so():
@@ -103,7 +114,9 @@ def test_a_batch_gives_each_fit_its_own_optimum():
     single = [fit_logreg(xt, yt, 3, c, tol=1e-6) for c in cs]
     strong = fit_logreg(xt, yt, 3, 1e-3, tol=1e-6)
     batch = fit_logreg_batch(xt, yt, 3, cs, tol=1e-6, inits=[None, (strong.weight, strong.bias), None, None])
-    for alone, together in zip(single, batch):
-        assert together.converged and together.objective == pytest.approx(alone.objective, rel=1e-4, abs=1e-7)
+    for c, alone, together in zip(cs, single, batch):
+        allowed = sum(suboptimality(fit.weight, fit.bias, xt, yt, c, 3)
+                      + float32_objective_error(fit.weight, fit.bias, xt, yt, c, 3) for fit in (alone, together))
+        assert together.converged and together.objective == pytest.approx(alone.objective, rel=0, abs=allowed)
         assert torch.equal(together.predict(xt), alone.predict(xt))
     assert len({fit.iterations for fit in batch}) > 1  # each stopped on its own
