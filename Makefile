@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test bench clean install
+.PHONY: demo test test-kernels bench clean install
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
+
+# The numerics-sensitive tests (marker `numerics`) again under each CPU kernel level this machine can run
+# (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA: default, avx2, avx512): about 4 minutes.
+test-kernels: $(VENV)/.installed
+	$(PY) tests/kernel_passes.py
 
 bench: $(VENV)/.installed
 	$(PY) experiments/bench_data.py

@@ -31,6 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crossmodal.distill import create_distiller  # noqa: E402
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec  # noqa: E402
+from crossmodal.runtime import machine_description  # noqa: E402
 
 FEATURE_DIM = 512
 
@@ -216,8 +217,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.memory_of:
         return memory_child(args)
-    print(f"CRD step at batch {args.batch}, 128-d, K={args.negatives}, N={args.samples}, "
-          f"{FEATURE_DIM}-d features, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"CRD step at batch {args.batch}, 128-d, K={args.negatives}, N={args.samples}, {FEATURE_DIM}-d features; "
+          f"{machine_description()}")
     disagreement = check_agreement(args)
     print(f"exact (float32) vs the baseline in float64 on the same rows: largest relative difference "
           f"{disagreement:.1e} (loss, gradient, bank over 3 steps)")

@@ -42,7 +42,7 @@ from crossmodal.data.modalities import MODALITIES  # noqa: E402
 from crossmodal.data.synthetic import generate  # noqa: E402
 from crossmodal.engine.loop import PREFETCH  # noqa: E402
 from crossmodal.data_prep.pairs import convert as convert_pairs  # noqa: E402
-from crossmodal.runtime import load_average  # noqa: E402
+from crossmodal.runtime import load_average, machine_description  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -159,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     codecs = list(dict.fromkeys(args.codecs))
-    print(f"before: {load_average()}")
+    print(f"before: {machine_description()}")
     ratios: dict[tuple[str, str, int], float] = {}
     rates_480: dict[str, float] = {}
     print(f"{'size':<8} {'workers':>7} {'png/s':>8} " + " ".join(f"{c + '/s':>13} {'ratio':>6}" for c in codecs))

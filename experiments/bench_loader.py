@@ -29,7 +29,7 @@ from crossmodal.data.device import DeviceResidentData  # noqa: E402
 from crossmodal.data.synthetic import generate  # noqa: E402
 from crossmodal.data.transforms import PairedTransform  # noqa: E402
 from crossmodal.models import Encoder  # noqa: E402
-from crossmodal.runtime import load_average  # noqa: E402
+from crossmodal.runtime import load_average, machine_description  # noqa: E402
 
 
 def make_step(device: torch.device, model_name: str):
@@ -72,7 +72,7 @@ def main() -> None:
     batch_size = args.batch_size or (512 if cuda else 64)
     steps = args.steps or (50 if cuda else 3)
     torch.manual_seed(0)
-    print(f"{load_average()}; {args.model} at 32 x 32, batch {batch_size}, {steps} steps x {args.rounds} rounds "
+    print(f"{machine_description()}; {args.model} at 32 x 32, batch {batch_size}, {steps} steps x {args.rounds} rounds "
           f"on {device}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scenes.h5"

@@ -43,7 +43,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from crossmodal.eval.knn import knn_probe  # noqa: E402
 from crossmodal.eval.probe import linear_probe  # noqa: E402
-from crossmodal.runtime import load_average  # noqa: E402
+from crossmodal.runtime import load_average, machine_description  # noqa: E402
 
 SMALL = {"num": 1500, "size": 64, "teacher_epochs": 3, "student_epochs": 3}
 LARGE = {"train": 10_000, "test": 2_000, "classes": 10}
@@ -187,8 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"bench_probe: torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"{load_average()}", flush=True)
+    print(f"bench_probe: device {args.device}, {machine_description()}", flush=True)
     speedups, deltas = {}, []
     for case in args.cases:
         if case == "small":

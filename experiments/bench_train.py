@@ -66,7 +66,7 @@ from crossmodal.models.outputs import EncoderOutput, TeacherNeeds  # noqa: E402
 from crossmodal.config import RunConfig  # noqa: E402
 from crossmodal.engine import SupervisedTask, Trainer, TrainSetup  # noqa: E402
 from crossmodal.train.distillation import DistillTask, TeacherView  # noqa: E402
-from crossmodal.runtime import load_average  # noqa: E402
+from crossmodal.runtime import load_average, machine_description  # noqa: E402
 
 STUDENT, TEACHER = "depth", "rgb"
 CLASSES = "label"
@@ -100,7 +100,7 @@ def main() -> None:
     started = time.perf_counter()
     print(f"training step, batch {args.batch_size}, {args.model} student (depth, 1 channel) and teacher (rgb, 3 "
           f"channels), CRD 128-d K={negatives} N={args.samples}, SGD momentum 0.9, float32, "
-          f"{torch.get_num_threads()} threads, {device}, torch {torch.__version__}, {load_average()}")
+          f"{device}; {machine_description()}")
     results: dict[int, dict[str, list[float]]] = {}
     syncs: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:

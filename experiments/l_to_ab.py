@@ -54,14 +54,14 @@ PRESETS = {
 NEEDS_LOGITS = ("kd", "crd+kd")
 
 
-def prepare(out: Path, per_class: int | None, images: Path | None) -> Path:
+def prepare(out: Path, per_class: int | None, images: Path | None, cifar: Path) -> Path:
     if images:
         return images
     path = out / "cifar10.h5"
     if not path.exists():
         out.mkdir(parents=True, exist_ok=True)
         say(f"converting CIFAR-10 ({per_class or 'all'} images per class and split) -> {path}")
-        command = [sys.executable, "-m", "crossmodal", "prepare", "images", "--src", str(CIFAR), "--out", str(path)]
+        command = [sys.executable, "-m", "crossmodal", "prepare", "images", "--src", str(cifar), "--out", str(path)]
         subprocess.run(command + (["--max-per-class", str(per_class)] if per_class else []), check=True)
     return path
 
@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--preset", choices=PRESETS, default="cpu")
     add_protocol_arguments(parser)
     parser.add_argument("--images", type=Path, help="a paired file with rgb and class labels 'label' "
-                                                   "(default: CIFAR-10 from ../shared)")
+                                                   "(default: CIFAR-10 converted from --cifar)")
+    parser.add_argument("--cifar", type=Path, default=CIFAR, help="the CIFAR-10 JPEG zip (class folders per split) "
+                                                                  "to convert (default: ../shared's)")
     parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, help="default: the preset's")
     parser.add_argument("--out", help="default runs/experiments/l_to_ab-PRESET[-seen-labels]")
     parser.add_argument("--device", default="auto")
@@ -89,7 +91,7 @@ def main() -> None:
     preset = PRESETS[args.preset]
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     out = Path(args.out or f"runs/experiments/l_to_ab-{args.preset}{suffix}")
-    data = prepare(out, preset["per_class"], args.images).resolve()
+    data = prepare(out, preset["per_class"], args.images, args.cifar).resolve()
     plan = plan_classes(args, str(data), "label", say)
     encoder = f"{{name: {preset['encoder']}, small_input: {str(preset['small_input']).lower()}}}"
     common = [f"data.path={data}", f"device={args.device}", "train.progress=false", *preset.get("extra", [])]

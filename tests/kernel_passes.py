@@ -56,8 +56,9 @@ def run_pass(level: str, pytest_args: list[str]) -> tuple[str, int]:
     knobs = " ".join(f"{key}={value}" for key, value in LEVELS[level].items())
     print(f"=== kernel pass {level}: torch CPU capability {got}; {knobs}", flush=True)
     started = time.perf_counter()
-    status = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
-                            env=env, cwd=ROOT).returncode
+    # quiet: progress dots, then failures, errors and skips with their reasons (not the suite's durations)
+    status = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                             "-rfEs", *pytest_args], env=env, cwd=ROOT).returncode
     seconds = time.perf_counter() - started
     verdict = "passed" if status == 0 else ("no tests collected" if status == 5 else "FAILED")
     return f"{level}: {verdict} in {seconds:.0f} s (torch CPU capability {got})", status

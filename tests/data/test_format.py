@@ -10,6 +10,7 @@ from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import FORMAT_VERSION, read_layout
 from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.errors import DataError
+from tolerance import gamma
 
 
 def write_small(path, num=5, height=6, width=7, **kwargs):
@@ -39,8 +40,11 @@ def test_round_trip_layout_and_values(tmp_path):
     layout = read_layout(path)
     assert layout.format_version == FORMAT_VERSION and layout.num_samples == 5
     assert layout.modalities["rgb"].shape == (5, 6, 7, 3) and layout.modalities["depth"].units == "m"
+    # stored as millimetres: half a millimetre of quantisation, plus three float32 roundings of at most max|d| (the
+    # product d x 1000 before rounding to an integer, float32(0.001) and n x 0.001 when read)
+    quantised = 5e-4 + gamma(3) * float(np.abs(arrays["depth"]).max())
     assert layout.modalities["depth"].value_range == pytest.approx(
-        (arrays["depth"].min(), arrays["depth"].max()), abs=5e-4)  # stored as millimetres
+        (arrays["depth"].min(), arrays["depth"].max()), rel=0, abs=quantised)
     depth = layout.modalities["depth"]
     assert depth.dtype == np.uint16 and depth.scale == 0.001 and depth.clipped == 0 and depth.nonfinite == 0
     assert depth.codec == "blosc lz4+shuffle level 5" and depth.checksum
@@ -54,7 +58,7 @@ def test_round_trip_layout_and_values(tmp_path):
         assert rgb.chunks == (1, 6, 7, 3) and rgb.fletcher32
         np.testing.assert_array_equal(rgb[()], arrays["rgb"])
         np.testing.assert_array_equal(handle["modalities/depth"][()], np.rint(arrays["depth"] * 1000))
-        np.testing.assert_allclose(read_physical(handle["modalities/depth"]), arrays["depth"], atol=5e-4 + 1e-6)
+        np.testing.assert_allclose(read_physical(handle["modalities/depth"]), arrays["depth"], rtol=0, atol=quantised)
         np.testing.assert_array_equal(handle["labels/seg"][()], arrays["seg"])
         np.testing.assert_array_equal(handle["labels/label"][()], arrays["label"])
 

@@ -10,6 +10,7 @@ from conftest import error_line, run_cli
 from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import read_layout
 from crossmodal.data_prep.nyu import convert
+from tolerance import gamma
 
 SCENES = ["kitchen", "bedroom", "office"]
 
@@ -74,9 +75,12 @@ def test_fixture_round_trip(tmp_path):
     assert layout.labels["scene"].class_names == tuple(sorted(SCENES))
     with h5py.File(out, "r") as handle:
         np.testing.assert_array_equal(handle["modalities/rgb"][()], frames["rgb"])
-        for name, key in (("depth", "depth"), ("raw_depth", "raw")):  # stored as millimetres
-            np.testing.assert_allclose(read_physical(handle[f"modalities/{name}"])[..., 0], frames[key],
-                                       atol=5e-4 + 1e-6)
+        for name, key in (("depth", "depth"), ("raw_depth", "raw")):
+            # stored as millimetres: half a millimetre of quantisation, plus three float32 roundings of at most
+            # max|d| (d x 1000 before rounding, float32(0.001), n x 0.001 when read)
+            quantised = 5e-4 + gamma(3) * float(np.abs(frames[key]).max())
+            np.testing.assert_allclose(read_physical(handle[f"modalities/{name}"])[..., 0], frames[key], rtol=0,
+                                       atol=quantised)
         np.testing.assert_array_equal(handle["splits/train"][()], meta["train"])
         np.testing.assert_array_equal(handle["splits/test"][()], meta["test"])
         raw = frames["labels"].astype(np.int64)

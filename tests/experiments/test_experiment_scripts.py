@@ -41,9 +41,10 @@ def listing(folder: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def l_to_ab(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def l_to_ab(tmp_path_factory, shared_data) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("l_to_ab") / "study"
-    result = run_script("l_to_ab.py", "--preset", "smoke", "--seeds", "0", "1", "--out", out, "--device", "cpu")
+    result = run_script("l_to_ab.py", "--preset", "smoke", "--seeds", "0", "1", "--out", out, "--device", "cpu",
+                        "--cifar", shared_data / "cifar10" / "cifar10-jpeg.zip")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 

@@ -279,3 +279,25 @@ def test_benchmarks_print_the_load_average_one_way(monkeypatch):
 
     monkeypatch.setattr(os, "getloadavg", unsupported)
     assert runtime.load_average() == "load average unknown"
+
+
+def test_benchmarks_name_the_cpu_and_the_kernels_torch_runs(tmp_path, monkeypatch):
+    from crossmodal import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    flags = "fpu sse2 avx avx2 fma avx512f avx512bw amx_tile amx_bf16"
+    cpuinfo.write_text("".join(f"processor\t: {i}\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: {flags}\n\n"
+                               for i in range(2)))
+    assert runtime.cpu_description(str(cpuinfo)) == "Intel(R) Xeon(R) Processor (AVX-512, AMX)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13 64-Core Processor\nflags\t\t: sse2 avx avx2\n")
+    assert runtime.cpu_description(str(cpuinfo)) == "AMD EPYC 7B13 64-Core Processor (AVX2)"
+    monkeypatch.setattr(runtime.platform, "processor", lambda: "arm")
+    assert runtime.cpu_description(str(tmp_path / "absent")) == "arm"
+    for name in runtime.KERNEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert runtime.kernel_description() == "torch CPU kernels AVX2"
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    assert runtime.kernel_description() == "torch CPU kernels AVX2 (MKL_ENABLE_INSTRUCTIONS=AVX2)"
+    line = runtime.machine_description()
+    assert line.startswith("CPU ") and "torch CPU kernels AVX2" in line and "load average" in line

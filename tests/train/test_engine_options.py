@@ -14,6 +14,7 @@ from conftest import error_line
 
 from crossmodal.config import ScheduleSection
 from crossmodal.engine.schedule import learning_rate
+from tolerance import gamma
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
@@ -68,30 +69,44 @@ def test_channels_last_layout_trains_the_same_model(synthetic_file, tmp_path):
         conv.register_forward_pre_hook(lambda module, inputs: layouts.append(
             inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()))
 
-    plain = run_in_process("train-teacher", SMOKE_TEACHER, teacher_overrides(synthetic_file), tmp_path / "plain")
+    after_first_step = {}
+    snapshot = first_call(lambda trainer: after_first_step.update(
+        {key: value.detach().clone() for key, value in trainer.task.encoder.model.state_dict().items()}))
+    plain = run_in_process("train-teacher", SMOKE_TEACHER, teacher_overrides(synthetic_file), tmp_path / "plain",
+                           hooks=[snapshot])
     run = tmp_path / "channels_last"
     last = run_in_process("train-teacher", SMOKE_TEACHER, teacher_overrides(synthetic_file, "train.channels_last=true"),
                           run, hooks=[first_call(watch)])
     assert layouts and all(layouts)  # weights and the inputs of every later step, evaluation included
-    # the same computation in another memory layout: equal up to float rounding (other CPU kernels; the first
-    # gradients agree to 1e-5, four momentum steps later the weights to about 3e-4)
-    assert last["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+    # The same computation with other convolution kernels: each step's float32 rounding differs, and training
+    # carries the difference on, so no rounding bound holds after several steps. What "the same model" means
+    # instead: the runs differ by a small part of what training itself did. The losses of every step agree to 1%
+    # of how far the loss moved over the epoch, the weights to 1% of how far the steps after the first moved
+    # them, and the evaluation gives the same top-1.
+    plain_steps, last_steps = records(tmp_path / "plain", "step"), records(run, "step")
+    moved = max(r["loss"] for r in plain_steps) - min(r["loss"] for r in plain_steps)
+    assert all(abs(a["loss"] - b["loss"]) <= 0.01 * moved for a, b in zip(plain_steps, last_steps))
+    assert last["train_loss"] == pytest.approx(plain["train_loss"], rel=0, abs=0.01 * moved)
     assert last["eval_top1"] == plain["eval_top1"]
     exported, _ = load_exported(run / "teacher.safetensors")  # exported from channels-last tensors
     reference, _ = load_exported(tmp_path / "plain" / "teacher.safetensors")
     assert list(exported) == list(reference)
-    assert all(torch.allclose(exported[key].float(), reference[key].float(), rtol=1e-3, atol=1e-3) for key in exported)
+    weights = [key for key in reference if reference[key].is_floating_point() and key in after_first_step]
+    apart = torch.cat([(exported[key].float() - reference[key].float()).flatten() for key in weights]).norm()
+    trained = torch.cat([(reference[key].float() - after_first_step[key].float()).flatten() for key in weights]).norm()
+    assert 0 < apart <= 0.01 * trained
 
 
 def test_clip_grad_norm_clips_and_logs_the_norm_before_clipping(synthetic_file, tmp_path):
     run = tmp_path / "run"
     clip = 0.05
-    clipped_norms = []
+    clipped_norms, sizes = [], []
 
     def measure(trainer) -> None:  # the gradients of the step just taken stay until the next zero_grad
         grads = [p.grad for p in trainer.parameters if p.grad is not None]
         clipped_norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
                                                                           for g in grads]))))
+        sizes.append((max(g.numel() for g in grads), len(grads)))
 
     record = run_in_process("train-teacher", SMOKE_TEACHER, teacher_overrides(
         synthetic_file, f"train.clip_grad_norm={clip}"), run, hooks=[measure])
@@ -99,7 +114,11 @@ def test_clip_grad_norm_clips_and_logs_the_norm_before_clipping(synthetic_file, 
     assert [r["step"] for r in steps] == list(range(1, STEPS_PER_EPOCH + 1))
     norms = [r["grad_norm"] for r in steps]
     assert all(math.isfinite(norm) and norm > clip for norm in norms)  # so every step was clipped ...
-    assert clipped_norms == pytest.approx([clip] * STEPS_PER_EPOCH, rel=1e-4)  # ... down to the limit
+    # ... down to the limit: torch scales by clip / (norm + 1e-6), and the norm of norms, here and in torch, is a
+    # float32 sum of squares over a tensor's entries, then over the tensors (tests/tolerance.py)
+    largest, count = max(size for size, _ in sizes), max(count for _, count in sizes)
+    allowed = 1e-6 / min(norms) + 2 * gamma(largest + count + 4)
+    assert clipped_norms == pytest.approx([clip] * STEPS_PER_EPOCH, rel=allowed)
     assert record["train_grad_norm"] == pytest.approx(sum(norms) / len(norms))
 
 

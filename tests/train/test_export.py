@@ -117,4 +117,6 @@ def test_snippet_carries_timm_options_and_input_normalisation(tmp_path, monkeypa
     assert model.drop_rate == 0.25
     images = torch.rand(3, 2, 16, 16)
     with one_thread():
-        assert torch.allclose(model((images - mean) / std), encoder(images).logits, atol=1e-6)
+        # powers of two: (images - mean) / std rounds as the encoder's own normalisation does, and plain timm
+        # runs the same modules on the same weights: the same bits
+        assert torch.equal(model((images - mean) / std), encoder(images).logits)
