@@ -31,6 +31,7 @@ TINY = {
 NOT_RUN = {
     "make demo": "the whole demo takes minutes; tests/cli/test_demo.py runs it at a small size",
     "make test": "this suite",
+    "make test-kernels": "reruns this suite's numerics tests under each CPU kernel level; CI runs it",
     ". .venv/bin/activate": "changes the calling shell only; the next line runs the installed command",
 }
 # What the recipes say they make (in their comments or arguments), checked once all have run.
