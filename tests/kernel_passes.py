@@ -40,6 +40,11 @@ LEVELS = {
 }
 
 
+def uncapped_environment() -> dict[str, str]:
+    """This process's environment without any variable that caps the kernels."""
+    return {key: value for key, value in os.environ.items() if key not in KERNEL_VARIABLES}
+
+
 def reported_capability(env: dict[str, str]) -> str:
     """The kernel level torch actually runs under ``env``: a level above the CPU's is lowered to the CPU's."""
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
@@ -55,8 +60,7 @@ def run_pass(level: str, native: str, pytest_args: list[str]) -> tuple[str, int]
     highest = order.index(native.lower()) if native.lower() in order else 0  # another architecture: default only
     if order.index(level) > highest:
         return f"{level}: left out, this CPU runs at most {native}", 0
-    env = {key: value for key, value in os.environ.items() if key not in KERNEL_VARIABLES}
-    env.update(LEVELS[level])
+    env = {**uncapped_environment(), **LEVELS[level]}
     got = reported_capability(env)
     knobs = " ".join(f"{key}={value}" for key, value in LEVELS[level].items())
     print(f"=== kernel pass {level}: torch CPU capability {got}; {knobs}", flush=True)
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest arguments (default: -m numerics)")
     args = parser.parse_args(argv)
     pytest_args = args.pytest_args or ["-m", "numerics"]
-    native = reported_capability({key: value for key, value in os.environ.items() if key not in KERNEL_VARIABLES})
+    native = reported_capability(uncapped_environment())
     print(f"CPU {cpu_description()}, torch's own choice {native}; pytest {' '.join(pytest_args)}", flush=True)
     outcomes = [run_pass(level, native, pytest_args) for level in args.levels]
     print("kernel passes:")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _crd_bounds import linear_condition, standardised_error
 
 from crossmodal.distill import create_distiller
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
@@ -106,13 +107,10 @@ def float32_allowance(batch: int) -> dict[str, float]:
     anchor, spread, largest = 0.0, 0.0, 0.0
     with torch.no_grad():
         for head, x in ((crd.embed_student, student.double()), (crd.embed_teacher, teacher.double())):
-            linear = head.linear
-            h = linear(x)
-            kappa = float(((x.abs() @ linear.weight.abs().T + linear.bias.abs()).norm(dim=1) / h.norm(dim=1)).max())
+            h = head.linear(x)
             z = (h - h.mean(0)) / h.std(0, unbiased=False)
-            e = gamma(2 * batch + 1) * h.abs().max(0).values / h.std(0, unbiased=False)
-            dz = gamma(x.shape[1] + 1) * kappa * z.abs() + e * (1 + z.abs()) + gamma(2 * batch + 4) * z.abs()
-            anchor = max(anchor, float((dz.norm(dim=1) / z.norm(dim=1)).max()) + gamma(d + 3))
+            linear = gamma(x.shape[1] + 1) * linear_condition(head.linear, x)
+            anchor = max(anchor, standardised_error(h, z, count=2 * batch, relative=linear))
             spread = max(spread, 2 * M * float(x.abs().max()) / (T * float(z.norm(dim=1).min())))
             largest = max(largest, float(h.abs().max()))
     score = M * (anchor + gamma(d))
