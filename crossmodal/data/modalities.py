@@ -48,6 +48,10 @@ class Modality:
         description: one line for ``inspect`` and the docs.
         elementwise: ``normalize`` maps each value on its own (per-channel constants at most), so the reader
             may run it on blocks of rows straight into a batch, fused with the dequantisation.
+        pixels: for an image modality, ``(mean, std)`` per channel such that the network input is
+            ``(pixel - mean) / std`` with pixels in [0, 1] (rgb: ImageNet's; lab_l: L / 100 as a grey level, 0.5
+            and 0.5). A pretrained image network that expects another normalisation is fed its own from this
+            (:func:`crossmodal.models.pretrained.renormalisation`). None: not an image (depth, ab).
     """
 
     name: str
@@ -59,6 +63,7 @@ class Modality:
     photometric: str | None = None
     description: str = ""
     elementwise: bool = False
+    pixels: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 MODALITIES: dict[str, Modality] = {}
@@ -114,6 +119,7 @@ def _lab_ab_normalize(ab: Array) -> Array:
 
 register_modality(Modality(
     "rgb", 3, "rgb", _rgb_normalize, photometric="color", elementwise=True,
+    pixels=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # IMAGENET_MEAN, IMAGENET_STD as decimals
     description="sRGB uint8, normalised with the ImageNet mean and std"))
 register_modality(Modality(
     "depth", 1, "depth", _depth_normalize, elementwise=True,
@@ -123,7 +129,7 @@ register_modality(Modality(
     description=f"sensor depth with holes (0), nearest-neighbour resampling, [0, {MAX_DEPTH_M:g}] m -> [-1, 1]"))
 register_modality(Modality(
     "lab_l", 1, "rgb", _lab_l_to_range, derive=lambda rgb: rgb_to_lab(rgb)[..., :1], photometric="color",
-    description="CIE Lab lightness derived from rgb, [0, 100] -> [-1, 1]"))
+    pixels=((0.5,), (0.5,)), description="CIE Lab lightness derived from rgb, [0, 100] -> [-1, 1]"))
 register_modality(Modality(
     "lab_ab", 2, "rgb", _lab_ab_normalize, derive=lambda rgb: rgb_to_lab(rgb)[..., 1:], photometric="color",
     description="CIE Lab chrominance derived from rgb, a and b each range-normalised to [-1, 1]"))

@@ -88,8 +88,8 @@ def _config_from_metadata(path: str) -> dict[str, Any]:
 
 def method_name(card: Optional[Mapping[str, Any]], random_init: bool) -> str:
     """How reports name an evaluated encoder: ``scratch`` (a random initialisation), ``supervised`` (a
-    train-teacher run), the distillers joined by ``+`` with ``ce`` when the student also had cross-entropy (a
-    distill run), or ``unknown`` (a bare weights file).
+    train-teacher run), ``pretrained`` (an imported teacher), the distillers joined by ``+`` with ``ce`` when the
+    student also had cross-entropy (a distill run), or ``unknown`` (a bare weights file).
 
     Examples:
         >>> method_name({"verb": "distill", "distillers": {"crd": {}, "kd": {}}, "loss": {"ce": 1.0}}, False)
@@ -101,6 +101,8 @@ def method_name(card: Optional[Mapping[str, Any]], random_init: bool) -> str:
         return "unknown"
     if card.get("verb") == "train-teacher":
         return "supervised"
+    if card.get("verb") == "import-teacher":
+        return "pretrained"
     names = list(card.get("distillers") or {})
     if float((card.get("loss") or {}).get("ce") or 0) > 0:
         names.append("ce")

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crossmodal.errors import ConfigError
@@ -49,6 +50,10 @@ class Encoder(nn.Module):
             :attr:`weight_notes`.
         input_norm: optional ``(mean, std)``, one value per channel, applied inside :meth:`forward` before the
             backbone (for weights that expect another normalisation than the data loader's).
+        input_size: optional ``(height, width)`` every input is resized to inside :meth:`forward` (bilinear,
+            antialiased when shrinking), after ``input_norm``: a pretrained network fed the resolution it was
+            trained at whatever the data's. Stage maps are then sized by it, not by the data. Checked at
+            construction by one forward at that size.
         **timm_kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ``img_size`` ...).
 
     Raises:
@@ -63,7 +68,8 @@ class Encoder(nn.Module):
 
     def __init__(self, name: str, in_chans: int, num_classes: int = 0, small_input: bool = False,
                  weights: str | os.PathLike | None = None, adapt_input: bool = False,
-                 input_norm: tuple[Sequence[float], Sequence[float]] | None = None, **timm_kwargs: Any) -> None:
+                 input_norm: tuple[Sequence[float], Sequence[float]] | None = None,
+                 input_size: Sequence[int] | None = None, **timm_kwargs: Any) -> None:
         super().__init__()
         if not isinstance(name, str) or not timm.is_model(name):
             raise ConfigError(f"unknown timm model '{name}'")
@@ -86,6 +92,7 @@ class Encoder(nn.Module):
         self.small_input = bool(small_input)
         self.timm_kwargs = dict(timm_kwargs)
         self.input_norm = _checked_norm(input_norm, in_chans)
+        self.input_size = _checked_size(input_size)
         if self.input_norm is not None:
             mean, std = (torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1) for values in self.input_norm)
             self.register_buffer("norm_mean", mean, persistent=False)
@@ -104,8 +111,9 @@ class Encoder(nn.Module):
     def config(self) -> dict[str, Any]:
         """The arguments that rebuild this encoder (without weights): ``Encoder(**encoder.config)``."""
         norm = None if self.input_norm is None else [list(values) for values in self.input_norm]
+        size = {} if self.input_size is None else {"input_size": list(self.input_size)}  # absent: old fingerprints hold
         return dict(name=self.name, in_chans=self.in_chans, num_classes=self.num_classes,
-                    small_input=self.small_input, input_norm=norm, **self.timm_kwargs)
+                    small_input=self.small_input, input_norm=norm, **size, **self.timm_kwargs)
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of everything that determines the outputs: :attr:`config` and every ``state_dict``
@@ -125,6 +133,8 @@ class Encoder(nn.Module):
         info = self.model.feature_info
         channels = tuple(int(stage["num_chs"]) for stage in info)
         reductions = tuple(int(stage["reduction"]) for stage in info)
+        if self.input_size is not None:
+            self._check_input_size(channels)
         if self.small_input:
             was_training = self.model.training
             self.model.eval()
@@ -139,6 +149,24 @@ class Encoder(nn.Module):
         embed_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
         return FeatureSpec(channels, reductions, embed_dim, self.num_classes)
 
+    def _check_input_size(self, channels: Sequence[int]) -> None:
+        """One no-grad forward at ``input_size`` in eval mode: a size the model cannot take (a fixed-size patch
+        embedding, a map shrunk to nothing) is a ConfigError here, not a failure in the middle of a run."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                maps = self.model.forward_intermediates(torch.zeros(1, self.in_chans, *self.input_size),
+                                                        intermediates_only=True)
+        except (RuntimeError, ValueError, AssertionError) as err:
+            height, width = self.input_size
+            raise ConfigError(f"input_size {height}x{width}: timm model '{self.name}' cannot take it "
+                              f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+                              ) from None
+        finally:
+            self.model.train(was_training)
+        self._check_stages(maps, channels)
+
     def _check_stages(self, maps: Sequence[torch.Tensor], channels: Sequence[int]) -> None:
         got = [int(f.shape[1]) for f in maps]
         if got != list(channels):
@@ -149,6 +177,9 @@ class Encoder(nn.Module):
         """Encode a batch (B x in_chans x H x W): every stage map (NCHW), the embedding and the logits."""
         if self.input_norm is not None:
             x = (x - self.norm_mean) / self.norm_std
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            shrinks = x.shape[-2] > self.input_size[0] or x.shape[-1] > self.input_size[1]
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=shrinks)
         final, features = self.model.forward_intermediates(x, intermediates_only=False)
         self._check_stages(features, self.spec.channels)
         embedding = self.model.forward_head(final, pre_logits=True)
@@ -197,6 +228,18 @@ def create_encoder(config: dict[str, Any]) -> Encoder:
     if missing:
         raise ConfigError(f"encoder config lacks {', '.join(missing)}")
     return Encoder(**config)
+
+
+def _checked_size(input_size: Sequence[int] | None) -> tuple[int, int] | None:
+    if input_size is None:
+        return None
+    try:
+        height, width = input_size
+    except (TypeError, ValueError):
+        raise ConfigError(f"input_size must be [height, width], got {input_size!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (height, width)):
+        raise ConfigError(f"input_size must be two positive integers [height, width], got {input_size!r}")
+    return int(height), int(width)
 
 
 def _checked_norm(input_norm: tuple[Sequence[float], Sequence[float]] | None,

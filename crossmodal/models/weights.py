@@ -138,9 +138,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike, adapt_input: bool = 
         >>> load_weights(model, "resnet18_rgb.safetensors", adapt_input=True)
         ['adapted conv1.weight from 3 to 1 input channels', "dropped the file's classifier fc (the model has no head)"]
     """
+    return load_state(model, read_state_dict(path), path, adapt_input=adapt_input, exact=exact)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike, adapt_input: bool = False,
+               exact: bool = False) -> list[str]:
+    """:func:`load_weights` of a state dict already read (``path``: the file it came from, for the messages)."""
     from timm.models._manipulate import adapt_input_conv
 
-    state = read_state_dict(path)
+    state = dict(state)
     own = model.state_dict()
     notes: list[str] = []
     for conv in first_conv_names(model):

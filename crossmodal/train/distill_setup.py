@@ -13,6 +13,7 @@ import torch
 
 from crossmodal import run_folder, runtime
 from crossmodal.config import DistillRunConfig, TeacherSection
+from crossmodal.data.modalities import MODALITIES
 from crossmodal.data.setup import ensure_data, for_loader, modality_channels, open_split, transforms
 from crossmodal.distill import check_options, create_distiller, get_distiller
 from crossmodal.distill.teacher_cache import TeacherFeatureCache
@@ -21,6 +22,7 @@ from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.models.config import encoder_config
 from crossmodal.models.outputs import TeacherNeeds
+from crossmodal.models.pretrained import card_input, renormalisation
 from crossmodal.models.teacher import FrozenTeacher
 from crossmodal.models.weights import check_recorded_config
 from crossmodal.train.distillation import DistillTask, TeacherView
@@ -58,7 +60,8 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
     teacher_config = encoder_config(teacher_encoder_cfg, tm, channels["teacher.modality"], "teacher")
     if teacher_weights is not None:
         against = "teacher.encoder" if teacher_cfg.encoder else "the run's model card"
-        check_recorded_config(teacher_weights, teacher_config, against, TEACHER_KEYS, tm)
+        keys = TEACHER_KEYS if not teacher_cfg.adapt_input else tuple(k for k in TEACHER_KEYS if k != "input_norm")
+        check_recorded_config(teacher_weights, teacher_config, against, keys, tm)  # adapted: renormalised too
     teacher = FrozenTeacher(initialised_encoder(teacher_config, teacher_weights, teacher_cfg.adapt_input, "teacher",
                                                 tm)).to(device)
     if teacher_weights is None and runtime.rank() == 0:
@@ -163,8 +166,11 @@ def teacher_source(teacher_cfg: TeacherSection) -> tuple[dict[str, Any], Optiona
             raise ConfigError(f"teacher.modality: {modality}, but the teacher run {weights} was trained on "
                               f"{trained_on}; drop teacher.modality or set it to {trained_on}")
         inherited = {k: v for k, v in card["encoder"].items() if v is not None}
+        expects = card_input(card, weights)  # an imported network: the input it expects, checked
         if modality != trained_on:  # adapted to another modality: the card's channels and normalisation are not it
             inherited = {k: v for k, v in inherited.items() if k not in ("in_chans", "input_norm")}
+            if expects is not None:  # renormalised for the new modality, as the card says the network expects
+                inherited["input_norm"] = _renormalised(expects, modality)
         encoder = {**inherited, **(encoder or {})}
         weights = run_folder.card_weights(weights, card)
         if os.path.isfile(weights):  # the run's weight file is the one its card describes
@@ -178,6 +184,16 @@ def teacher_source(teacher_cfg: TeacherSection) -> tuple[dict[str, Any], Optiona
         raise ConfigError("teacher.encoder is missing (it may be omitted only when teacher.weights is a "
                           "train-teacher run folder)")
     return dict(encoder), weights, modality
+
+
+def _renormalised(expects: Mapping[str, Any], modality: str) -> Optional[list]:
+    """``input_norm`` that feeds ``modality``'s data to a network expecting the card's ``input`` mean and std."""
+    definition = MODALITIES.get(modality)
+    if definition is None or definition.pixels is None:
+        raise ConfigError(f"teacher.modality: {modality} has no pixel statistics to renormalise for the imported "
+                          f"network (image modalities: rgb, lab_l)")
+    norm = renormalisation((tuple(expects["mean"]), tuple(expects["std"])), definition.pixels, definition.channels)
+    return None if norm is None else [list(values) for values in norm]
 
 
 def _use_cache(mode: str | bool, augment: bool) -> bool:

@@ -30,7 +30,7 @@ def export_encoder(encoder: Encoder, path: str | os.PathLike, modality: str | No
         metadata["modality"] = modality
     with atomic_output(path, suffix=".safetensors") as temporary:
         save_file(state, temporary, metadata=metadata)
-        os.chmod(temporary, 0o666 & ~_umask())  # safetensors creates its files private (0600)
+        os.chmod(temporary, 0o666 & ~current_umask())  # safetensors creates its files private (0600)
 
 
 def finish_run(run_dir: str, verb: str, config: RunConfig, encoder: Encoder, modality: str, train: Sized,
@@ -89,7 +89,8 @@ def load_snippet(encoder: Encoder, weights_name: str) -> str:
     return "\n".join(lines)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
