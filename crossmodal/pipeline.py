@@ -31,6 +31,32 @@ def train_or_reuse(verb: str, config: str, overrides: Sequence[str], run_dir: st
     return run_dir
 
 
+def import_or_reuse(run_dir: str, source: str, say: Say = print, **options: Any) -> str:
+    """``crossmodal import-teacher SOURCE --out RUN_DIR`` with ``options`` (see
+    :func:`~crossmodal.train.import_teacher.import_teacher`), reused when the folder holds its model card."""
+    from crossmodal.train.import_teacher import import_teacher
+
+    if run_folder.is_finished(run_dir):
+        say(f"      reusing the imported teacher {run_dir}")
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    say("      " + import_teacher(source, run_dir, **options).line)
+    return run_dir
+
+
+def initialised_or_reuse(run_dir: str, weights: str, modality: str, say: Say = print) -> str:
+    """A folder holding ``weights``' architecture with its first convolution adapted to ``modality`` and no
+    classifier, not trained (ImageNet initialisation, what RGB-D practitioners start from), reused when there."""
+    from crossmodal.train.import_teacher import initialised_folder
+
+    if run_folder.is_finished(run_dir):
+        say(f"      reusing {run_dir}")
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    initialised_folder(run_dir, weights, modality)
+    return run_dir
+
+
 def probe_or_reuse(path: str, options: Any, say: Say = print) -> dict[str, Any]:
     """``crossmodal probe`` with :class:`~crossmodal.eval.probe_run.ProbeOptions`, its JSON written to (or read
     back from) ``path``; a line per stage goes to ``say`` as it finishes."""

@@ -6,6 +6,10 @@ the one-line refusals of a class split that cannot work.
   labels the teacher never saw. Logit methods (KD, CRD+KD) distil the teacher's subset classes.
 - ``seen-labels`` (the previous releases' protocol): the teacher is trained on every class (and segmentation)
   that the students are then judged on.
+- ``pretrained-teacher`` (the paper's setting): the teacher is a network pretrained at scale elsewhere (ImageNet,
+  imported with ``crossmodal import-teacher``), frozen, that never saw an image or label of the study's data;
+  students are judged on every class (and on the classes the student's modality can see, where a study names
+  them) and by segmentation transfer. Logit methods distil its ImageNet outputs.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from typing import Callable, Optional, Sequence
 
 from crossmodal.errors import CrossmodalError, DataError
 
-PROTOCOLS = ("unseen-labels", "seen-labels")
+PROTOCOLS = ("unseen-labels", "seen-labels", "pretrained-teacher")
+IMAGENET_CLASSES = 1000  # the imported teacher's outputs, which KD's student copies
 
 
 class StudyError(CrossmodalError):
@@ -79,7 +84,9 @@ def add_protocol_arguments(parser) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="unseen-labels",
                         help="unseen-labels (default): the teacher learns a subset of the image classes only, the "
                              "students are judged on labels it never saw; seen-labels: the teacher learns the "
-                             "labels the students are judged on (the previous releases' protocol)")
+                             "labels the students are judged on (the previous releases' protocol); "
+                             "pretrained-teacher: the teacher is ImageNet EfficientNet-Lite0, imported and frozen, "
+                             "that never saw the study's data (the paper's setting)")
     parser.add_argument("--teacher-classes", nargs="+", metavar="CLASS",
                         help="unseen-labels: the teacher's classes (names or ids; default every other class)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -94,6 +101,8 @@ class ClassPlan:
     teacher: Optional[list[str]] = None  # unseen-labels: the teacher's classes
     held_out: Optional[list[str]] = None
     num_classes: Optional[int] = None  # outputs of the teacher's classifier (KD's student needs as many)
+    visible: Optional[list[str]] = None  # pretrained-teacher: the classes the students' modality can tell apart
+    visible_label: str = "visible"
 
     @property
     def unseen(self) -> bool:
@@ -105,16 +114,22 @@ class ClassPlan:
         return [f"task.classes={self.labels or 'null'}"] + subset
 
     def probe_sets(self) -> dict[str, Optional[list[str]]]:
-        return {"held-out": self.held_out, "all": None} if self.unseen else {"all": None}
+        if self.unseen:
+            return {"held-out": self.held_out, "all": None}
+        return {self.visible_label: self.visible, "all": None} if self.visible else {"all": None}
 
     def headlines(self, stage: str, knn_on_all: bool) -> list[Headline]:
-        """Probe headlines: held-out classes first (unseen-labels), then all classes."""
+        """Probe headlines: held-out classes first (unseen-labels) or the visible ones (pretrained-teacher), then
+        all classes."""
         if not self.labels:
             return []
         found = []
         if self.unseen:
             found += [Headline("linear, held-out classes", "probe", "held-out", f"linear:{stage}"),
                       Headline("kNN, held-out classes", "probe", "held-out", f"knn:{stage}")]
+        elif self.visible:
+            found += [Headline(f"linear, {self.visible_label} classes", "probe", self.visible_label, f"linear:{stage}"),
+                      Headline(f"kNN, {self.visible_label} classes", "probe", self.visible_label, f"knn:{stage}")]
         found.append(Headline("linear, all classes", "probe", "all", f"linear:{stage}"))
         if knn_on_all:
             found.append(Headline("kNN, all classes", "probe", "all", f"knn:{stage}"))
@@ -125,14 +140,17 @@ def plan_classes(args, data: str, labels: Optional[str], say: Callable[[str], No
     """The class plan of ``args.protocol`` / ``args.teacher_classes`` on ``data``'s class set ``labels``."""
     from crossmodal.data.format import read_layout
 
-    if args.protocol == "seen-labels" and args.teacher_classes:
+    if args.protocol != "unseen-labels" and args.teacher_classes:
         raise StudyError("--teacher-classes goes with --protocol unseen-labels")
     if labels is None:
         if args.protocol == "unseen-labels":
             raise StudyError("--protocol unseen-labels trains the teacher on image classes, and none are given; "
                              "name a class label set or use --protocol seen-labels")
-        return ClassPlan(args.protocol, None)
+        return ClassPlan(args.protocol, None,
+                         num_classes=IMAGENET_CLASSES if args.protocol == "pretrained-teacher" else None)
     check_label_set(data, labels, "class", "class labels")
+    if args.protocol == "pretrained-teacher":
+        return ClassPlan(args.protocol, labels, num_classes=IMAGENET_CLASSES)
     if args.protocol == "seen-labels":
         return ClassPlan(args.protocol, labels, num_classes=read_layout(data).labels[labels].num_classes)
     teacher, held_out = class_split(data, labels, args.teacher_classes)

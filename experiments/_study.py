@@ -29,7 +29,8 @@ from crossmodal.errors import CrossmodalError  # noqa: E402
 from crossmodal.eval.paired import MIN_SEEDS, compare  # noqa: E402
 from crossmodal.eval.report import render_markdown, summarize, write_report  # noqa: E402
 from crossmodal.files import write_json  # noqa: E402
-from crossmodal.pipeline import probe_or_reuse, segment_or_reuse, train_or_reuse  # noqa: E402
+from crossmodal.pipeline import (import_or_reuse, initialised_or_reuse, probe_or_reuse, segment_or_reuse,  # noqa: E402
+                                 train_or_reuse)
 
 START = time.monotonic()
 STUDY_FORMAT = "crossmodal-study/1"
@@ -37,11 +38,16 @@ FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "rkd", "pkt", "vid", "nst")
 BEST_FEATURE = "best feature method"
 # The pairwise claims a study checks, seed by seed ("A beats B"); BEST_FEATURE is resolved per study.
 CLAIMS = (("crd", "scratch"), ("crd", "kd"), ("crd", "crd-repdistiller"), ("crd+kd", "crd"), ("crd", BEST_FEATURE),
-          ("kd", "scratch"), ("supervised", "crd"))
+          ("kd", "scratch"), ("supervised", "crd"), ("crd", "imagenet"))
+# The pretrained-teacher protocol's two references, evaluated like the students but not distilled: the teacher on
+# its own modality (what there is to transfer) and its architecture initialised from ImageNet for modality B.
+REFERENCES = ("teacher", "imagenet")
 NAMES = {"scratch": "scratch (random init)", "supervised": "supervised on the evaluation's labels (oracle)",
          "kd": "KD", "fitnet": "FitNet", "at": "AT", "sp": "SP", "cc": "CC", "rkd": "RKD", "pkt": "PKT", "vid": "VID",
          "nst": "NST", "crd": "CRD (queue, InfoNCE; ours)",
-         "crd-repdistiller": "CRD (RepDistiller's bank and NCE, bare head)", "crd+kd": "CRD+KD"}
+         "crd-repdistiller": "CRD (RepDistiller's bank and NCE, bare head)", "crd+kd": "CRD+KD",
+         "teacher": "the teacher itself, on modality A (reference)",
+         "imagenet": "ImageNet init of the teacher's network, input conv adapted, not distilled (reference)"}
 
 
 def mean_std(values: Mapping[int, float], separator: str, count: str) -> str:
@@ -51,6 +57,12 @@ def mean_std(values: Mapping[int, float], separator: str, count: str) -> str:
         return "–"
     spread = f"{separator}{100 * stats['std']:.1f}" if stats["std"] is not None else ""
     return f"{100 * stats['mean']:.1f}{spread}{count.format(n=stats['n'])}"
+
+
+def shared_teacher_cache(out: str | Path) -> list[str]:
+    """Distill overrides that share one teacher cache among a study's students (the pretrained teacher is one for
+    every seed and method; the cache is rebuilt only when a method needs outputs it lacks), stage maps in float16."""
+    return [f"teacher.cache_path={Path(out).resolve() / 'teacher_cache.h5'}", "teacher.cache_dtype=float16"]
 
 
 def say(message: str) -> None:
@@ -91,6 +103,16 @@ class Evaluation:
 
 
 @dataclass
+class Pretrained:
+    """The ``pretrained-teacher`` protocol's teacher: a network imported once (``crossmodal import-teacher``),
+    frozen, that never saw an image or label of the study's data. ``modality`` is what it reads (modality A; a
+    luminance teacher has its first convolution summed); ``input_size`` None feeds it its card's size."""
+    source: str = "efficientnet-lite"
+    modality: str = "rgb"
+    input_size: Optional[Sequence[int]] = None
+
+
+@dataclass
 class Study:
     """A teacher on modality A, then one student on modality B per (method, seed), each evaluated."""
     out: str
@@ -108,6 +130,7 @@ class Study:
     seeds: Sequence[int] = (0,)
     supervised_overrides: Optional[list[str]] = None  # train-teacher overrides of the supervised student
     scratch: bool = True
+    pretrained: Optional[Pretrained] = None  # the pretrained-teacher protocol: one imported teacher for every seed
 
     # ------------------------------------------------------------------------------------------- the folder
     @property
@@ -128,7 +151,7 @@ class Study:
         another stops before touching anything. While no teacher has started there, the setting may change (a
         typo corrected after a refused start)."""
         wanted = self.wanted_setting()
-        started = any(Path(self.out).glob("teacher-s*"))
+        started = any(Path(self.out).glob("teacher-*"))
         if self.record_path.exists():
             try:
                 record = json.loads(self.record_path.read_text())
@@ -165,9 +188,31 @@ class Study:
 
     # ------------------------------------------------------------------------------------------- the work
     def teacher(self, seed: int) -> str:
+        if self.pretrained is not None:
+            return self.imported_teacher(self.pretrained.modality)
         say(f"teacher (seed {seed})")
         return train_or_reuse("train-teacher", self.teacher_config,
                               self.teacher_overrides + [f"seed={seed}"], f"{self.out}/teacher-s{seed}", say)
+
+    def imported_teacher(self, modality: str) -> str:
+        """``OUT/teacher-pretrained-MODALITY``, imported once for every seed."""
+        say(f"pretrained teacher ({self.pretrained.source}, reading {modality})")
+        size = self.pretrained.input_size
+        return import_or_reuse(f"{self.out}/teacher-pretrained-{modality}", self.pretrained.source, say,
+                               modality=modality, input_size=None if size is None else list(size))
+
+    def references(self, teacher: str, seed: int) -> None:
+        """The pretrained-teacher protocol's references: the teacher probed on its own modality, and its network
+        initialised from ImageNet with the input convolution adapted to the students' modality (probed, and
+        segmented when the study segments: fine-tuned from that initialisation, or frozen)."""
+        say(f"the teacher on {self.pretrained.modality} (seed {seed})")
+        self.evaluate("teacher", teacher, seed, random_init=False, modality=self.pretrained.modality,
+                      segment=False, features="teacher")
+        rgb = teacher if self.pretrained.modality == "rgb" else self.imported_teacher("rgb")
+        say(f"ImageNet initialisation for {self.student_modality} (seed {seed})")
+        initialised = initialised_or_reuse(f"{self.out}/imagenet-init", f"{rgb}/teacher.safetensors",
+                                           self.student_modality, say)
+        self.evaluate("imagenet", initialised, seed, random_init=False, features="imagenet")
 
     def run(self) -> None:
         """Every seed's steps, then the report; the wall time counts from the script's start (data preparation
@@ -198,6 +243,8 @@ class Study:
                 f"{self.out}/supervised-s{seed}", say)
         for method, run_dir in students.items():
             self.evaluate(method, run_dir, seed, random_init=False)
+        if self.pretrained is not None:
+            self.references(teacher, seed)
         if self.scratch:  # the students' architecture (CRD's: no classifier), randomly initialised with this seed
             self.evaluate("scratch", students.get("crd") or next(iter(students.values())), seed, random_init=True)
 
@@ -207,7 +254,10 @@ class Study:
     def segment_path(self, name: str) -> Path:
         return Path(self.out) / f"segment-{name}" / "segment.json"
 
-    def evaluate(self, method: str, run_dir: str, seed: int, random_init: bool) -> None:
+    def evaluate(self, method: str, run_dir: str, seed: int, random_init: bool, modality: Optional[str] = None,
+                 segment: bool = True, features: Optional[str] = None) -> None:
+        """Probe (and segment) one encoder on ``modality`` (default: the students'); ``features`` names a feature
+        cache shared across seeds (an encoder that does not change with the seed)."""
         from crossmodal.eval.probe_run import ProbeOptions
         from crossmodal.eval.segment import SegmentOptions  # torch and timm: imported once there is work
 
@@ -217,10 +267,11 @@ class Study:
             for probe_set, classes in ev.probe_sets.items():
                 say(f"probe {name} ({probe_set} classes)")
                 probe_or_reuse(str(self.probe_path(probe_set, name)), ProbeOptions(
-                    checkpoint=run_dir, data=self.data, modality=self.student_modality, labels=ev.probe_labels,
-                    classes=classes, stages=ev.probe_stages, random_init=random_init, seed=seed, method=method,
-                    device=ev.device, feature_cache=f"{self.out}/features/{name}", progress=False), say)
-        if ev.segment_labels:
+                    checkpoint=run_dir, data=self.data, modality=modality or self.student_modality,
+                    labels=ev.probe_labels, classes=classes, stages=ev.probe_stages, random_init=random_init,
+                    seed=seed, method=method, device=ev.device,
+                    feature_cache=f"{self.out}/features/{features or name}", progress=False), say)
+        if ev.segment_labels and segment:
             say(f"segmentation transfer {name}")
             options = SegmentOptions(
                 checkpoint=run_dir, data=self.data, labels=ev.segment_labels, modality=self.student_modality,
@@ -254,15 +305,22 @@ class Study:
         return found
 
     def all_seeds(self) -> list[int]:
-        """Every seed with a teacher in the folder (earlier invocations' too)."""
-        return sorted(int(path.name[len("teacher-s"):]) for path in Path(self.out).glob("teacher-s*")
-                      if path.name[len("teacher-s"):].isdigit())
+        """Every seed with a teacher in the folder (earlier invocations' too); under the pretrained-teacher protocol,
+        every seed with a student (the teacher is one for all)."""
+        pattern = "teacher-s*" if self.pretrained is None else "*-s*"
+        seeds = {path.name.rsplit("-s", 1)[1] for path in Path(self.out).glob(pattern)
+                 if path.is_dir() and not path.name.startswith("segment-")}
+        return sorted(int(seed) for seed in seeds if seed.isdigit())
 
     def method_names(self) -> list[str]:
         present = {path.name.rsplit("-s", 1)[0] for path in Path(self.out).glob("*-s*")
                    if path.is_dir() and not path.name.startswith(("teacher-", "segment-"))}
         present |= {"scratch"} if self.scratch else set()
-        order = ["scratch", "supervised", "kd", *FEATURE_METHODS, "crd", "crd-repdistiller", "crd+kd"]
+        if self.pretrained is not None:
+            present |= {name for name in REFERENCES
+                        if any(Path(self.out, "results").glob(f"probe-*-{name}-s*.json"))}
+        order = ["scratch", "supervised", "teacher", "imagenet", "kd", *FEATURE_METHODS, "crd", "crd-repdistiller",
+                 "crd+kd"]
         return [name for name in order if name in present] + sorted(present - set(order))
 
     def summary(self, wall_seconds: float) -> tuple[str, str]:
@@ -278,6 +336,7 @@ class Study:
         for method in methods:
             cells = [mean_std(values, " ± ", " ({n})") for values in table[method]]
             lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+        lines += self.gap_shares(methods, table)
         lines += ["", f"Paired over seeds (same teacher, data and seed in each pair). A - B in points, mean ± std of "
                       f"the per-seed differences, then the seeds where A is ahead. **A** or **B** names the better "
                       f"method when it is ahead in every seed (at least {MIN_SEEDS}) by a mean larger than that std; "
@@ -299,6 +358,26 @@ class Study:
         final = (f"study {self.protocol} [{self.headlines[0].label}]: {' '.join(parts)}; "
                  f"wall={wall_seconds / 60:.1f}min")
         return "\n".join(lines) + "\n", final
+
+    def gap_shares(self, methods: list[str], table: dict) -> list[str]:
+        """Markdown lines: per method, the share of the scratch-to-oracle gap its mean closes on each headline,
+        (method - scratch) / (oracle - scratch) of the means (100%: the oracle's level; none where the oracle is
+        not ahead of scratch)."""
+        if "scratch" not in table or "supervised" not in table:
+            return []
+        means = {m: [summarize(list(values.values()))["mean"] for values in table[m]] for m in methods}
+        rows = []
+        for method in methods:
+            if method in ("scratch", "supervised", "teacher"):  # the teacher reads the other modality
+                continue
+            cells = []
+            for mine, low, high in zip(means[method], means["scratch"], means["supervised"]):
+                ok = None not in (mine, low, high) and high > low
+                cells.append(f"{100 * (mine - low) / (high - low):+.0f}%" if ok else "–")
+            rows.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+        columns = " | ".join(headline.label for headline in self.headlines)
+        return ["", "Share of the scratch-to-oracle gap closed: (method - scratch) / (oracle - scratch), of the means.",
+                "", f"| student | {columns} |", "|---|" + "---|" * len(self.headlines), *rows]
 
     def claims(self, methods: list[str], table: dict) -> list[tuple[str, str]]:
         """CLAIMS among the methods present, the best feature method being the one with the highest mean on the

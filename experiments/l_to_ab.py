@@ -6,6 +6,7 @@ classes the teacher never saw.
     python experiments/l_to_ab.py --preset gpu     # all 50,000 images, resnet18 at full resolution, for one GPU
     python experiments/l_to_ab.py --images stl10.h5   # a user's STL-10 file from `crossmodal prepare stl10`
     python experiments/l_to_ab.py --protocol seen-labels   # the previous releases' protocol
+    python experiments/l_to_ab.py --preset quick --protocol pretrained-teacher   # ImageNet EfficientNet-Lite0 on L
 
 Protocol ``unseen-labels`` (default): the teacher is trained on L (``lab_l``) with the labels of half the
 classes (``--teacher-classes``; default every other class: airplane, bird, deer, frog, ship); students on ab
@@ -13,7 +14,11 @@ classes (``--teacher-classes``; default every other class: airplane, bird, deer,
 outputs). Each student is probed per stage on the held-out classes (the headline: classes the teacher never
 saw) and on all ten (linear probe and kNN, every choice made on a holdout of the train split). ``scratch`` is
 the random initialisation, ``supervised`` an oracle trained on the ab labels of all ten classes.
-Protocol ``seen-labels``: the teacher learns all ten classes, the very labels of the probe.
+Protocol ``seen-labels``: the teacher learns all ten classes, the very labels of the probe. Protocol
+``pretrained-teacher`` (the paper's setting): the teacher is ImageNet EfficientNet-Lite0 reading L (its first
+convolution summed, fed 224 px), imported once and frozen, which never saw CIFAR-10; students are probed on all
+ten classes, beside the teacher's own features on L and its network initialised from ImageNet for ab; the summary
+adds the share of the scratch-to-oracle gap each student closes.
 
 Writes every run, ``OUT/report/report.md`` and ``OUT/report/study.md`` (mean ± std over seeds, paired
 comparisons); finished steps are reused when the command runs again, and the last line printed is
@@ -26,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _study import ROOT, Evaluation, Study, guarded, say
+from _study import ROOT, Evaluation, Pretrained, Study, guarded, say, shared_teacher_cache
 
 from _protocol import add_protocol_arguments, plan_classes
 
@@ -87,8 +92,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, help="default: the preset's")
     parser.add_argument("--out", help="default runs/experiments/l_to_ab-PRESET[-seen-labels]")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--teacher-size", type=int, metavar="PX", help="pretrained-teacher: the teacher's input "
+                                                                       "size (default: its own, 224)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
+    pretrained = args.protocol == "pretrained-teacher"
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     out = Path(args.out or f"runs/experiments/l_to_ab-{args.preset}{suffix}")
     data = prepare(out, preset["per_class"], args.images, args.cifar).resolve()
@@ -108,15 +116,19 @@ def main() -> None:
             f"train.epochs={preset['teacher_epochs']}"],
         distill_config=str(CONFIGS / "demo_distill.yaml"),
         distill_overrides=common + ["teacher.modality=lab_l", "student.modality=lab_ab",
-                                    f"student.encoder={encoder}", f"train.epochs={preset['student_epochs']}"],
+                                    f"student.encoder={encoder}", f"train.epochs={preset['student_epochs']}"]
+        + (shared_teacher_cache(out) if pretrained else []),
         methods=methods,
         evaluation=Evaluation(probe_labels="label", probe_sets=plan.probe_sets(), probe_stages=preset["stages"],
                               device=args.device),
         protocol=args.protocol,
-        setting={"preset": args.preset, "data": str(data), "teacher_classes": plan.teacher},
+        setting={"preset": args.preset, "data": str(data), "teacher_classes": plan.teacher,
+                 **({"teacher_size": args.teacher_size} if pretrained else {})},
         headlines=plan.headlines("embedding", knn_on_all=True), seeds=args.seeds,
         supervised_overrides=common + ["task.classes=label", "task.segmentation=null", "model.modality=lab_ab",
-                                       f"model.encoder={encoder}", f"train.epochs={preset['student_epochs']}"])
+                                       f"model.encoder={encoder}", f"train.epochs={preset['student_epochs']}"],
+        pretrained=Pretrained(modality="lab_l", input_size=args.teacher_size and [args.teacher_size] * 2)
+        if pretrained else None)
     study.run()
 
 

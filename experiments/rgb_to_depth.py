@@ -6,13 +6,18 @@ CRD+KD, judged by segmentation transfer and probes of labels the teacher never s
     python experiments/rgb_to_depth.py --data nyu.h5 --segment-labels seg13 --class-labels scene
     python experiments/rgb_to_depth.py --nyu-mini ../shared/data/nyu_mini --protocol seen-labels --seeds 0
     python experiments/rgb_to_depth.py --protocol seen-labels   # the previous releases' protocol
+    python experiments/rgb_to_depth.py --protocol pretrained-teacher   # ImageNet EfficientNet-Lite0 as the teacher
 
 Protocol ``unseen-labels`` (default): the RGB teacher learns the image classes of half the classes
 (``--teacher-classes``; default every other class) and never the segmentation; depth students are distilled
 from it without labels (KD and CRD+KD over its subset outputs) and judged by segmentation transfer and by linear
 and kNN probes of the held-out classes (and of all classes). ``supervised`` is an oracle trained on the
 evaluation's labels, ``scratch`` the random initialisation. Protocol ``seen-labels``: the teacher learns every
-class and the segmentation the students are judged on.
+class and the segmentation the students are judged on. Protocol ``pretrained-teacher`` (the paper's setting):
+the teacher is ImageNet EfficientNet-Lite0 (``crossmodal import-teacher efficientnet-lite``, fed 224 px), frozen,
+which never saw the scenes; students are judged on every class, on the five shape classes depth can see (the
+five cabinets differ only in colour) and by segmentation transfer, beside two references: the teacher's own
+features probed on RGB, and its network initialised from ImageNet with the first convolution summed for depth.
 
 ``--data`` takes a user's NYU-Depth V2 file from ``crossmodal prepare nyu`` (``seg13`` or ``seg40``; its
 ``scene`` labels give the teacher its classes). Writes every run, ``OUT/report/report.md`` (tables, plots) and
@@ -27,9 +32,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _study import ROOT, Evaluation, Study, guarded, say
+from _study import ROOT, Evaluation, Pretrained, Study, guarded, say, shared_teacher_cache
 
 from _protocol import Headline, add_protocol_arguments, check_label_set, plan_classes
+
+from crossmodal.data.format import read_layout
 
 
 CONFIGS = ROOT / "crossmodal" / "configs"
@@ -58,9 +65,20 @@ ALL_METHODS = {
     "crd+kd": ["distill.name=crd+kd", "distill.options.crd+kd={crd: {feat_dim: 128, num_negatives: 1024, "
                                       "memory: queue, objective: info_nce}}"],
 }
+QUEUE = "memory: queue, objective: info_nce"
+# Variants of our CRD, to find out what limits it (the README's pretrained-teacher section): temperature, negatives,
+# head and epochs, each one change from the demo's recipe (feat_dim 128, 1,024 negatives, T 0.07, BN heads)
+ALL_METHODS.update({
+    "crd-t0.2": [f"distill.options.crd={{feat_dim: 128, num_negatives: 1024, {QUEUE}, temperature: 0.2}}"],
+    "crd-k256": [f"distill.options.crd={{feat_dim: 128, num_negatives: 256, {QUEUE}}}"],
+    "crd-bare-head": [f"distill.options.crd={{feat_dim: 128, num_negatives: 1024, {QUEUE}, head_batchnorm: false}}"],
+    "crd-2x-epochs": ["train.epochs=20"],
+})
 # AT, the weakest in the previous release's table, is left out of the default to fit three seeds on 2 cores
 DEFAULT_METHODS = ["kd", "fitnet", "crd", "crd-repdistiller", "crd+kd"]
 NEEDS_LOGITS = ("kd", "crd+kd")
+# The synthetic scenes' classes told apart by shape, which depth can see (the five cabinets differ only in colour)
+SHAPE_CLASSES = ["box", "ball", "barrel", "table", "cone"]
 
 
 def nyu_mini(source: Path, out: Path) -> Path:
@@ -99,9 +117,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default runs/experiments/rgb_to_depth-PRESET[-seen-labels] "
                                                     "(or -nyu_mini)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--teacher-size", type=int, metavar="PX", help="pretrained-teacher: the teacher's input "
+                                                                       "size (default: its own, 224)")
     args = parser.parse_args()
     preset = dict(PRESETS[args.preset])
     classes = None if args.class_labels == "none" else args.class_labels
+    pretrained = args.protocol == "pretrained-teacher"
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     if args.nyu_mini:  # a smoke run of the real-data path: no claim from 10 frames
         if args.protocol == "unseen-labels":
@@ -128,12 +149,14 @@ def main() -> None:
     data = data.resolve()
     check_label_set(str(data), seg, "segmentation", "--segment-labels")
     plan = plan_classes(args, str(data), classes, say)
+    if pretrained and classes and set(SHAPE_CLASSES) <= set(read_layout(str(data)).labels[classes].class_names):
+        plan.visible, plan.visible_label = SHAPE_CLASSES, "shape"
     device = [f"device={args.device}", "train.progress=false"]
     # unseen-labels: image classes of a subset only, never the segmentation; seen-labels: every label
     teacher_task = plan.teacher_task() + [f"task.segmentation={'null' if plan.unseen else seg}"]
     oracle_task = [f"task.classes={classes or 'null'}", f"task.segmentation={seg}"]
     names = args.methods or preset.get("methods", DEFAULT_METHODS)
-    methods = {name: list(ALL_METHODS[name]) for name in names if classes or name not in NEEDS_LOGITS}
+    methods = {name: list(ALL_METHODS[name]) for name in names if classes or pretrained or name not in NEEDS_LOGITS}
     methods.update({name: methods[name] + [f"student.encoder.num_classes={plan.num_classes}"]
                     for name in NEEDS_LOGITS if name in methods})  # KD's student: the teacher's classes
     if len(methods) < len(names):
@@ -147,7 +170,8 @@ def main() -> None:
         teacher_overrides=[f"data.path={data}", f"train.epochs={preset['teacher_epochs']}"]
         + teacher_task + device + batch,
         distill_config=str(CONFIGS / "demo_distill.yaml"),
-        distill_overrides=[f"data.path={data}", f"train.epochs={preset['student_epochs']}"] + device + batch,
+        distill_overrides=[f"data.path={data}", f"train.epochs={preset['student_epochs']}"] + device + batch
+        + (shared_teacher_cache(out) if pretrained else []),
         methods=methods,
         evaluation=Evaluation(probe_labels=classes, probe_sets=plan.probe_sets(), probe_stages=[-1],
                               segment_labels=seg, segment_protocols=protocols,
@@ -157,10 +181,12 @@ def main() -> None:
         protocol=args.protocol,
         setting={"preset": "nyu-mini" if args.nyu_mini else args.preset, "data": str(data),
                  "teacher_classes": plan.teacher, "class_labels": classes, "segment_labels": seg,
-                 "segment_protocols": sorted(protocols)},
+                 "segment_protocols": sorted(protocols), **({"teacher_size": args.teacher_size} if pretrained else {})},
         headlines=headlines + plan.headlines("embedding", knn_on_all=False), seeds=args.seeds,
         supervised_overrides=[f"data.path={data}", f"train.epochs={preset['student_epochs']}",
-                              "model.modality=depth", "data.augment=false"] + oracle_task + device + batch)
+                              "model.modality=depth", "data.augment=false"] + oracle_task + device + batch,
+        pretrained=Pretrained(modality="rgb", input_size=args.teacher_size and [args.teacher_size] * 2)
+        if pretrained else None)
     study.run()
 
 

