@@ -22,8 +22,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# The whole flow on generated RGB-D scenes: RGB teacher, CRD depth student vs scratch, probes, segmentation,
-# report in runs/demo/ (about 11 minutes on 2 CPU cores; finished steps are reused on a rerun).
+# The whole flow on generated RGB-D scenes: an ImageNet RGB teacher, a CRD depth student vs scratch, probes and
+# segmentation over three seeds, report in runs/demo/ (about 5.5 minutes on 2 CPU cores; finished steps are reused).
 demo: $(VENV)/.installed
 	$(PY) -m crossmodal demo --out runs/demo
 

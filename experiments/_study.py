@@ -47,7 +47,11 @@ NAMES = {"scratch": "scratch (random init)", "supervised": "supervised on the ev
          "nst": "NST", "crd": "CRD (queue, InfoNCE; ours)",
          "crd-repdistiller": "CRD (RepDistiller's bank and NCE, bare head)", "crd+kd": "CRD+KD",
          "teacher": "the teacher itself, on modality A (reference)",
-         "imagenet": "ImageNet init of the teacher's network, input conv adapted, not distilled (reference)"}
+         "imagenet": "ImageNet init of the teacher's network, input conv adapted, not distilled (reference)",
+         "crd-t0.2": "CRD, temperature 0.2 (0.07)", "crd-k256": "CRD, 256 negatives (1,024)",
+         "crd-bare-head": "CRD, bare linear heads (BN heads)", "crd-2x-epochs": "CRD, 20 epochs (10)",
+         "crd-imagenet-init": "CRD on the teacher's network initialised from ImageNet",
+         "crd-imagenet-init-lr0.01": "CRD on the teacher's network initialised from ImageNet, lr 0.01 (0.1)"}
 
 
 def mean_std(values: Mapping[int, float], separator: str, count: str) -> str:

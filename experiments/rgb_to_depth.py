@@ -34,7 +34,7 @@ from pathlib import Path
 
 from _study import ROOT, Evaluation, Pretrained, Study, guarded, say, shared_teacher_cache
 
-from _protocol import Headline, add_protocol_arguments, check_label_set, plan_classes
+from _protocol import Headline, StudyError, add_protocol_arguments, check_label_set, plan_classes
 
 from crossmodal.data.format import read_layout
 
@@ -74,6 +74,9 @@ ALL_METHODS.update({
     "crd-bare-head": [f"distill.options.crd={{feat_dim: 128, num_negatives: 1024, {QUEUE}, head_batchnorm: false}}"],
     "crd-2x-epochs": ["train.epochs=20"],
 })
+# CRD on a student of the teacher's architecture initialised from ImageNet (first convolution summed for depth), at
+# the recipe's learning rate and at a tenth of it (a rate for a pretrained encoder)
+IMAGENET_INIT = {"crd-imagenet-init": [], "crd-imagenet-init-lr0.01": ["optim.lr=0.01"]}
 # AT, the weakest in the previous release's table, is left out of the default to fit three seeds on 2 cores
 DEFAULT_METHODS = ["kd", "fitnet", "crd", "crd-repdistiller", "crd+kd"]
 NEEDS_LOGITS = ("kd", "crd+kd")
@@ -113,7 +116,8 @@ def main() -> None:
                         help="segmentation transfer protocols (default: the preset's)")
     parser.add_argument("--nyu-mini", type=Path, help="smoke run on the folder of 10 real NYU frames (they "
                                                       "carry no image classes: --protocol seen-labels)")
-    parser.add_argument("--methods", nargs="+", choices=list(ALL_METHODS), help=f"default: {DEFAULT_METHODS}")
+    parser.add_argument("--methods", nargs="+", choices=[*ALL_METHODS, *IMAGENET_INIT],
+                        help=f"default: {DEFAULT_METHODS}")
     parser.add_argument("--out", default=None, help="default runs/experiments/rgb_to_depth-PRESET[-seen-labels] "
                                                     "(or -nyu_mini)")
     parser.add_argument("--device", default="auto")
@@ -156,7 +160,15 @@ def main() -> None:
     teacher_task = plan.teacher_task() + [f"task.segmentation={'null' if plan.unseen else seg}"]
     oracle_task = [f"task.classes={classes or 'null'}", f"task.segmentation={seg}"]
     names = args.methods or preset.get("methods", DEFAULT_METHODS)
-    methods = {name: list(ALL_METHODS[name]) for name in names if classes or pretrained or name not in NEEDS_LOGITS}
+    methods = {name: list(ALL_METHODS[name]) for name in names
+               if name in ALL_METHODS and (classes or pretrained or name not in NEEDS_LOGITS)}
+    for name in set(names) & set(IMAGENET_INIT):  # the teacher's network from ImageNet, then CRD
+        if not pretrained:
+            raise StudyError(f"--methods {name}: initialises from the imported teacher, under --protocol "
+                             f"pretrained-teacher")
+        methods[name] = [f"student.weights={out.resolve() / 'teacher-pretrained-rgb' / 'teacher.safetensors'}",
+                         "student.adapt_input=true", "student.encoder={name: tf_efficientnet_lite0}",
+                         *IMAGENET_INIT[name]]
     methods.update({name: methods[name] + [f"student.encoder.num_classes={plan.num_classes}"]
                     for name in NEEDS_LOGITS if name in methods})  # KD's student: the teacher's classes
     if len(methods) < len(names):

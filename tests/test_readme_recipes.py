@@ -36,7 +36,8 @@ NOT_RUN = {
 }
 # What the recipes say they make (in their comments or arguments), checked once all have run.
 PRODUCTS = ["nyu.h5", "stl10.h5", "pairs.h5", "pairs_csv.h5", "pairs_split.h5", "cifar10.h5", "synthetic.h5",
-            "grid.png",
+            "grid.png", "teachers/lite0/model_card.json", "teachers/lite0-l/model_card.json",
+            "teachers/r18/model_card.json", "runs/lite0-crd/config.yaml",
             "runs/teacher/config.yaml", "runs/student/config.yaml", "runs/student/probe.json",
             "runs/scratch-1/probe.json", "runs/student/segment-seg-both", "runs/report/report.md",
             "runs/report/report.json", "runs/report/segmentation_miou.png"]
@@ -75,6 +76,10 @@ def _inputs(folder: Path, shared: Path) -> None:
         f"{i},my_pairs/{i}_rgb.png,my_pairs/{i}_depth.png\n" for i in ids))
     (folder / "cifar10-jpeg.zip").symlink_to(shared / "cifar10" / "cifar10-jpeg.zip")
     (folder / "experiments").symlink_to(ROOT / "experiments")
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), folder / "resnet18.pth")  # a user's checkpoint
 
 
 def test_readme_commands_parse_continuations_comments_and_options():

