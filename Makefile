@@ -31,7 +31,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest tests
 
 # The numerics-sensitive tests (marker `numerics`) again under each CPU kernel level this machine can run
-# (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA: default, avx2, avx512): about 4 minutes.
+# (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ONEDNN_MAX_CPU_ISA: default, avx2, avx512): about 4.5 minutes.
 test-kernels: $(VENV)/.installed
 	$(PY) tests/kernel_passes.py
 
