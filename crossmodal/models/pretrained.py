@@ -176,11 +176,20 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
-def classifier_size(state: Mapping[str, torch.Tensor], architecture: str) -> int:
-    """The number of classes of a state dict under timm's names (its classifier's rows; 0: it has none)."""
+def pretrained_cfg(architecture: str) -> dict[str, Any]:
+    """timm's default ``pretrained_cfg`` of ``architecture`` (input size, mean, std, first_conv, classifier), read
+    from timm's registry without building the model."""
     import timm
 
-    classifier = timm.create_model(architecture, pretrained=False, num_classes=1).pretrained_cfg.get("classifier")
+    cfg = timm.models.get_pretrained_cfg(architecture)
+    if cfg is None:  # a model registered without a default cfg: build it once to ask
+        return dict(timm.create_model(architecture, pretrained=False).pretrained_cfg)
+    return cfg.to_dict()
+
+
+def classifier_size(state: Mapping[str, torch.Tensor], architecture: str) -> int:
+    """The number of classes of a state dict under timm's names (its classifier's rows; 0: it has none)."""
+    classifier = pretrained_cfg(architecture).get("classifier")
     for name in ((classifier,) if isinstance(classifier, str) else classifier or ()):
         weight = state.get(f"{name}.weight")
         if weight is not None and weight.ndim >= 2:
@@ -190,9 +199,7 @@ def classifier_size(state: Mapping[str, torch.Tensor], architecture: str) -> int
 
 def default_input(architecture: str) -> tuple[tuple[int, int], Norm]:
     """timm's ``pretrained_cfg`` of ``architecture``: its input size and its (mean, std) of [0, 1] pixels."""
-    import timm
-
-    cfg = timm.create_model(architecture, pretrained=False, num_classes=1).pretrained_cfg
+    cfg = pretrained_cfg(architecture)
     _, height, width = cfg["input_size"]
     return (int(height), int(width)), (tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"])))
 

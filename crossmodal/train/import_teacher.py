@@ -27,9 +27,8 @@ from crossmodal.data.modalities import MODALITIES
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.models.encoder import Encoder
 from crossmodal.models.pretrained import (LITE_STATED_BY, LITE_STATED_TOP1, classifier_size, default_input,
-                                          file_digest, get_source, owning_distribution, reference_logits,
-                                          renormalisation)
-from crossmodal.models.small_input import first_conv_names
+                                          file_digest, get_source, owning_distribution, pretrained_cfg,
+                                          reference_logits, renormalisation)
 from crossmodal.models.weights import load_state, read_state_dict
 from crossmodal.train.export import current_umask, export_encoder, load_snippet
 
@@ -131,9 +130,8 @@ def _expected_input(architecture: str, input_size: Optional[Sequence[int]], mean
 
 
 def _file_channels(state: dict[str, torch.Tensor], architecture: str, path: str) -> int:
-    import timm
-
-    for name in first_conv_names(timm.create_model(architecture, pretrained=False)):
+    first = pretrained_cfg(architecture).get("first_conv") or ()
+    for name in (first,) if isinstance(first, str) else first:
         weight = state.get(f"{name}.weight")
         if weight is not None and weight.ndim == 4:
             return int(weight.shape[1])
