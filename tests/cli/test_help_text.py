@@ -56,3 +56,36 @@ def test_converter_help_keeps_its_paragraphs_lists_and_literal_blocks():
 ], ids=["roles", "titled-roles", "literals", "literal-block", "doctest", "no-markup"])
 def test_plain(text, expected):
     assert plain(text) == expected
+
+
+def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every parser of the command tree: crossmodal, each verb, each prepare source (and any deeper level)."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, path + (name,))
+
+
+PARSERS = list(_parsers(build_parser()))
+GARBAGE = ("{'option_strings'", "<argparse.", "%(", "%%")
+
+
+def test_the_tree_holds_every_verb_and_prepare_source():
+    paths = {path for path, _ in PARSERS}
+    assert {(verb,) for verb in _verbs()} <= paths
+    assert {("prepare", source) for source in data_prep.CONVERTERS} <= paths
+
+
+@pytest.mark.parametrize("path, parser", PARSERS, ids=[" ".join(path) or "crossmodal" for path, _ in PARSERS])
+def test_help_renders_through_argparse_without_format_garbage(path, parser):
+    """argparse expands each argument's help with ``%``: a stray one raises, or prints the argument's dict
+    (``about 20{'option_strings': ...}maller`` was the --compression help of every prepare source)."""
+    text = parser.format_help()  # raises ValueError/TypeError on a malformed % in any help text
+    leaked = [marker for marker in GARBAGE if marker in text]
+    assert not leaked, f"crossmodal {' '.join(path)} --help shows {leaked}:\n{text}"
+
+
+def test_compression_help_says_twenty_percent():
+    text = " ".join(cli("prepare", "synthetic", "--help").stdout.split())
+    assert "Blosc Zstd + bit shuffle: about 20% smaller, slower to read" in text
