@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import zlib
 from typing import Any, Mapping
 
 import h5py
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossmodal.cache_key import data_parts, digest
+from crossmodal.checksums import crc32 as _crc32
 from crossmodal.data.dataset import PairedDataset, collate
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import atomic_output
@@ -264,11 +264,6 @@ def _damaged(name: str) -> str:
 def _checksum_failed(err: OSError) -> bool:
     """Whether a failed read is a chunk failing its Fletcher-32 checksum (the arrays' only filter)."""
     return "filter" in str(err).lower()
-
-
-def _crc32(array: np.ndarray, value: int = 0) -> int:
-    """``value`` carried on over ``array``'s bytes in row order."""
-    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), value)
 
 
 def _checksum(dataset: h5py.Dataset) -> int:
