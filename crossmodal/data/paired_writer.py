@@ -16,7 +16,7 @@ from crossmodal.data.codecs import DEFAULT_CODEC, dataset_filters, quantize
 from crossmodal.data.format import (DEFAULT_IGNORE_INDEX, DEPTH_KINDS, DEPTH_STORAGE, FORMAT_NAME, FORMAT_VERSION,
                                     MODALITY_DTYPES, read_layout)
 from crossmodal.errors import DataError
-from crossmodal.files import exclusive_lock, os_reason, remove_stale_temporaries, temporary_name
+from crossmodal.files import exclusive_lock, os_reason, place_error, remove_stale_temporaries, temporary_name
 
 
 class PairedWriter:
@@ -134,7 +134,9 @@ class PairedWriter:
             yield
             if self._file is not None and self._file.id.valid:
                 self._file.flush()
-        except OSError as err:
+        except Exception as err:  # HDF5's flush says RuntimeError("... errno = 28 ...") for a full disk
+            if isinstance(err, DataError) or not (isinstance(err, OSError) or place_error(err)):
+                raise
             self._discard()
             raise DataError(self.out, f"cannot write it: "
                                       f"{os_reason(err)}") from None
@@ -149,7 +151,7 @@ class PairedWriter:
         try:
             if self._file is not None and self._file.id.valid:
                 self._file.close()
-        except OSError:
+        except (OSError, RuntimeError):  # HDF5 says either when the disk is still full
             pass
         if self.tmp.exists():
             self.tmp.unlink()
