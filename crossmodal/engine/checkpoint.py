@@ -3,7 +3,13 @@
 A checkpoint is one ``torch.save``-d dict of tensors and plain values (so ``torch.load(weights_only=True)``
 reads it): the trainable modules' state (student, heads, every distiller's banks and normalisation
 constants, its sampler's generator), the optimizer, the position (epoch, batch within the epoch, step),
-the random states of torch, CUDA, numpy and Python, and the resolved config it was written for.
+the random states of torch, CUDA, numpy and Python, the resolved config it was written for, and the identity of
+its data file (:func:`data_file_identity`), so that a data file regenerated at the same path is not trained on
+as if it were the same.
+
+It is read back only after the CRC-32 of every member of its zip archive is checked
+(:func:`~crossmodal.engine.archive.damaged_member`): torch.load does not check them, and a flipped byte or a
+zeroed disk block would otherwise resume with different weights.
 """
 from __future__ import annotations
 
@@ -16,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossmodal.config import flatten
+from crossmodal.engine.archive import damaged_member
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import atomic_output
-from crossmodal.config import flatten
 
 FORMAT = "crossmodal-checkpoint/1"
 
@@ -47,11 +54,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def save_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, Any], module: nn.Module,
                     optimizer: torch.optim.Optimizer, epoch: int, batch_in_epoch: int, step: int,
-                    extra: Mapping[str, Any] | None = None) -> None:
-    """Write a checkpoint to ``path`` through a temporary name, so a kill mid-write leaves the previous one."""
+                    extra: Mapping[str, Any] | None = None, data_file: Mapping[str, Any] | None = None) -> None:
+    """Write a checkpoint to ``path`` through a temporary name, so a kill mid-write leaves the previous one.
+
+    ``data_file``: the training data file's :func:`data_file_identity`, compared when the run resumes."""
     payload = {"format": FORMAT, "verb": verb, "config": dict(config), "model": module.state_dict(),
                "optimizer": optimizer.state_dict(), "epoch": int(epoch), "batch_in_epoch": int(batch_in_epoch),
-               "step": int(step), "rng": rng_state(), "extra": dict(extra or {})}
+               "step": int(step), "rng": rng_state(), "extra": dict(extra or {}), "data_file": dict(data_file or {})}
     with atomic_output(path) as temporary:
         torch.save(payload, temporary)
 
@@ -72,15 +81,59 @@ def _load_error(err: BaseException, path: str) -> str:
     return sentence if len(sentence) <= 300 else sentence[:297].rsplit(" ", 1)[0] + " ..."
 
 
+def data_file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What tells a regenerated data file from the one a run started on: its size and the ``created`` and
+    ``num_samples`` attributes ``prepare`` writes ({} when there is no such file). Not its modification time, as
+    the teacher cache uses: a data set copied to a node's scratch disk with its run resumes as it should."""
+    try:
+        identity: dict[str, Any] = {"size": os.path.getsize(path)}
+    except OSError:
+        return {}
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            identity.update({key: _plain(handle.attrs[key]) for key in ("created", "num_samples")
+                             if key in handle.attrs})
+    except (OSError, ValueError):
+        pass  # not an HDF5 file: the data loader says so in its words
+    return identity
+
+
+def _plain(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def data_file_change(data_path: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``['data file PATH changed since the checkpoint (created A -> B, size ...)']``, or [] when nothing recorded differs (a
+    checkpoint written before identities were recorded holds none)."""
+    if not saved or not current:
+        return []
+    changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
+               if saved.get(key) != current.get(key)]
+    return [f"data file {data_path} changed since the checkpoint ({', '.join(changed)})"] if changed else []
+
+
 def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, Any],
-                    may_change: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read a checkpoint (``weights_only=True``) and check that it belongs to this verb and config.
+                    may_change: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None,
+                    data_file: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint (``weights_only=True``, its CRC-32s checked first) and check that it belongs to this
+    verb, config and data file (``data_file``: the file's :func:`data_file_identity` now).
 
     Raises:
-        DataError: unreadable, not a crossmodal checkpoint, or written by another verb.
-        ConfigError: written for another config (the first differing keys are named).
+        DataError: unreadable, damaged, not a crossmodal checkpoint, or written by another verb.
+        ConfigError: written for another config or data file (the first differences are named).
     """
     path = os.fspath(path)
+    try:
+        damage = damaged_member(path)
+    except FileNotFoundError:
+        raise DataError(path, "no such checkpoint") from None
+    except OSError as err:
+        raise DataError(path, f"not a readable checkpoint: {err.strerror or err}") from None
+    if damage:
+        raise DataError(path, f"damaged: {damage}; resume from an intact copy, or start the run again")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -94,9 +147,12 @@ def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
     saved_config = payload.get("config")
     if not isinstance(saved_config, dict):
         raise DataError(path, "a damaged checkpoint: it holds no config")
-    differences = config_differences(saved_config, config, may_change, defaults)
+    changed_data = data_file_change(flatten(config).get("data.path", "?"), payload.get("data_file") or {},
+                                    data_file or {})
+    differences = changed_data + config_differences(saved_config, config, may_change, defaults)
     if differences:
-        raise ConfigError(f"{path}: written for another config: {'; '.join(differences[:3])}"
+        against = "another config" if len(differences) > len(changed_data) else "another data file"
+        raise ConfigError(f"{path}: written for {against}: {'; '.join(differences[:3])}"
                           + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""))
     return payload
 

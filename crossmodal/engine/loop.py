@@ -23,8 +23,8 @@ from tqdm import tqdm
 from crossmodal import interrupts, run_folder, runtime
 from crossmodal.config import RESUME_MAY_CHANGE
 from crossmodal.data.dataset import collate
-from crossmodal.engine.checkpoint import (load_checkpoint, load_module_state, rng_state, save_checkpoint,
-                                          set_rng_state)
+from crossmodal.engine.checkpoint import (data_file_identity, load_checkpoint, load_module_state, rng_state,
+                                          save_checkpoint, set_rng_state)
 from crossmodal.engine.metrics_log import MetricsLog, epoch_line
 from crossmodal.engine.optim import build_optimizer
 from crossmodal.engine.sampler import EpochBatchSampler, check_batch_size
@@ -79,6 +79,7 @@ class Trainer:
         self.epochs = self.train_cfg.epochs
         self.metrics = MetricsLog(setup.run_dir, enabled=self.is_main)
         self.checkpoint_path = run_folder.checkpoint_path(setup.run_dir)
+        self.data_file = data_file_identity(self.config.data.path)  # a regenerated file refuses --resume
         self.epoch = self.batch_in_epoch = self.step = 0
         self.lr = 0.0
         self.epoch_sums: dict[str, torch.Tensor] = {}
@@ -301,11 +302,12 @@ class Trainer:
                                                "epoch_batches": self.epoch_batches,
                                                "window_sums": {k: v.cpu() for k, v in self.window_sums.items()},
                                                "window_steps": self.window_steps,
-                                               "rng_per_rank": rng_per_rank})
+                                               "rng_per_rank": rng_per_rank}, data_file=self.data_file)
 
     def _restore(self) -> None:
         payload = load_checkpoint(self.checkpoint_path, verb=self.setup.verb, config=self.config.to_tree(),
-                                  may_change=RESUME_MAY_CHANGE, defaults=type(self.config).defaults())
+                                  may_change=RESUME_MAY_CHANGE, defaults=type(self.config).defaults(),
+                                  data_file=self.data_file)
         load_module_state(self.task, payload["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(payload["optimizer"])
         per_rank = payload["extra"].get("rng_per_rank") or [payload["rng"]]

@@ -1,15 +1,19 @@
 """Checkpoints: exact round trip under weights_only loading, refusal of foreign ones, atomic writes."""
 import os
 import random
+import re
+import struct
+import zipfile
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from crossmodal.errors import ConfigError, DataError
-from crossmodal.engine.checkpoint import (FORMAT, config_differences, load_checkpoint, load_module_state, rng_state,
-                                          save_checkpoint, set_rng_state)
+from crossmodal.engine.checkpoint import (FORMAT, config_differences, data_file_identity, load_checkpoint,
+                                          load_module_state, rng_state, save_checkpoint, set_rng_state)
 
 CONFIG = {"seed": 0, "device": "cpu", "optim": {"lr": 0.1, "betas": [0.9, 0.999]}, "data": {"path": "/d.h5",
           "num_workers": 0, "size": None}, "distill": {"name": ["crd"], "options": {"crd": {"nce_k": 16}}}}
@@ -40,11 +44,12 @@ def trained(seed=0, optimizer_name="sgd"):
     return module, optimizer
 
 
-def save(path, module, optimizer, verb="distill", config=CONFIG, **position):
+def save(path, module, optimizer, verb="distill", config=CONFIG, extra_bank=None, **position):
     position = {"epoch": 2, "batch_in_epoch": 3, "step": 11, **position}
-    save_checkpoint(path, verb=verb, config=config, module=module, optimizer=optimizer,
-                    extra={"epoch_sums": {"loss": torch.tensor(1.5, dtype=torch.float64)}, "epoch_batches": 3},
-                    **position)
+    extra = {"epoch_sums": {"loss": torch.tensor(1.5, dtype=torch.float64)}, "epoch_batches": 3}
+    if extra_bank is not None:
+        extra["bank"] = extra_bank
+    save_checkpoint(path, verb=verb, config=config, module=module, optimizer=optimizer, extra=extra, **position)
 
 
 def one_line(error) -> str:
@@ -261,3 +266,96 @@ def test_a_key_added_by_a_later_version_counts_as_unchanged_at_its_default():
                               defaults=defaults) == ["data.loader: (absent) -> 'device'"]
     assert config_differences(saved, {"seed": 0, "data": {"path": "x.h5", "loader": "workers"}}) == [
         "data.loader: (absent) -> 'workers'"]
+
+
+# ------------------------------------------------------------------ damage the zip's CRC-32s catch (issue 27)
+def member_data_offset(path, suffix):
+    """(member name, file offset of its first data byte) of the archive member whose name ends with ``suffix``."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(info for info in archive.infolist() if info.filename.endswith(suffix))
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+    return info.filename, info.header_offset + 30 + name_length + extra_length
+
+
+def storage_of(path, key):
+    """The storage number of the model tensor ``key`` (torch.save numbers storages in the order it meets them)."""
+    payload = torch.load(path, weights_only=True)
+    return list(payload["model"]).index(key)  # the model's state comes first, one storage per tensor
+
+
+def test_a_flipped_byte_in_a_tensor_is_named_and_refused(tmp_path):
+    """Before: torch.load ignores the zip's CRC-32s and `--resume` went on with a changed weight."""
+    path = tmp_path / "checkpoint.pt"
+    save(path, *trained())
+    member, offset = member_data_offset(path, f"/data/{storage_of(path, 'linear.bias')}")
+    data = bytearray(path.read_bytes())
+    data[offset + 1] ^= 0x10
+    path.write_bytes(data)
+    with pytest.raises(DataError) as error:
+        load_checkpoint(path, verb="distill", config=CONFIG)
+    assert one_line(error) == (f"{path}: damaged: member {member} (tensor model.linear.bias) fails its CRC-32 "
+                               f"check; resume from an intact copy, or start the run again")
+
+
+def test_a_zeroed_4k_block_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save(path, *trained(), extra_bank=torch.randn(4096))
+    data = bytearray(path.read_bytes())
+    data[4096:8192] = bytes(4096)
+    path.write_bytes(data)
+    with pytest.raises(DataError) as error:
+        load_checkpoint(path, verb="distill", config=CONFIG)
+    assert re.fullmatch(rf"{re.escape(str(path))}: damaged: member \S+ (\(tensor \S+\) )?(fails its CRC-32 check|"
+                        rf"cannot be read \(.+\)); resume from an intact copy, or start the run again", one_line(error))
+
+
+def test_a_damaged_pickle_is_named(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save(path, *trained())
+    member, offset = member_data_offset(path, "/data.pkl")
+    data = bytearray(path.read_bytes())
+    data[offset + 40] ^= 0x01
+    path.write_bytes(data)
+    with pytest.raises(DataError) as error:
+        load_checkpoint(path, verb="distill", config=CONFIG)
+    assert one_line(error).startswith(f"{path}: damaged: member {member} fails its CRC-32 check")
+
+
+# ------------------------------------------------------------------ the data file a run started on (issue 27)
+def data_file(path, created, num_samples=40):
+    with h5py.File(path, "w") as handle:
+        handle.attrs["created"] = created
+        handle.attrs["num_samples"] = num_samples
+    return data_file_identity(path)
+
+
+def test_a_regenerated_data_file_refuses_the_resume_and_says_what_changed(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    config = {**CONFIG, "data": {**CONFIG["data"], "path": str(tmp_path / "d.h5")}}
+    first = data_file(tmp_path / "d.h5", "2026-12-06T00:01:02+00:00")
+    save_checkpoint(path, verb="distill", config=config, module=trained()[0], optimizer=trained()[1], epoch=0,
+                    batch_in_epoch=1, step=1, data_file=first)
+    assert load_checkpoint(path, verb="distill", config=config, data_file=first)["data_file"] == first
+    again = data_file(tmp_path / "d.h5", "2026-12-06T00:05:00+00:00", num_samples=80)
+    assert again["size"] == first["size"]  # the attributes tell these two apart; the size is listed when it differs
+    with pytest.raises(ConfigError) as error:
+        load_checkpoint(path, verb="distill", config=config, data_file=again)
+    assert one_line(error) == (
+        f"{path}: written for another data file: data file {tmp_path / 'd.h5'} changed since the checkpoint "
+        f"(created '2026-12-06T00:01:02+00:00' -> '2026-12-06T00:05:00+00:00', num_samples 40 -> 80)")
+    with pytest.raises(ConfigError, match=r"written for another config: data file .* changed since the "
+                                          r"checkpoint \(created .*\); optim.lr: 0.1 -> 0.2$"):
+        load_checkpoint(path, verb="distill", config={**config, "optim": {**CONFIG["optim"], "lr": 0.2}},
+                        data_file=again)
+
+
+def test_a_checkpoint_without_a_data_identity_still_resumes(tmp_path):
+    """Checkpoints written before the identity was recorded, or of data that is no file, are not refused."""
+    path = tmp_path / "checkpoint.pt"
+    save(path, *trained())
+    assert load_checkpoint(path, verb="distill", config=CONFIG, data_file={"size": 3})["step"] == 11
+    assert data_file_identity(tmp_path / "absent.h5") == {}
+    (tmp_path / "plain.bin").write_bytes(b"12345")
+    assert data_file_identity(tmp_path / "plain.bin") == {"size": 5}
