@@ -17,7 +17,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--out, --size, --overwrite and --compression, identical for every source."""
     parser.add_argument("--out", required=True, metavar="FILE.h5", help="the paired HDF5 file to write")
     parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
-                        help="resize every sample to H x W (area for images, nearest for labels and depth)")
+                        help="resize every sample to H x W: images by area (bilinear when enlarging), labels and "
+                             "depth by nearest neighbour (no depth blended across a hole, no class invented)")
     add_output_arguments(parser)
 
 

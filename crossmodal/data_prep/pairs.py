@@ -10,11 +10,16 @@ test pairs spread over the whole source. Modalities are recognised by name:
 
 - ``rgb`` / ``color`` / ``image``: colour, 8 or 16 bit (16-bit scaled to 8);
 - ``depth``, ``raw_depth``: depth, converted to metres with ``--depth-scale`` (16-bit PNG default: millimetres);
-  ``depth`` holes (0) stay 0;
+  holes (0) stay 0, NaN and infinities become holes and are counted (``nonfinite``); a median distance outside
+  1-8 m gets a warning naming the common unit that would fit (:mod:`crossmodal.data_prep.depth_units`);
 - ``label*`` / ``seg*``: segmentation, stored as ``seg<suffix>`` (``label13`` -> ``seg13``); by default the
   NYU convention (0 = void, 1..K = classes, stored as 0..K-1 with void -> 255), ``--label-base 0`` for files
-  whose values already are class ids with 255 as void;
+  whose values already are class ids with 255 as void. Without ``--class-names`` a class is named by its value
+  in the files (``value_1`` is the pixels of value 1), and a line on stderr says how values map to classes;
 - anything else (``thermal``, ``normals`` ...): stored as is, with its own name.
+
+``--size H W`` resizes every sample, whatever its size: colour by area (bilinear when enlarging), depth and
+labels by nearest neighbour, so no depth is blended across a hole and no class is invented at a boundary.
 """
 from __future__ import annotations
 
@@ -31,10 +36,11 @@ from PIL import Image
 
 from crossmodal.argtypes import positive_int
 from crossmodal.data.codecs import DEFAULT_CODEC
-from crossmodal.data.format import DEFAULT_IGNORE_INDEX
+from crossmodal.data.format import DEFAULT_IGNORE_INDEX, DEPTH_STORAGE
 from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep.common import (add_common_arguments, checked_size, read_image, resize_image,
                                          resize_nearest, to_rgb8)
+from crossmodal.data_prep.depth_units import DepthMedian, implausible_depth
 from crossmodal.progress import sample_bar
 from crossmodal.errors import DataError
 
@@ -49,14 +55,17 @@ FILE_PATTERN = re.compile(r"^(?P<id>[^_]+)_(?P<modality>.+)\.(?P<ext>[A-Za-z]+)$
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", required=True, metavar="DIR_OR_CSV", help="the folder of pairs, or a CSV index")
     parser.add_argument("--depth-scale", type=float, default=None, metavar="S",
-                        help="metres per depth unit (default: 0.001 for 16-bit PNG millimetres; "
-                             "required for 8-bit depth)")
+                        help="metres per depth unit (default: 0.001 for 16-bit PNG millimetres, as NYU, "
+                             "ScanNet and most Kinect/RealSense PNGs; 0.0002 for TUM RGB-D; required for "
+                             "8-bit and float depth). A median outside 1-8 m is warned about")
     parser.add_argument("--label-base", type=int, choices=(0, 1), default=1,
                         help="1: label value 0 is void, 1..K are the classes (NYU); 0: values are class ids, "
                              "255 is void (default 1)")
     parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="classes per segmentation set (default: the largest class id seen + 1)")
-    parser.add_argument("--class-names", metavar="FILE", help="a text file with one class name per line")
+    parser.add_argument("--class-names", metavar="FILE",
+                        help="a text file with one class name per line, in the order of the label values "
+                             "(default: value_<v>, named by the value v in the files)")
     parser.add_argument("--split", default=None,
                         help="the split of every row without a split column (default train)")
     parser.add_argument("--test-fraction", type=float, default=None, metavar="F",
@@ -204,26 +213,28 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     """Convert a folder or CSV index of paired image files (see the module docstring).
 
     ``split``: the split of every row without a split column (None: ``train``); ``test_fraction``: instead,
-    ``train`` and ``test`` (see :func:`draw_test_rows`), drawn with ``seed``.
+    ``train`` and ``test`` (see :func:`draw_test_rows`), drawn with ``seed``. With ``size`` every sample is
+    resized (its modalities must still align with each other); without it every sample has the first's size.
     """
     check_test_fraction(test_fraction, split)
+    if depth_scale is not None and not (math.isfinite(depth_scale) and depth_scale > 0):
+        raise DataError("--depth-scale", f"must be a positive number of metres per stored unit, got {depth_scale}")
     ids, modalities, files, splits = index_pairs(src, split or "train", test_fraction, seed)
     stored = {m: _stored_name(m) for m in modalities}
     if len(set(stored.values())) != len(stored):
         raise DataError(src, f"modalities {modalities} map onto the same stored name")
     first = {m: _convert_file(files[ids[0]][m], m, depth_scale, label_base) for m in modalities}
     shapes = {m: array.shape for m, array in first.items()}
-    frame = shapes[modalities[0]][:2]
-    for m, shape in shapes.items():
-        if shape[:2] != frame:
-            raise DataError(files[ids[0]][m], f"is {shape[1]}x{shape[0]}, its pair {frame[1]}x{frame[0]}: "
-                                              f"modalities must align")
+    frame = _aligned_frame(first, files[ids[0]])
     height, width = size or frame
     print("pairs: " + ", ".join(f"{m} -> {stored[m]} ({KIND_WORDS[_kind(m)]})" for m in modalities),
           file=sys.stderr)
     segmentation = [m for m in modalities if _kind(m) == "segmentation"]
-    listed = _listed_class_names(class_names_file, num_classes)
+    listed = _listed_class_names(class_names_file, num_classes, label_base)
     largest = {m: -1 for m in segmentation}
+    depths = {m: DepthMedian() for m in modalities if _kind(m) in DEPTH_NAMES}
+    holes_made = {m: 0 for m in depths}  # NaN / inf written as holes
+    scaled = DEPTH_STORAGE[depth_storage][1] is not None  # the writer makes (and counts) the holes itself
     options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes,
                "test_fraction": test_fraction, "seed": seed if test_fraction is not None else None}
     with PairedWriter(out, len(ids), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
@@ -238,28 +249,77 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
         for row, sample_id in enumerate(sample_bar(ids, len(ids), "pairs")):
             arrays = first if row == 0 else {
                 m: _convert_file(files[sample_id][m], m, depth_scale, label_base) for m in modalities}
+            _aligned_frame(arrays, files[sample_id])
             for m, array in arrays.items():
-                if array.shape != shapes[m]:
-                    raise DataError(files[sample_id][m], f"has shape {array.shape}, the first sample {shapes[m]}")
+                if array.shape[2:] != shapes[m][2:] or (size is None and array.shape != shapes[m]):
+                    hint = "; pass --size H W to resize all" if array.shape[2:] == shapes[m][2:] else ""
+                    raise DataError(files[sample_id][m], f"has shape {array.shape}, the first sample "
+                                                         f"{shapes[m]}{hint}")
                 if m in largest:
                     valid = array[array != DEFAULT_IGNORE_INDEX]
                     largest[m] = max(largest[m], int(valid.max()) if valid.size else -1)
                     if listed is not None and largest[m] >= len(listed):
                         raise DataError(files[sample_id][m], f"has class id {largest[m]}, beyond the "
                                                              f"{len(listed)} classes given")
-            writer.write(row, **{stored[m]: (resize_nearest if m in largest or _kind(m) in DEPTH_NAMES
+                if m in depths:
+                    depths[m].add(array)
+                    holes = ~np.isfinite(array)
+                    holes_made[m] += int(holes.sum())
+                    if not scaled and holes.any():
+                        arrays[m] = np.where(holes, np.float32(0), array)
+            writer.write(row, **{stored[m]: (resize_nearest if m in largest or m in depths  # no blending
                                              else resize_image)(array, size) for m, array in arrays.items()})
+        names = {}
         for m in segmentation:  # without given classes: as many as the largest id seen
             if listed is None and largest[m] < 0:
                 raise DataError(src, f"every '{m}' pixel is void: no classes to store (pass --num-classes)")
-            writer.set_class_names(stored[m], listed if listed is not None else
-                                   [f"class_{i}" for i in range(largest[m] + 1)])
+            names[m] = listed if listed is not None else _value_names(largest[m] + 1, label_base)
+            writer.set_class_names(stored[m], names[m])
         for name in sorted(set(splits)):
             writer.add_split(name, [row for row, s in enumerate(splits) if s == name])
+    for m in segmentation:
+        print(_label_mapping(m, stored[m], names[m], label_base, given=class_names_file is not None),
+              file=sys.stderr)
+    for m, count in holes_made.items():
+        if count:
+            print(f"pairs: {m}: {count} NaN or infinite values written as holes (0)", file=sys.stderr)
+    for m, median in depths.items():
+        warning = implausible_depth(src, m, median.median(), 0.001 if depth_scale is None else depth_scale,
+                                    default=depth_scale is None)
+        if warning:
+            print(f"crossmodal prepare: warning: {warning}", file=sys.stderr)
 
 
-def _listed_class_names(names_file: str | None, num_classes: int | None) -> list[str] | None:
-    """Class names from --class-names, or class_<i> for --num-classes; None to count them from the labels."""
+def _aligned_frame(arrays: dict[str, np.ndarray], paths: dict[str, str]) -> tuple[int, int]:
+    """The (height, width) that every modality of one sample shares; an error naming the one that differs."""
+    (anchor, array), *others = arrays.items()
+    frame = array.shape[:2]
+    for m, other in others:
+        if other.shape[:2] != frame:
+            raise DataError(paths[m], f"is {other.shape[1]}x{other.shape[0]}, its pair "
+                                      f"{os.path.basename(paths[anchor])} {frame[1]}x{frame[0]}: "
+                                      f"modalities must align")
+    return frame
+
+
+def _value_names(num_classes: int, label_base: int) -> list[str]:
+    """Classes named by the value that marks them in the label files: ``value_1`` is a pixel of value 1."""
+    return [f"value_{i + label_base}" for i in range(num_classes)]
+
+
+def _label_mapping(modality: str, stored: str, names: list[str], label_base: int, given: bool) -> str:
+    """One line saying which file value became which stored class id and name, and how to name them."""
+    last = len(names) - 1
+    line = (f"pairs: {modality} -> {stored}: file values {label_base}..{last + label_base} are classes 0..{last} "
+            f"({'0' if label_base else '255'} is void), ")
+    if given:
+        return line + f"named '{names[0]}'..'{names[last]}' from --class-names"
+    return line + (f"named {names[0]}..{names[last]}; --class-names FILE names them "
+                   f"(one per line, in value order)")
+
+
+def _listed_class_names(names_file: str | None, num_classes: int | None, label_base: int) -> list[str] | None:
+    """Class names from --class-names, or value_<v> for --num-classes; None to count them from the labels."""
     if names_file:
         if not os.path.isfile(names_file):
             raise DataError(names_file, "no such file")
@@ -268,7 +328,7 @@ def _listed_class_names(names_file: str | None, num_classes: int | None) -> list
         if num_classes is not None and num_classes != len(listed):
             raise DataError(names_file, f"lists {len(listed)} names, --num-classes says {num_classes}")
         return listed
-    return None if num_classes is None else [f"class_{i}" for i in range(num_classes)]
+    return None if num_classes is None else _value_names(num_classes, label_base)
 
 
 def _read_labels(path: str) -> np.ndarray:
@@ -308,8 +368,7 @@ def _convert_file(path: str, modality: str, depth_scale: float | None, label_bas
             if image.dtype != np.uint16:
                 raise DataError(path, f"{image.dtype} depth needs --depth-scale (metres per unit)")
             scale = 0.001
-        depth = image.astype(np.float32) * np.float32(scale)
-        return np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)[..., None]  # non-finite: a hole
+        return (image.astype(np.float32) * np.float32(scale))[..., None]  # NaN / inf: holes, counted later
     if image.dtype == np.float64:
         image = image.astype(np.float32)
     return image if image.ndim == 3 else image[..., None]

@@ -76,7 +76,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(tmp_path, case):
         expected = "uint8 depth needs --depth-scale"
     elif case == "size differs":
         cv2.imwrite(str(folder / "0010_rgb.png"), np.zeros((5, 9, 3), np.uint8))
-        expected = "0010_rgb.png: has shape (5, 9, 3)"
+        expected = "0010_rgb.png: is 9x5, its pair 0010_depth.png 9x6: modalities must align"
     else:
         for path in folder.iterdir():
             path.unlink()
@@ -200,17 +200,25 @@ def test_label_conventions_class_names_and_palette_pngs(tmp_path):
                 "--num-classes", 2))
 
 
-def test_non_finite_depth_becomes_holes(tmp_path):
+@pytest.mark.parametrize("storage", ["uint16", "float32"])
+def test_non_finite_depth_becomes_counted_holes(tmp_path, storage):
+    """A float TIFF's NaN and infinities are holes, counted in `nonfinite` (docs/format.md) and said on stderr."""
     folder = tmp_path / "pairs"
     folder.mkdir()
     depth = np.full((4, 5), 2.5, np.float32)
     depth[0, 0], depth[1, 1], depth[2, 2] = np.nan, np.inf, -np.inf
-    cv2.imwrite(str(folder / "a_depth.tiff"), depth)
-    run_cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "p.h5", "--depth-scale", 1, check=True)
+    assert cv2.imwrite(str(folder / "a_depth.tiff"), depth)
+    assert np.isnan(cv2.imread(str(folder / "a_depth.tiff"), cv2.IMREAD_UNCHANGED)[0, 0])  # kept by the file
+    result = cli("prepare", "pairs", "--src", folder, "--out", tmp_path / "p.h5", "--depth-scale", 1,
+                 "--depth-storage", storage)
+    assert result.returncode == 0, result.stderr
+    assert "pairs: depth: 3 NaN or infinite values written as holes (0)" in result.stderr.splitlines()
     with h5py.File(tmp_path / "p.h5", "r") as handle:
         stored = read_physical(handle["modalities/depth"], 0)[..., 0]
     assert stored[0, 0] == stored[1, 1] == stored[2, 2] == 0 and (stored[3] == 2.5).all()
-    assert read_layout(tmp_path / "p.h5").modalities["depth"].nonfinite == 0  # the converter already made holes
+    if storage == "uint16":  # the attribute of scaled integers, which `inspect` shows
+        assert read_layout(tmp_path / "p.h5").modalities["depth"].nonfinite == 3
+        assert "3 non-finite written as holes" in cli("inspect", tmp_path / "p.h5").stdout
 
 
 def _rgb_folder(folder, num):
