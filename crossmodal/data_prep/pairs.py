@@ -234,7 +234,7 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     largest = {m: -1 for m in segmentation}
     depths = {m: DepthMedian() for m in modalities if _kind(m) in DEPTH_NAMES}
     holes_made = {m: 0 for m in depths}  # NaN / inf written as holes
-    scaled = DEPTH_STORAGE[depth_storage][1] is not None  # the writer makes (and counts) the holes itself
+    scaled = DEPTH_STORAGE.get(depth_storage, (None, None))[1] is not None  # the writer counts its own holes
     options = {"size": size, "depth_scale": depth_scale, "label_base": label_base, "num_classes": num_classes,
                "test_fraction": test_fraction, "seed": seed if test_fraction is not None else None}
     with PairedWriter(out, len(ids), source=os.path.abspath(src), converter=f"data_prep.{NAME}",
@@ -263,12 +263,9 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
                                                              f"{len(listed)} classes given")
                 if m in depths:
                     depths[m].add(array)
-                    holes = ~np.isfinite(array)
-                    holes_made[m] += int(holes.sum())
-                    if not scaled and holes.any():
-                        arrays[m] = np.where(holes, np.float32(0), array)
-            writer.write(row, **{stored[m]: (resize_nearest if m in largest or m in depths  # no blending
-                                             else resize_image)(array, size) for m, array in arrays.items()})
+                    holes_made[m] += int((~np.isfinite(array)).sum())
+            writer.write(row, **{stored[m]: _resized(array, m, size, holes_by_writer=scaled)
+                                 for m, array in arrays.items()})
         names = {}
         for m in segmentation:  # without given classes: as many as the largest id seen
             if listed is None and largest[m] < 0:
@@ -280,14 +277,22 @@ def convert(src: str, out: str, size: tuple[int, int] | None = None, overwrite: 
     for m in segmentation:
         print(_label_mapping(m, stored[m], names[m], label_base, given=class_names_file is not None),
               file=sys.stderr)
-    for m, count in holes_made.items():
-        if count:
-            print(f"pairs: {m}: {count} NaN or infinite values written as holes (0)", file=sys.stderr)
-    for m, median in depths.items():
+    for m, median in depths.items():  # once the file is written: notes on the data, not errors
+        if holes_made[m]:
+            print(f"pairs: {m}: {holes_made[m]} NaN or infinite values written as holes (0)", file=sys.stderr)
         warning = implausible_depth(src, m, median.median(), 0.001 if depth_scale is None else depth_scale,
                                     default=depth_scale is None)
         if warning:
             print(f"crossmodal prepare: warning: {warning}", file=sys.stderr)
+
+
+def _resized(array: np.ndarray, modality: str, size: tuple[int, int] | None, holes_by_writer: bool) -> np.ndarray:
+    """One modality at ``size``: labels and depth by nearest neighbour (no class invented, no depth blended across
+    a hole), depth's NaN and infinities made holes unless the writer makes (and counts) them as scaled integers."""
+    kind = _kind(modality)
+    if kind in DEPTH_NAMES and not holes_by_writer:
+        array = np.where(np.isfinite(array), array, np.float32(0))
+    return (resize_nearest if kind == "segmentation" or kind in DEPTH_NAMES else resize_image)(array, size)
 
 
 def _aligned_frame(arrays: dict[str, np.ndarray], paths: dict[str, str]) -> tuple[int, int]:
