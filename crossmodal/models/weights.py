@@ -9,7 +9,10 @@ unless the load is ``exact`` (a finished run's weights evaluated as they are). B
 other missing, unexpected or mis-shaped key is an error that names the keys.
 
 Files exported by crossmodal carry their encoder config in their metadata (:func:`stored_config`);
-:func:`config_mismatch` words how it differs from the config a file is loaded as.
+:func:`config_mismatch` words how it differs from the config a file is loaded as. They also carry a CRC-32 per
+tensor (:func:`tensor_crc32s`), checked on every read: safetensors has no checksum of its own, so a zeroed disk
+block would otherwise load as zero weights. Files written before (and other programs' files) load unchecked;
+the zip CRC-32s of a ``torch.save``-d file are checked as a checkpoint's are.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 import pickle
 import re
 import warnings
+import zlib
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -36,6 +40,8 @@ REFUSED_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL (\S+)", re.IGNOREC
 BATCH_COUNTER = "num_batches_tracked"
 # The encoder config keys that decide what a weight file means, in the order a mismatch names them.
 IDENTITY_KEYS = ("name", "in_chans", "num_classes", "small_input", "input_norm")
+# The metadata key of the per-tensor CRC-32s: JSON {tensor: 8 hex digits}.
+CRC_KEY = "crc32"
 
 
 class InputChannelsMismatch(DataError):
@@ -69,13 +75,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise DataError(path, "no such weights file")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            state: Any = load_file(path, device="cpu")
+            with safe_open(path, "pt", device="cpu") as handle:
+                metadata = handle.metadata() or {}
+                state: Any = {key: handle.get_tensor(key) for key in handle.keys()}
         except Exception as err:  # safetensors raises its own error types, and OSError
             raise DataError(path, f"not a readable safetensors file ({_first_line(err)})") from None
+        check_tensor_crc32s(path, state, metadata)
     else:
+        from crossmodal.engine.archive import damaged_member
+
+        damage = damaged_member(path)
+        if damage:
+            raise DataError(path, f"damaged: {damage}; restore an intact copy")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
@@ -100,6 +114,35 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(name.startswith("module.") for name in state):
         state = {name[len("module."):]: value for name, value in state.items()}
     return dict(state)
+
+
+def tensor_crc32s(state: Mapping[str, torch.Tensor]) -> str:
+    """The metadata value recording each tensor's CRC-32 (of its bytes, as safetensors stores them)."""
+    return json.dumps({key: f"{_crc32(value):08x}" for key, value in sorted(state.items())})
+
+
+def check_tensor_crc32s(path: str, state: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Compare the tensors read from ``path`` with the CRC-32s its metadata records (none recorded: nothing
+    to compare, a file written before or by another program).
+
+    Raises:
+        DataError: ``PATH: damaged: tensor KEY fails its CRC-32 check ...``, or unreadable CRC metadata.
+    """
+    if CRC_KEY not in metadata:
+        return
+    try:
+        recorded = json.loads(metadata[CRC_KEY])
+        recorded = {str(key): int(value, 16) for key, value in recorded.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise DataError(path, f"damaged: its {CRC_KEY!r} metadata is not a JSON mapping of hex CRC-32s") from None
+    for key in sorted(state):
+        if key in recorded and _crc32(state[key]) != recorded[key]:
+            raise DataError(path, f"damaged: tensor {key} fails its CRC-32 check; restore an intact copy")
+
+
+def _crc32(tensor: torch.Tensor) -> int:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, adapt_input: bool = False,

@@ -12,20 +12,23 @@ from crossmodal import __version__, run_folder, runtime
 from crossmodal.config import RunConfig
 from crossmodal.files import atomic_output
 from crossmodal.models.encoder import Encoder
+from crossmodal.models.weights import CRC_KEY, tensor_crc32s
 
 
 def export_encoder(encoder: Encoder, path: str | os.PathLike, modality: str | None = None) -> None:
     """Save ``encoder.model``'s state (plain timm keys, contiguous CPU tensors) as safetensors, atomically.
 
     The metadata records the timm name, input channels, the full encoder config and, when given, the modality
-    (so that a file loaded as another encoder is refused in words). Load it with
+    (so that a file loaded as another encoder is refused in words), and a CRC-32 per tensor, checked when the
+    file is read (safetensors has no checksum: a zeroed disk block would load as zero weights). Load it with
     ``timm.create_model(name, pretrained=True, in_chans=C, num_classes=K,
     pretrained_cfg_overlay=dict(file=path, num_classes=K))``, or with ``Encoder(..., weights=path)``.
     """
     state = {key: value.detach().to("cpu").contiguous().clone() for key, value in encoder.model.state_dict().items()}
     metadata = {"timm_name": encoder.name, "in_chans": str(encoder.in_chans),
                 "num_classes": str(encoder.num_classes), "small_input": str(encoder.small_input).lower(),
-                "encoder": json.dumps(encoder.config, sort_keys=True)}  # rebuilds it: Encoder(**config)
+                "encoder": json.dumps(encoder.config, sort_keys=True),  # rebuilds it: Encoder(**config)
+                CRC_KEY: tensor_crc32s(state)}
     if modality is not None:
         metadata["modality"] = modality
     with atomic_output(path, suffix=".safetensors") as temporary:

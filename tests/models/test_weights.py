@@ -1,6 +1,7 @@
 """Weight files: safe reading, timm-compatible adaptation of the stem and head, strict errors that name keys."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -204,3 +205,60 @@ def test_missing_batchnorm_counters_are_taken_from_the_model(source, tmp_path):
     save_file({k: v for k, v in source.items() if k not in counters and k != "bn1.running_mean"}, str(partial))
     with pytest.raises(DataError, match=r"missing keys bn1\.running_mean$"):
         load_weights(timm.create_model(NAME, pretrained=False, num_classes=CLASSES), partial)
+
+
+# ------------------------------------------------------------------ damage a checksum catches (issue 27)
+def zero_block(path, start, length=4096):
+    data = bytearray(path.read_bytes())
+    data[start:start + length] = bytes(length)
+    path.write_bytes(data)
+
+
+def tensor_ranges(path):
+    """{tensor: (first byte, end) in the file}, from the safetensors header."""
+    data = path.read_bytes()
+    header_length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_length])
+    return {key: (8 + header_length + entry["data_offsets"][0], 8 + header_length + entry["data_offsets"][1])
+            for key, entry in header.items() if key != "__metadata__"}
+
+
+def test_a_zeroed_block_in_exported_weights_names_the_tensor(tmp_path):
+    """Before: safetensors has no checksum, and a zeroed 4 KiB block of student.safetensors loaded silently."""
+    from crossmodal.train.export import export_encoder
+
+    path = tmp_path / "student.safetensors"
+    export_encoder(Encoder(NAME, in_chans=1, num_classes=4), path, "depth")
+    assert read_state_dict(path)  # intact: the recorded CRC-32s match
+    ranges = tensor_ranges(path)
+    key, (start, end) = max(ranges.items(), key=lambda item: item[1][1] - item[1][0])  # the largest tensor
+    zero_block(path, start + (end - start) // 2 - 2048)
+    with pytest.raises(DataError) as info:
+        Encoder(NAME, in_chans=1, num_classes=4, weights=path)
+    assert str(info.value) == f"{path}: damaged: tensor {key} fails its CRC-32 check; restore an intact copy"
+
+
+def test_files_without_recorded_crcs_still_load(files, source):
+    """Files exported before the CRC-32s were recorded, and other programs' files, load as they did."""
+    from safetensors import safe_open
+
+    with safe_open(str(files["safetensors"]), "pt") as handle:
+        assert "crc32" not in (handle.metadata() or {})
+    assert read_state_dict(files["safetensors"]).keys() == source.keys()
+
+
+def test_a_flipped_byte_in_a_torch_file_is_named(files, tmp_path):
+    """A torch.save-d weight file: its zip's CRC-32s, which torch.load does not check, are."""
+    import zipfile
+
+    path = tmp_path / "rgb.pth"
+    path.write_bytes(files["pth"].read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda member: member.file_size)  # a large tensor
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little")
+         + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little") + 7] ^= 0x04
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=rf"^{path}: damaged: member {info.filename} \(tensor state_dict\.module\.\S+\) "
+                                        rf"fails its CRC-32 check; restore an intact copy$"):
+        read_state_dict(path)
