@@ -8,8 +8,9 @@ reports of an interrupt are not printed.
 
 SIGTERM (what ``timeout``, ``docker stop`` and cluster schedulers send before killing) is handled like SIGINT:
 :class:`Terminated`, a KeyboardInterrupt, is raised, so every writer removes its temporary file. A training
-run defers it (:func:`deferred_termination`): the step in progress finishes, a checkpoint is saved, and then
-the run stops, so that ``--resume`` continues from the signal.
+run defers both (:func:`deferred_termination`): the step in progress finishes, a checkpoint is saved, and then
+the run stops (:func:`stopped`), so that ``--resume`` continues from the signal. A second Ctrl-C while the
+first is deferred stops at once, as an impatient user expects (the previous checkpoint stays intact).
 """
 from __future__ import annotations
 
@@ -20,13 +21,17 @@ from contextlib import contextmanager
 from typing import Iterator
 
 _requested: str | None = None  # "interrupt" or "terminate"
-_terminate_pending = False
+_pending: str | None = None  # the same, deferred by a training run
 _deferring = 0
 _hook_installed = False
 
 
 class Terminated(KeyboardInterrupt):
     """The process received SIGTERM (the CLI exits with 143, as a process killed by it would)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run after it saved a checkpoint (the CLI prints the message and exits 130)."""
 
 
 def install() -> None:
@@ -43,15 +48,19 @@ def install() -> None:
 
 
 def _interrupt_handler(signum, frame) -> None:
-    global _requested
+    global _requested, _pending
+    if _deferring and _pending is None:
+        _pending = "interrupt"
+        sys.stderr.write("\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again stops at once)\n")
+        return
     _requested = _requested or "interrupt"
     raise KeyboardInterrupt
 
 
 def _terminate_handler(signum, frame) -> None:
-    global _requested, _terminate_pending
+    global _requested, _pending
     if _deferring:
-        _terminate_pending = True
+        _pending = _pending or "terminate"
         return
     _requested = "terminate"
     raise Terminated("terminated (SIGTERM)")
@@ -81,7 +90,8 @@ def check() -> None:
 
 @contextmanager
 def deferred_termination() -> Iterator[None]:
-    """Inside: SIGTERM only sets :func:`termination_pending`, for a loop that stops at its next safe point."""
+    """Inside: SIGTERM and a first Ctrl-C only set :func:`termination_pending`, for a loop that stops at its
+    next safe point (and raises :func:`stopped` there)."""
     global _deferring
     _deferring += 1
     try:
@@ -107,11 +117,19 @@ def unseen_by_new_processes() -> Iterator[None]:
 
 
 def termination_pending() -> bool:
-    """Whether SIGTERM arrived during :func:`deferred_termination` (and was not handled yet)."""
-    return _terminate_pending
+    """Whether SIGTERM or Ctrl-C arrived during :func:`deferred_termination` (and was not handled yet)."""
+    return _pending is not None
+
+
+def stopped(after: str) -> KeyboardInterrupt:
+    """The exception that ends a run stopped by the deferred signal: ``terminated (SIGTERM) AFTER``
+    (:class:`Terminated`, exit 143) or ``interrupted (Ctrl-C) AFTER`` (:class:`Interrupted`, exit 130)."""
+    if _pending == "interrupt":
+        return Interrupted(f"interrupted (Ctrl-C) {after}")
+    return Terminated(f"terminated (SIGTERM) {after}")
 
 
 def reset() -> None:
     """Forget a request (for tests, and for callers that handled the interrupt)."""
-    global _requested, _terminate_pending
-    _requested, _terminate_pending = None, False
+    global _requested, _pending
+    _requested, _pending = None, None

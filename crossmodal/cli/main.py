@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except interrupts.Terminated as err:
         print(f"crossmodal {args.verb}: {err}", file=sys.stderr)
         return 143
-    except KeyboardInterrupt:
-        print(f"crossmodal {args.verb}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # a training run's says where it saved its checkpoint
+        print(f"crossmodal {args.verb}: {err or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as the Python docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

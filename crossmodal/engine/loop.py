@@ -103,7 +103,7 @@ class Trainer:
         previous_handler = self._install_signal()
         record: dict[str, Any] = {}
         try:
-            # SIGTERM (a scheduler's preemption, `timeout`, `docker stop`): finish the step, save, then stop
+            # SIGTERM (a scheduler's preemption, `timeout`, `docker stop`) or Ctrl-C: finish the step, save, stop
             with torch.enable_grad(), interrupts.deferred_termination():
                 while self.epoch < self.epochs:
                     record = self._run_epoch()
@@ -153,7 +153,9 @@ class Trainer:
                    dynamic_ncols=True, unit="step")
         window_start, window_samples = time.perf_counter(), 0
         epoch_start = time.perf_counter()
-        for batch in self._loader(data, self.sampler):
+        with interrupts.unseen_by_new_processes():  # a Ctrl-C to the process group stops no loader worker
+            batches = iter(self._loader(data, self.sampler))
+        for batch in batches:
             interrupts.check()  # a Ctrl-C swallowed inside a callback still stops the run
             logs, samples = self._step(batch)
             window_samples += samples
@@ -246,7 +248,9 @@ class Trainer:
                                     rank=self.rank, world_size=self.world, drop_last=False, pad=False)
         self.task.eval()
         try:
-            batches = (self._to_device(batch) for batch in self._loader(self.setup.eval_data, sampler))
+            with interrupts.unseen_by_new_processes():
+                loaded = iter(self._loader(self.setup.eval_data, sampler))
+            batches = (self._to_device(batch) for batch in loaded)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train_cfg.bf16):
                 return self.task.evaluate(batches)
         finally:
@@ -270,7 +274,7 @@ class Trainer:
         return (scheduled or requested) and self.batch_in_epoch < self.steps_per_epoch  # the epoch's end saves
 
     def _stop_if_terminated(self, saved: bool = False, epoch_end: bool = False) -> None:
-        """After SIGTERM: save a checkpoint at this step (unless one was just saved) and stop the run. Under DDP
+        """After SIGTERM or Ctrl-C: save a checkpoint at this step (unless one was just saved) and stop the run. Under DDP
         the signal may reach only some ranks, so the ranks agree at logging steps and epoch ends (as for
         SIGUSR1)."""
         saved = saved or epoch_end
@@ -285,9 +289,9 @@ class Trainer:
             return
         if not saved:
             self._save()
-        raise interrupts.Terminated(
-            f"terminated (SIGTERM) after saving a checkpoint at step {self.step} (epoch {self.epoch + 1}, batch "
-            f"{self.batch_in_epoch}); --resume {self.setup.run_dir} continues from it")
+        raise interrupts.stopped(
+            f"after saving a checkpoint at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch}); "
+            f"--resume {self.setup.run_dir} continues from it")
 
     def _save(self) -> None:
         self._checkpoint_requested.clear()

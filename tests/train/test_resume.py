@@ -127,17 +127,21 @@ def test_teacher_training_resumes_bit_for_bit(synthetic_file, tmp_path):
     assert {"train_ce", "train_seg_ce", "eval_top1", "eval_miou"} <= set(epochs[-1])
 
 
-def test_sigterm_saves_a_checkpoint_at_the_signal_and_the_run_resumes_bit_for_bit(synthetic_file, tmp_path):
+@pytest.mark.parametrize("option, code, stopped", [("--term-at", 143, "terminated (SIGTERM)"),
+                                                  ("--int-at", 130, "interrupted (Ctrl-C)")])
+def test_sigterm_saves_a_checkpoint_at_the_signal_and_the_run_resumes_bit_for_bit(synthetic_file, tmp_path, option,
+                                                                                  code, stopped):
     """A scheduler's preemption: SIGTERM after step 3 (checkpoints every 2 steps) finishes that step, saves at
-    step 3, exits with 143 and one line; nothing is lost, and the resumed run ends as an uninterrupted one."""
+    step 3, exits with 143 and one line; nothing is lost, and the resumed run ends as an uninterrupted one.
+    Ctrl-C (SIGINT) does the same and exits with 130 (before issue 27 it saved nothing and gave no hint)."""
     overrides = [f"data.path={synthetic_file}", *COMMON, "task.decoder_channels=8"]
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    worker = start_worker("train-teacher", SMOKE_TEACHER, *overrides, "--out", resumed, "--term-at", 3)
+    worker = start_worker("train-teacher", SMOKE_TEACHER, *overrides, "--out", resumed, option, 3)
     run_in_process("train-teacher", SMOKE_TEACHER, overrides, uninterrupted)  # while the worker starts
     terminated = wait(worker)
-    assert terminated.returncode == 143, terminated.stderr
+    assert terminated.returncode == code, terminated.stderr
     assert terminated.stderr.rstrip().splitlines()[-1] == (
-        f"crossmodal train-teacher: terminated (SIGTERM) after saving a checkpoint at step 3 (epoch 1, batch 3); "
+        f"crossmodal train-teacher: {stopped} after saving a checkpoint at step 3 (epoch 1, batch 3); "
         f"--resume {resumed} continues from it")
     assert "Traceback" not in terminated.stderr
     assert load_checkpoint(resumed)["step"] == 3
