@@ -14,7 +14,8 @@
 Steps 4 and 5 are cheap and run for several seeds (probe split and decoder; scratch's random encoder too), so the
 table gives a mean and spread and says in how many seeds CRD is ahead: one CRD student is one draw, and a
 one-seed verdict can flip with the CPU's rounding. Finished steps are reused when the demo runs again into the
-same folder, and an interrupted training step is resumed from its checkpoint; delete the folder to start over.
+same folder, and an interrupted training or segmentation step continues from its checkpoint (so after SIGTERM
+the hint is to run the same command again); delete the folder to start over.
 
 Examples:
     >>> results = run_demo(DemoOptions(out="runs/demo"))

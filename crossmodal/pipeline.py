@@ -72,14 +72,13 @@ def probe_or_reuse(path: str, options: Any, say: Say = print) -> dict[str, Any]:
 
 def segment_or_reuse(options: Any, say: Say = print) -> dict[str, Any]:
     """``crossmodal segment`` with :class:`~crossmodal.eval.segment.SegmentOptions` (``out`` set), reusing
-    ``out/segment.json``; an interrupted run starts over."""
+    ``out/segment.json``; an interrupted run continues from its protocols' checkpoints (run_segment does)."""
     from crossmodal.eval.segment import format_table, run_segment
 
     path = os.path.join(options.out, run_folder.SEGMENT_JSON)
     if os.path.exists(path):
         say(f"      reusing {path}")
         return _read(path)
-    shutil.rmtree(options.out, ignore_errors=True)
     result = run_segment(options)
     say(format_table(result))
     return result

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from crossmodal.argtypes import non_negative_int, positive_int
+from crossmodal.cli.rerun import continued_by_rerun
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -16,8 +17,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
                     "compare it with randomly initialised depth students of the same architecture: a linear probe "
                     "on the scene classes and segmentation transfer (a decoder over each frozen encoder), over "
                     "three probe and decoder seeds. About 6 minutes on 2 CPU cores. Writes DIR/results.json, "
-                    "DIR/report/ and every run; finished steps in DIR are reused and an interrupted training step "
-                    "resumes, so delete DIR to start over.")
+                    "DIR/report/ and every run; finished steps in DIR are reused and an interrupted training or "
+                    "segmentation step continues from its checkpoint when the same command runs again, so "
+                    "delete DIR to start over.")
     parser.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (default runs/demo)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of everything (default 0)")
     parser.add_argument("--num", type=positive_int, default=2000, help="scenes to generate (default 2000)")
@@ -38,8 +40,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from crossmodal.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(out=args.out, seed=args.seed, num=args.num, size=args.size, teacher=args.teacher,
-                         teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                         segment_epochs=args.segment_epochs, eval_seeds=args.eval_seeds, device=args.device,
-                         progress=sys.stderr.isatty()))
+    with continued_by_rerun("demo"):
+        run_demo(DemoOptions(out=args.out, seed=args.seed, num=args.num, size=args.size, teacher=args.teacher,
+                             teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+                             segment_epochs=args.segment_epochs, eval_seeds=args.eval_seeds, device=args.device,
+                             progress=sys.stderr.isatty()))
     return 0

@@ -1,10 +1,14 @@
-"""``crossmodal segment --checkpoint CKPT --data FILE.h5 --labels SEGSET``: segmentation transfer of a student."""
+"""``crossmodal segment --checkpoint CKPT --data FILE.h5 [--labels SEGSET]``: segmentation transfer of a student.
+
+Running the same command again continues it (see :mod:`crossmodal.eval.segment`), so that is the hint printed
+after SIGTERM."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from crossmodal.argtypes import non_negative_int, positive_int
+from crossmodal.cli.rerun import continued_by_rerun
 
 PROTOCOL_CHOICES = ("finetune", "frozen", "both")
 
@@ -17,10 +21,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
                     "mean class accuracy, mIoU over the classes present and per-class IoU, from a confusion "
                     "matrix over the whole split. 'finetune' trains the whole network, 'frozen' only the decoder "
                     "(the encoder's weights and BatchNorm statistics are kept). Writes one training run, a "
-                    "preview PNG per protocol and segment.json into --out.")
+                    "preview PNG per protocol and segment.json into --out. Stopped (SIGTERM, a full disk), the "
+                    "same command run again continues from the last checkpoint; with other settings it is "
+                    "refused.")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="run folder or .safetensors file")
     parser.add_argument("--data", required=True, metavar="FILE.h5", help="the paired file")
-    parser.add_argument("--labels", required=True, metavar="SEGSET", help="its segmentation label set")
+    parser.add_argument("--labels", metavar="SEGSET",
+                        help="its segmentation label set (default: the file's only one)")
     parser.add_argument("--modality", help="input modality (default: the student's; needed for a bare file)")
     parser.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="both", help="default: both")
     parser.add_argument("--random-init", action="store_true",
@@ -39,15 +46,20 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the decoder (and --random-init encoder), data order, augmentation")
     parser.add_argument("--method", help="method name recorded in the JSON (default: from the model card)")
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--train-split", default="train", metavar="SPLIT",
+                        help="the split the decoder is trained on (default train)")
+    parser.add_argument("--test-split", default="test", metavar="SPLIT",
+                        help="the split scored once after the last epoch (default test)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: CKPT/segment-LABELS-PROTOCOL"
                         "[-scratch], or beside a bare file)")
     parser.add_argument("--json", metavar="OUT", help="also write the result JSON here")
-    parser.add_argument("--num-workers", type=non_negative_int, default=0)
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
+                        help="DataLoader worker processes (default 0: read in the main process); may change "
+                             "when the same command continues a stopped run")
     parser.add_argument("--loader", choices=("workers", "device"), default="workers",
                         help="workers: a DataLoader (default); device: the splits held and augmented on --device")
-    parser.add_argument("--decoder-channels", type=positive_int, default=64)
+    parser.add_argument("--decoder-channels", type=positive_int, default=64, metavar="C",
+                        help="width of the segmentation decoder's convolutions (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.set_defaults(handler=_run)
 
@@ -63,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         loader=args.loader,
         decoder_channels=args.decoder_channels, train_split=args.train_split, test_split=args.test_split,
         method=args.method, device=args.device, progress=sys.stderr.isatty())
-    result = run_segment(options)
+    with continued_by_rerun("segment"):
+        result = run_segment(options)
     print(format_table(result))
     for protocol, scores in result["results"].items():
         print(f"  {protocol} preview: {scores['preview']}")

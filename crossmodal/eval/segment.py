@@ -5,11 +5,17 @@ from the same initial weights: ``finetune`` trains encoder and decoder, ``frozen
 encoder's parameters fixed and its BatchNorm statistics kept (eval mode). The test split is then scored once,
 after the last epoch, from a confusion matrix accumulated over the whole split: pixel accuracy, mean class
 accuracy, mIoU over the classes present in the ground truth, and per-class IoU. Nothing is chosen on it.
+
+The output folder's name does not hold a time, so running the same command again finds its protocol folders:
+a protocol stopped after a checkpoint (SIGTERM, a full disk, a killed process) continues from it, as
+``distill --resume`` does and with the engine's bit-for-bit guarantee, and a finished one is only scored again.
+A rerun with other settings is refused, listing each difference by its flag.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -20,11 +26,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from crossmodal import run_folder, runtime
-from crossmodal.config import RunConfig, dump_config
+from crossmodal.config import RESUME_MAY_CHANGE, RunConfig, dump_config, read_yaml
 from crossmodal.data.dataset import collate
 from crossmodal.data.format import LabelInfo, read_layout
 from crossmodal.data.setup import for_loader, modality_channels, open_split, transforms
 from crossmodal.engine import SupervisedTask, Trainer, TrainSetup
+from crossmodal.engine.checkpoint import config_differences
 from crossmodal.engine.confusion import confusion_matrix, per_class_iou, segmentation_scores
 from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError, DataError
@@ -43,6 +50,11 @@ FLAGS = {"train.batch_size": "--batch-size", "train.epochs": "--epochs", "train.
          "optim.lr": "--lr", "data.size": "--size",
          "data.num_workers": "--num-workers", "data.augment": "--augment", "data.loader": "--loader",
          "data.path": "--data", "data.split": "--train-split", "data.eval_split": "--test-split"}
+# The keys of the ``segment`` section of a protocol folder's config.yaml, and the flags that set them (a rerun's
+# differences name the flag); "seed" and "device" are not in FLAGS, whose keys are rewritten inside any message.
+SETTING_FLAGS = {**FLAGS, "seed": "--seed", "device": "--device", "segment.checkpoint": "--checkpoint",
+                 "segment.random_init": "--random-init", "segment.labels": "--labels",
+                 "segment.modality": "--modality", "segment.decoder_channels": "--decoder-channels"}
 _KEY = re.compile(r"(?<![\w.-])'?(" + "|".join(map(re.escape, FLAGS)) + r")'?(?![\w.])")
 
 
@@ -53,7 +65,7 @@ class SegmentOptions:
     Args:
         checkpoint: a run folder or an exported ``.safetensors`` student.
         data: the paired ``.h5`` file.
-        labels: its segmentation label set.
+        labels: its segmentation label set; None: the file's only one.
         modality: the input modality; default: the student's (required for a bare weights file).
         protocols: ``finetune`` and/or ``frozen``.
         random_init: train the same architecture from random weights (the scratch baseline).
@@ -76,7 +88,7 @@ class SegmentOptions:
 
     checkpoint: str
     data: str
-    labels: str
+    labels: Optional[str] = None
     modality: Optional[str] = None
     protocols: Sequence[str] = PROTOCOLS
     random_init: bool = False
@@ -117,10 +129,14 @@ class FrozenEncoderTask(SupervisedTask):
 def run_segment(options: SegmentOptions) -> dict[str, Any]:
     """Train and score every protocol of ``options``; write the output folder and JSON; return the JSON.
 
+    A protocol folder of ``out`` that holds a checkpoint of the same settings continues from it (a finished
+    one is scored again); see the module's docstring.
+
     Raises:
         DataError: a missing checkpoint or data file, a label set or modality the file does not have.
-        ConfigError: a class label set where a segmentation set is needed, an unknown protocol, a bare weights
-            file without ``--modality``, a modality whose channel count does not fit the encoder.
+        ConfigError: a class label set where a segmentation set is needed (or no ``labels`` where the file has
+            several), an unknown protocol, a bare weights file without ``--modality``, a modality whose channel
+            count does not fit the encoder, a protocol folder holding a run of other settings.
 
     Examples:
         >>> result = run_segment(SegmentOptions("runs/student", "nyu.h5", "seg13", epochs=30))
@@ -135,6 +151,7 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
     loaded = load_encoder(options.checkpoint, random_init=options.random_init, seed=options.seed)
     data_path = os.path.abspath(options.data)
     seg_info = segmentation_labels(data_path, options.labels)
+    options = dataclasses.replace(options, labels=seg_info.name)
     splits = read_layout(data_path).splits
     for flag, split in (("--train-split", options.train_split), ("--test-split", options.test_split)):
         if split not in splits:
@@ -165,16 +182,19 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
               "seed": recorded_seed(loaded.card, options.random_init, options.seed), "modality": modality,
               "data": data_path, "labels": options.labels, "train_split": options.train_split, "test_split": options.test_split,
               "epochs": options.epochs, "results": {}}
-    taken = [p for p in options.protocols if run_folder.has_checkpoint(os.path.join(out, p))]
-    if taken:
-        raise ConfigError(f"--out: {os.path.join(out, taken[0])} already holds a run; choose another --out")
+    settings = {protocol: {**config.to_tree(), "segment": {
+        "checkpoint": loaded.source, "random_init": options.random_init, "labels": options.labels,
+        "modality": modality, "protocol": protocol, "decoder_channels": options.decoder_channels}}
+        for protocol in options.protocols}
+    for protocol, tree in settings.items():
+        check_same_settings(os.path.join(out, protocol), tree)
     if options.json_path:
         ensure_folder(os.path.dirname(os.path.abspath(options.json_path)))
     ensure_folder(out)
     with run_folder.lock(out, "segment"), flag_names():  # a second `segment --out` is refused, not raced
         for protocol in options.protocols:
             result["results"][protocol] = run_protocol(protocol, loaded, modality, seg_info, config,
-                                                       os.path.join(out, protocol), options)
+                                                       os.path.join(out, protocol), options, settings[protocol])
         for path in [os.path.join(out, JSON_NAME)] + ([options.json_path] if options.json_path else []):
             write_json(path, result)
     return result
@@ -212,11 +232,35 @@ def flag_message(message: str) -> str:
     return translated
 
 
-def segmentation_labels(data_path: str, labels: str) -> LabelInfo:
-    """The layout of label set ``labels`` in ``data_path``, which must be a segmentation set."""
+def check_same_settings(run_dir: str, settings: Mapping[str, Any]) -> None:
+    """Refuse to continue the run in ``run_dir`` (a protocol folder holding a checkpoint) with other settings
+    than it was started with, listing every difference by its flag; settings that a resumed training run may
+    change (``--device``, ``--num-workers``) are not differences."""
+    if not (run_folder.has_checkpoint(run_dir) and run_folder.is_run(run_dir)):
+        return  # nothing to continue: the protocol starts (over)
+    differences = config_differences(read_yaml(run_folder.config_path(run_dir)), settings, RESUME_MAY_CHANGE)
+    if differences:
+        shown = []
+        for difference in differences:
+            key, change = difference.split(": ", 1)
+            shown.append(f"{SETTING_FLAGS.get(key, key)} {change}")
+        raise ConfigError(f"--out: {run_dir} holds a run started with other settings ({len(shown)} difference"
+                          f"{'s' if len(shown) > 1 else ''}: {'; '.join(shown)}); run the command with its "
+                          f"settings to continue it, or choose another --out")
+
+
+def segmentation_labels(data_path: str, labels: Optional[str]) -> LabelInfo:
+    """The layout of label set ``labels`` in ``data_path``, which must be a segmentation set; None: the file's
+    only segmentation label set."""
     layout = read_layout(data_path)
     segmentation = [name for name, info in layout.labels.items() if info.type == "segmentation"]
     offered = f"its segmentation label sets: {', '.join(segmentation) or 'none'}"
+    if labels is None:
+        if len(segmentation) != 1:
+            raise ConfigError(f"--labels: {data_path} has {'no' if not segmentation else 'several'} segmentation "
+                              f"label sets{'' if not segmentation else ' (' + ', '.join(segmentation) + ')'}; "
+                              f"{'give --labels' if not segmentation else 'choose one with --labels'}")
+        labels = segmentation[0]
     info = layout.labels.get(labels)
     if info is None:
         raise DataError(data_path, f"no label set '{labels}' (--labels); {offered}")
@@ -227,8 +271,11 @@ def segmentation_labels(data_path: str, labels: str) -> LabelInfo:
 
 
 def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: LabelInfo,
-                 config: RunConfig, run_dir: str, options: SegmentOptions) -> dict[str, Any]:
-    """One protocol's training run in ``run_dir``, its test scores and its preview; returns its JSON entry."""
+                 config: RunConfig, run_dir: str, options: SegmentOptions,
+                 settings: Mapping[str, Any]) -> dict[str, Any]:
+    """One protocol's training run in ``run_dir`` (continued when the folder holds a start of it; ``settings``
+    is its config.yaml), its test scores and its preview; returns its JSON entry."""
+    started = run_folder.is_run(run_dir)
     ensure_folder(run_dir)
     device = runtime.resolve_device(config.device)
     train_transform, eval_transform = transforms(config.data)
@@ -243,12 +290,9 @@ def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: 
                       decoder_channels=options.decoder_channels)
     trainer = Trainer(TrainSetup("segment", config, run_dir, task, for_loader(train, data.loader, device),
                                  for_loader(test, data.loader, device), device))
-    run_folder.write_config(run_dir, dump_config({
-        **config.to_tree(), "segment": {"checkpoint": loaded.source, "random_init": options.random_init,
-                                        "labels": options.labels, "modality": modality, "protocol": protocol,
-                                        "decoder_channels": options.decoder_channels}}))
+    run_folder.write_config(run_dir, dump_config(settings))
     print(f"segment: {protocol} on {modality} -> {options.labels}, {len(train)} training samples", flush=True)
-    trainer.run()
+    trainer.run(resume=started)
     confusion, samples = evaluate(task, test, config, device)
     names = seg_info.class_names
     scores = {key: _finite(value) for key, value in segmentation_scores(confusion).items()}
