@@ -143,11 +143,18 @@ def read_model_card(run_dir: str) -> dict[str, Any]:
     """A finished run's model card, checked to name its weights, encoder and modality.
 
     Raises:
-        DataError: the folder has no readable model card (not a run, or not finished).
+        DataError: the folder has no readable model card (not a run, or not finished), or ``RUN/model_card.json:
+            not valid JSON (line L column C: ...)`` for a damaged or hand-edited one.
     """
+    path = model_card_path(run_dir)
     try:
-        with open(model_card_path(run_dir), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             card = json.load(handle)
+    except json.JSONDecodeError as err:  # it is a finished run, whose card was damaged or edited by hand
+        raise DataError(path, f"not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+    except (OSError, ValueError):
+        raise DataError(run_dir, f"not a finished run folder (no readable {MODEL_CARD})") from None
+    try:
         if not isinstance(card, dict) or not isinstance(card["encoder"], dict):
             raise TypeError
         card["weights"], card["modality"]  # noqa: B018  (required keys)
@@ -159,6 +166,24 @@ def read_model_card(run_dir: str) -> dict[str, Any]:
 def card_weights(run_dir: str, card: Mapping[str, Any]) -> str:
     """The path of the weight file a model card names."""
     return os.path.join(run_dir, card["weights"])
+
+
+def weights_file(path: str, key: str) -> str:
+    """``path``, or, when it is a finished run folder, the weight file its model card names: every
+    ``*.weights`` setting takes a run folder as ``teacher.weights`` does (``key`` names the setting).
+
+    Raises:
+        DataError: ``PATH: KEY is a folder but not a finished run folder ...``.
+    """
+    if not os.path.isdir(path):
+        return path
+    try:
+        card = read_model_card(path)
+    except DataError as err:
+        if err.path != path:  # it names the file inside the folder (a card that is not valid JSON)
+            raise
+        raise DataError(path, f"{key} is a folder but {err.problem}") from None
+    return card_weights(path, card)
 
 
 def write_text(path: str, text: str) -> None:

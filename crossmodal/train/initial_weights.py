@@ -1,4 +1,5 @@
-"""Encoders initialised from a weight file (``model.weights``, ``teacher.weights``, ``student.weights``).
+"""Encoders initialised from a weight file (``model.weights``, ``teacher.weights``, ``student.weights``), or
+from the one a finished run folder's model card names.
 
 A file whose first convolution takes another number of input channels than the modality (ImageNet RGB weights
 for a depth encoder) is adapted only when the section's ``adapt_input`` says so, and the adaptation is said on
@@ -12,7 +13,7 @@ import os
 import sys
 from typing import Any, Mapping, Optional
 
-from crossmodal import runtime
+from crossmodal import run_folder, runtime
 from crossmodal.errors import DataError
 from crossmodal.models.encoder import Encoder, create_encoder
 from crossmodal.models.weights import InputChannelsMismatch, input_adaptations, read_metadata
@@ -25,7 +26,7 @@ def initialised_encoder(config: Mapping[str, Any], weights: Optional[str], adapt
 
     Args:
         config: the completed encoder config (:func:`~crossmodal.models.config.encoder_config`).
-        weights: the weight file, or None for a random initialisation.
+        weights: the weight file or a finished run folder, or None for a random initialisation.
         adapt_input: the section's ``adapt_input`` setting.
         section: the config section (``model``, ``teacher``, ``student``), for the messages.
         modality: the section's modality.
@@ -34,6 +35,8 @@ def initialised_encoder(config: Mapping[str, Any], weights: Optional[str], adapt
         DataError: the file's input channels differ and ``SECTION.adapt_input`` is false (the message names the
             setting), or the file does not match otherwise.
     """
+    if weights is not None:
+        weights = run_folder.weights_file(weights, f"{section}.weights")
     try:
         encoder = create_encoder({**config, "weights": weights, "adapt_input": adapt_input})
     except InputChannelsMismatch as err:

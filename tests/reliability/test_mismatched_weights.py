@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from conftest import ROOT, cli, error_line
@@ -124,3 +125,39 @@ def test_a_teacher_run_whose_weights_disagree_with_its_card_is_refused(synthetic
                  "student.modality=rgb")
     assert problem(result) == (f"{teacher}/student.safetensors: its encoder has 3 input channels (rgb), "
                                   f"the run's model card says 1 input channel (depth)")
+
+
+def test_student_weights_take_a_run_folder_as_teacher_weights_do(synthetic_file, tmp_path):
+    """Before (issue 27): `student.weights=RUN` said "no such weights file" where `teacher.weights=RUN` worked."""
+    from safetensors.torch import load_file
+
+    source = depth_run(tmp_path, small_input=True)
+    out = tmp_path / "d"
+    result = cli("distill", SMOKE_DISTILL, "--out", out, f"data.path={synthetic_file}", "train.epochs=1",
+                 "train.progress=false", f"student.weights={source}", "optim.lr=1e-12", "optim.weight_decay=0")
+    assert result.returncode == 0, result.stderr
+    before, after = load_file(source / "student.safetensors"), load_file(out / "student.safetensors")
+    assert torch.allclose(before["conv1.0.weight"], after["conv1.0.weight"], atol=1e-9)  # from the run's student
+    assert not torch.allclose(before["conv1.0.weight"], Encoder(NAME, in_chans=1, small_input=True).model
+                              .state_dict()["conv1.0.weight"], atol=1e-3)  # which no fresh start gives
+
+
+def test_a_folder_that_is_no_finished_run_is_named_with_its_setting(synthetic_file, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    result = cli("distill", SMOKE_DISTILL, "--out", tmp_path / "d", f"data.path={synthetic_file}",
+                 "train.epochs=1", "train.progress=false", f"student.weights={folder}")
+    assert problem(result) == f"{folder}: student.weights is a folder but not a finished run folder (no readable " \
+                              f"model_card.json)"
+
+
+def test_a_model_card_with_a_syntax_error_is_named_as_such(synthetic_file, tmp_path):
+    """Before (issue 27): "not a finished run folder (no readable model_card.json)", for a run that finished."""
+    run = depth_run(tmp_path)
+    card = run / "model_card.json"
+    card.write_text(json.dumps(json.loads(card.read_text()), indent=2).replace('"verb": "distill",', '"verb": "distill"'))
+    expected = f"{card}: not valid JSON (line 4 column 3: Expecting ',' delimiter)"
+    assert problem(cli("probe", "--checkpoint", run, "--data", synthetic_file, "--json", tmp_path / "p.json")) \
+        == expected
+    assert problem(cli("distill", SMOKE_DISTILL, "--out", tmp_path / "d", f"data.path={synthetic_file}",
+                       "train.progress=false", f"student.weights={run}")) == expected
