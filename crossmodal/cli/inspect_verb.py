@@ -20,16 +20,18 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--preview-samples", type=positive_int, default=6, metavar="K",
                         help="rows of the grid (default 6)")
     parser.add_argument("--verify", action="store_true",
-                        help="read every chunk of every modality and label map, checking its checksum; damaged "
-                             "rows are listed and the exit status is 2")
+                        help="read every row of every modality, label set and split, checking its chunk's checksum "
+                             "and (files written since they exist) its own CRC-32; damaged rows are listed and the "
+                             "exit status is 2")
     parser.add_argument("--max-rows", type=positive_int, default=512, metavar="R",
                         help="compute value statistics over at most R evenly spaced rows (default 512)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from crossmodal.data.integrity import verify
     from crossmodal.data.preview import write_preview
-    from crossmodal.data.summary import render_text, summarize, verify
+    from crossmodal.data.summary import render_text, summarize
 
     if args.verify:  # first: damaged chunks would stop the statistics with the first one
         check = verify(args.file)
@@ -43,17 +45,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.preview and not args.json:
         print(f"  preview: {args.preview}")
     if args.verify and check["damaged_rows"]:
-        damaged = sum(len(rows) for rows in check["damaged_rows"].values())
-        print(f"error: {args.file}: {damaged} damaged chunk(s) in {', '.join(check['damaged_rows'])}", file=sys.stderr)
+        print(f"crossmodal inspect: error: {args.file}: {_first_damage(check)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _first_damage(check: dict) -> str:
+    """The first damaged row as the reader reports it (``labels/label row 17: checksum mismatch ...``), and how
+    many more there are."""
+    key, rows = next(iter(check["damaged_rows"].items()))
+    more = sum(len(rows) for rows in check["damaged_rows"].values()) - 1
+    return f"{key} row {rows[0]}: {check['reasons'][key]}" + (f" (and {more} more damaged rows, listed above)"
+                                                             if more else "")
 
 
 def _layout_only(path: str) -> dict:
     """The summary's layout part without value statistics (for a file whose chunks are damaged)."""
     from crossmodal.data.format import read_layout
 
-    layout = read_layout(path)
+    layout = read_layout(path, check_rows=False)
     modalities = {name: {"shape": list(info.shape), "dtype": info.dtype.name, "kind": info.kind, "units": info.units,
                          "stored_range": list(info.value_range) if info.value_range else None,
                          "observed_range": None, "mean": None, "codec": info.codec, "checksum": info.checksum}

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from crossmodal.checksums import crc32
+from crossmodal.data import integrity
 from crossmodal.data.codecs import chunk_error, dequantize
 from crossmodal.data.format import Layout, read_layout
 from crossmodal.data.modalities import Modality, resolve_modality
@@ -77,13 +79,17 @@ class PairedDataset(Dataset):
                 self.rows = handle["splits"][split][()].astype(np.int64)
             else:
                 raise DataError(self.path, f"no split '{split}'; it has {sorted(self.layout.splits)}")
-            # Image-level classes are N integers: read once, not per item.
+            # Image-level classes are N integers: read once, not per item. read_layout has just checked them
+            # and the split row by row against their CRC-32s.
             self.class_values = {name: handle["labels"][name][()] for name in labels
                                  if self.layout.labels[name].type == "class"}
         self.split = split
         self._file: h5py.File | None = None
         self._pid: int | None = None
         self._open: dict[str, h5py.Dataset] = {}
+        self._keys = {name: f"modalities/{name}" for name in self.sources}
+        self._keys.update({name: f"labels/{name}" for name in self.segmentation_names})
+        self._crcs: dict[str, np.ndarray | None] = {}
         self.recycle = 0
         self._rings: dict[tuple, list[torch.Tensor]] = {}
         self._batches_made = 0
@@ -120,20 +126,21 @@ class PairedDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_file=None, _pid=None, _open={}, _rings={}, _batches_made=0, _ring_pid=None)
+        state.update(_file=None, _pid=None, _open={}, _crcs={}, _rings={}, _batches_made=0, _ring_pid=None)
         return state
 
     def _datasets(self) -> dict[str, h5py.Dataset]:
         """The open HDF5 datasets this reader needs, opened once per process.
 
         A handle inherited through fork is not safe to use, so a new process reopens the file. The dataset
-        objects are kept: looking one up by path costs as much as reading a small sample.
+        objects are kept: looking one up by path costs as much as reading a small sample. So are their row
+        CRC-32s (4 bytes a row; None for a file written without them).
         """
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r", rdcc_nbytes=_CHUNK_CACHE_BYTES)
             self._pid = os.getpid()
-            self._open = {name: self._file["modalities"][name] for name in self.sources}
-            self._open.update({name: self._file["labels"][name] for name in self.segmentation_names})
+            self._open = {name: self._file[key] for name, key in self._keys.items()}
+            self._crcs = {name: integrity.row_crcs(self.path, self._file, key) for name, key in self._keys.items()}
         return self._open
 
     def read_row(self, row: int, keep_stored: bool = False) -> dict[str, np.ndarray]:
@@ -142,14 +149,19 @@ class PairedDataset(Dataset):
         unless ``keep_stored`` (then as stored: multiply by the layout's ``scale``).
 
         Raises:
-            DataError: a chunk that fails its checksum or cannot be decompressed, naming the modality and row.
+            DataError: a chunk that fails its Fletcher-32 checksum or cannot be decompressed, or a row that fails
+                its CRC-32 (a chunk zeroed whole passes Fletcher-32), naming the dataset and row.
         """
         arrays = {}
         for name, dset in self._datasets().items():
             try:
-                arrays[name] = dset[row] if keep_stored else dequantize(dset[row], self._scales.get(name))
+                stored = dset[row]
             except OSError as err:
-                raise DataError(self.path, f"{name}, row {row}: {chunk_error(err)}") from None
+                raise DataError(self.path, f"{self._keys[name]} row {row}: {chunk_error(err)}") from None
+            crcs = self._crcs[name]
+            if crcs is not None and crc32(stored) != crcs[row]:
+                raise DataError(self.path, integrity.mismatch(self._keys[name], row))
+            arrays[name] = stored if keep_stored else dequantize(stored, self._scales.get(name))
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from crossmodal.data import device_ops as ops
+from crossmodal.data import integrity
 from crossmodal.data.dataset import PairedDataset
 from crossmodal.data.format import LabelInfo, ModalityInfo
 from crossmodal.data.modalities import LAB_A_RANGE, LAB_B_RANGE, LAB_L_RANGE, MODALITIES, Modality
@@ -253,6 +254,7 @@ class DeviceResidentData:
         held as int16 bits: torch's uint16 has few kernels)."""
         group = "modalities" if name in self.layout.modalities else "labels"
         dataset = handle[group][name]
+        crcs = integrity.row_crcs(self.path, handle, f"{group}/{name}")
         sample_shape = dataset.shape[1:]
         out = None
         block = max(1, _READ_BLOCK_BYTES // max(1, int(np.prod(sample_shape)) * dataset.dtype.itemsize))
@@ -262,6 +264,7 @@ class DeviceResidentData:
                 values = _read_rows(dataset, rows)
             except OSError as err:
                 raise DataError(self.path, f"cannot read '{name}': {err}") from None
+            integrity.check_rows(self.path, f"{group}/{name}", values, crcs, rows)
             if values.dtype == np.uint16:
                 values = values.view(np.int16)
             chunk = torch.from_numpy(values)

@@ -11,6 +11,8 @@ The full description is in ``docs/format.md``. In short::
     /labels/<name>          class: (N,) int, -1 = no label;  segmentation: (N, H, W) uint8|uint16
                             attrs: type, num_classes, class_names, ignore_index (segmentation)
     /splits/<name>          (M,) int64 row indices into 0..N-1
+    /crc32/<group>/<name>   (rows,) uint32: each row's CRC-32 (root attr row_checksum="crc32"; older files have
+                            none), checked on every read: see :mod:`crossmodal.data.integrity`
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from crossmodal.data import integrity
 from crossmodal.data.codecs import CODECS, describe, missing_filter
 from crossmodal.errors import DataError
 
@@ -80,6 +83,7 @@ class Layout:
     labels: dict[str, LabelInfo]
     splits: dict[str, int]
     provenance: dict[str, Any] = field(default_factory=dict)
+    row_crc32: bool = False  # whether every row carries a CRC-32 (files written before them do not)
 
 
 def _text(value: Any) -> str:
@@ -90,11 +94,15 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(_text(v) for v in np.atleast_1d(value))
 
 
-def read_layout(path: str | os.PathLike) -> Layout:
+def read_layout(path: str | os.PathLike, check_rows: bool = True) -> Layout:
     """Open ``path``, check it is a well-formed paired file and return its layout.
 
+    Image-level classes and splits are read whole (their values are checked), each row against its CRC-32
+    when the file has them; ``check_rows=False`` leaves a damaged one to the caller (``inspect --verify``, which
+    lists every damaged row instead of stopping at the first).
+
     Raises:
-        DataError: naming the file and the first problem found.
+        DataError: naming the file and the first problem found (a damaged row: the dataset and the row).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -107,14 +115,14 @@ def read_layout(path: str | os.PathLike) -> Layout:
         raise DataError(path, f"not a readable HDF5 file (truncated or another format): {err}") from None
     try:
         with handle:
-            return _read_layout(path, handle)
+            return _read_layout(path, handle, check_rows)
     except DataError:
         raise
     except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
         raise DataError(path, f"damaged or malformed file: {err}") from None
 
 
-def _read_layout(path: str, handle: h5py.File) -> Layout:
+def _read_layout(path: str, handle: h5py.File, check_rows: bool) -> Layout:
     attrs = handle.attrs
     if _text(attrs.get("format", "")) != FORMAT_NAME:
         raise DataError(path, f"not a {FORMAT_NAME} file (root attribute 'format' is missing or different)")
@@ -155,13 +163,16 @@ def _read_layout(path: str, handle: h5py.File) -> Layout:
 
     labels: dict[str, LabelInfo] = {}
     for name, dset in handle.get("labels", {}).items():
-        labels[name] = _check_label(path, name, dset, num_samples)
+        labels[name] = _check_label(path, name, dset, num_samples, _reader(path, handle, check_rows))
 
     splits: dict[str, int] = {}
     for name, dset in handle.get("splits", {}).items():
-        indices = dset[()] if isinstance(dset, h5py.Dataset) else None
-        if indices is None or indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        if not (isinstance(dset, h5py.Dataset) and dset.ndim == 1 and np.issubdtype(dset.dtype, np.integer)):
             raise DataError(path, f"split '{name}' must be a 1-D integer index array, found {_describe(dset)}")
+        indices = _reader(path, handle, check_rows)(f"splits/{name}")
+        if indices is None:
+            splits[name] = int(dset.shape[0])
+            continue
         if indices.size and (indices.min() < 0 or indices.max() >= num_samples):
             raise DataError(path, f"split '{name}' has an index out of range "
                                   f"[{indices.min()}, {indices.max()}] for {num_samples} samples")
@@ -169,6 +180,7 @@ def _read_layout(path: str, handle: h5py.File) -> Layout:
             raise DataError(path, f"split '{name}' lists a sample more than once")
         splits[name] = int(indices.size)
 
+    integrity.require_row_crcs(path, handle)
     sizes = {name: info.shape[1:3] for name, info in modalities.items()}
     sizes.update({name: info.shape[1:3] for name, info in labels.items() if info.type == "segmentation"})
     if len(set(sizes.values())) > 1:
@@ -180,7 +192,21 @@ def _read_layout(path: str, handle: h5py.File) -> Layout:
             provenance["options"] = json.loads(provenance["options"])
         except json.JSONDecodeError:
             pass
-    return Layout(path, version, num_samples, modalities, labels, splits, provenance)
+    return Layout(path, version, num_samples, modalities, labels, splits, provenance,
+                  integrity.has_row_crcs(handle))
+
+
+def _reader(path: str, handle: h5py.File, check_rows: bool):
+    """Reads a 1-D dataset whole, checked row by row: a damaged one raises, or with ``check_rows=False`` reads
+    as None (its values are then not checked: ``inspect --verify`` lists the damaged rows instead)."""
+    def read(key: str) -> np.ndarray | None:
+        try:
+            return integrity.read_checked(path, handle, key)
+        except DataError:
+            if check_rows:
+                raise
+            return None
+    return read
 
 
 def _check_filters(path: str, where: str, dset: h5py.Dataset) -> None:
@@ -190,7 +216,7 @@ def _check_filters(path: str, where: str, dset: h5py.Dataset) -> None:
                               f"install hdf5plugin (pip install hdf5plugin) and import it before h5py opens the file")
 
 
-def _check_label(path: str, name: str, dset: Any, num_samples: int) -> LabelInfo:
+def _check_label(path: str, name: str, dset: Any, num_samples: int, read: Any) -> LabelInfo:
     where = f"label set '{name}'"
     if not isinstance(dset, h5py.Dataset):
         raise DataError(path, f"{where} is not a dataset")
@@ -216,8 +242,8 @@ def _check_label(path: str, name: str, dset: Any, num_samples: int) -> LabelInfo
     if label_type == "segmentation":
         ignore_index = int(dset.attrs.get("ignore_index", DEFAULT_IGNORE_INDEX))
     else:
-        values = dset[()]
-        if values.size and (values.min() < -1 or values.max() >= num_classes):
+        values = read(f"labels/{name}")
+        if values is not None and values.size and (values.min() < -1 or values.max() >= num_classes):
             raise DataError(path, f"{where} has a class id out of range [-1, {num_classes - 1}]: "
                                   f"[{values.min()}, {values.max()}]")
     return LabelInfo(name, label_type, tuple(dset.shape), dset.dtype, num_classes, class_names, ignore_index)

@@ -12,11 +12,14 @@ from typing import Any, Iterable, Iterator
 import h5py
 import numpy as np
 
+from crossmodal.checksums import row_crc32s
+from crossmodal.data import integrity
 from crossmodal.data.codecs import DEFAULT_CODEC, dataset_filters, quantize
 from crossmodal.data.format import (DEFAULT_IGNORE_INDEX, DEPTH_KINDS, DEPTH_STORAGE, FORMAT_NAME, FORMAT_VERSION,
                                     MODALITY_DTYPES, read_layout)
 from crossmodal.errors import DataError
-from crossmodal.files import exclusive_lock, os_reason, place_error, remove_stale_temporaries, temporary_name
+from crossmodal.files import (abandon_hdf5, exclusive_lock, os_reason, place_error, remove_stale_temporaries,
+                              temporary_name)
 
 
 class PairedWriter:
@@ -75,6 +78,8 @@ class PairedWriter:
         self._ranges: dict[str, list[float]] = {}
         self._scales: dict[str, float] = {}
         self._counts: dict[str, list[int]] = {}  # modality -> [clipped, non-finite] of scaled integers
+        self._row_crcs: dict[str, np.ndarray] = {}  # "modalities/rgb" -> each row's CRC-32, stored at the end
+        self._unwritten: dict[str, np.ndarray] = {}  # the rows not written yet (they hold the fill value)
         self._file: h5py.File | None = None
 
     def __enter__(self) -> "PairedWriter":
@@ -93,6 +98,7 @@ class PairedWriter:
         attrs["format"] = FORMAT_NAME
         attrs["format_version"] = FORMAT_VERSION
         attrs["num_samples"] = self.num_samples
+        attrs[integrity.ROOT_ATTR] = integrity.ALGORITHM
         attrs["converter_version"] = __version__
         attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         for key, value in self._provenance.items():
@@ -113,6 +119,8 @@ class PairedWriter:
                 for name, (clipped, nonfinite) in self._counts.items():
                     self._file["modalities"][name].attrs["clipped"] = clipped
                     self._file["modalities"][name].attrs["nonfinite"] = nonfinite
+                self._store_row_crcs()
+                self._file.flush()  # a full disk fails here, in _writing, not in a close that cannot fail cleanly
                 self._file.close()
             if exc_type is None:
                 try:
@@ -142,17 +150,10 @@ class PairedWriter:
                                       f"{os_reason(err)}") from None
 
     def _discard(self) -> None:
-        """Close the temporary file after a failure and remove it. It is truncated first: on a full disk HDF5
-        needs room to close the file at all (closing without it crashes h5py at exit)."""
-        try:
-            os.truncate(self.tmp, 0)
-        except OSError:
-            pass
-        try:
-            if self._file is not None and self._file.id.valid:
-                self._file.close()
-        except (OSError, RuntimeError):  # HDF5 says either when the disk is still full
-            pass
+        """Close the temporary file after a failure and remove it. Its closing writes go to memory
+        (:func:`~crossmodal.files.abandon_hdf5`): on a full disk HDF5 could not close it at all, and h5py would
+        crash at exit."""
+        abandon_hdf5(self.tmp)
         if self.tmp.exists():
             self.tmp.unlink()
 
@@ -179,6 +180,7 @@ class PairedWriter:
         dset = self.file["modalities"].create_dataset(
             name, shape=(self.num_samples, height, width, channels), dtype=dtype,
             chunks=(1, height, width, channels), **self._filters)
+        self._track(dset)
         dset.attrs["kind"] = kind
         dset.attrs["units"] = units
         if scale is not None:
@@ -198,6 +200,7 @@ class PairedWriter:
             raise ValueError(f"label set '{name}' has shape {values.shape}, expected ({self.num_samples},)")
         with self._writing():
             dset = self.file["labels"].create_dataset(name, data=values, fletcher32=True)
+            integrity.store_row_crcs(self.file, f"labels/{name}", row_crc32s(values))
         self._label_attrs(dset, "class", class_names)
 
     def set_class_names(self, name: str, class_names: Iterable[str]) -> None:
@@ -213,8 +216,23 @@ class PairedWriter:
         dset = self.file["labels"].create_dataset(
             name, shape=(self.num_samples, height, width), dtype=dtype, chunks=(1, height, width),
             fillvalue=ignore_index, **self._filters)
+        self._track(dset)
         self._label_attrs(dset, "segmentation", class_names)
         dset.attrs["ignore_index"] = ignore_index
+
+    def _track(self, dset: h5py.Dataset) -> None:
+        """Keep the row CRC-32s of a dataset written row by row, to store when the file is complete."""
+        self._row_crcs[dset.name[1:]] = np.zeros(dset.shape[0], np.uint32)
+        self._unwritten[dset.name[1:]] = np.ones(dset.shape[0], bool)
+
+    def _store_row_crcs(self) -> None:
+        """Store the row CRC-32s of the datasets written row by row; rows never written hold the fill value."""
+        for key, crcs in self._row_crcs.items():
+            dset = self.file[key]
+            if self._unwritten[key].any():
+                fill = np.full((1, *dset.shape[1:]), dset.fillvalue, dset.dtype)
+                crcs[self._unwritten[key]] = row_crc32s(fill)[0]
+            integrity.store_row_crcs(self.file, key, crcs)
 
     @staticmethod
     def _label_attrs(dset: h5py.Dataset, label_type: str, class_names: list[str]) -> None:
@@ -250,15 +268,31 @@ class PairedWriter:
                 raise KeyError(f"'{name}' was not declared with add_modality or add_segmentation")
             if batch.shape[1:] != dset.shape[1:]:
                 raise ValueError(f"'{name}' rows have shape {batch.shape[1:]}, expected {dset.shape[1:]}")
+            batch = _as_stored(batch, dset.dtype)  # so that the CRC-32s are of the very bytes HDF5 stores
             with self._writing():
                 dset[start:start + len(batch)] = batch
+            self._row_crcs[dset.name[1:]][start:start + len(batch)] = row_crc32s(batch)
+            self._unwritten[dset.name[1:]][start:start + len(batch)] = False
 
     def add_split(self, name: str, indices: Iterable[int]) -> None:
         """Store a split as an index array of rows."""
         _check_name(self.out, "split", name)
+        indices = np.asarray(list(indices), dtype=np.int64)
         with self._writing():
-            self.file["splits"].create_dataset(name, data=np.asarray(list(indices), dtype=np.int64),
-                                               fletcher32=True)
+            self.file["splits"].create_dataset(name, data=indices, fletcher32=True)
+            integrity.store_row_crcs(self.file, f"splits/{name}", row_crc32s(indices))
+
+
+def _as_stored(batch: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``batch`` in the dataset's dtype, converted as HDF5 would: integers out of the type's range are clipped
+    (numpy would wrap them around)."""
+    batch = np.asarray(batch)
+    if batch.dtype == dtype:
+        return np.ascontiguousarray(batch)
+    if np.dtype(dtype).kind in "iu" and batch.dtype.kind in "iuf":
+        info = np.iinfo(dtype)
+        batch = np.clip(batch, info.min, info.max)
+    return np.ascontiguousarray(batch.astype(dtype))
 
 
 def _check_name(path: str | os.PathLike, what: str, name: str) -> None:

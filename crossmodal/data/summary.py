@@ -7,7 +7,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from crossmodal.data.codecs import chunk_error, read_physical
+from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import DEPTH_KINDS, Layout, read_layout
 from crossmodal.errors import DataError
 
@@ -66,33 +66,6 @@ def _modality_stats(layout: Layout, dset: h5py.Dataset, rows: np.ndarray) -> dic
         if info.kind in DEPTH_KINDS:
             stats["hole_fraction"] = zeros / pixels
     return stats
-
-
-def verify(path: str | os.PathLike) -> dict[str, Any]:
-    """Read every chunk of every modality and label map (checksums and decompression); the damaged rows per
-    dataset, and the number of chunks read.
-
-    Raises:
-        DataError: for a malformed layout (a damaged chunk is reported, not raised).
-    """
-    layout = read_layout(path)
-    damaged: dict[str, list[int]] = {}
-    reasons: dict[str, str] = {}
-    chunks = 0
-    with h5py.File(layout.path, "r") as handle:
-        datasets = [f"modalities/{name}" for name in layout.modalities]
-        datasets += [f"labels/{name}" for name, info in layout.labels.items() if info.type == "segmentation"]
-        for key in datasets:
-            dset = handle[key]
-            buffer = np.empty(dset.shape[1:], dset.dtype)
-            for row in range(layout.num_samples):
-                chunks += 1
-                try:
-                    dset.read_direct(buffer, np.s_[row])
-                except OSError as err:
-                    damaged.setdefault(key.split("/", 1)[1], []).append(row)
-                    reasons.setdefault(key.split("/", 1)[1], chunk_error(err))
-    return {"chunks_read": chunks, "damaged_rows": damaged, "reasons": reasons}
 
 
 def _label_stats(layout: Layout, name: str, dset: h5py.Dataset, rows: np.ndarray) -> dict[str, Any]:

@@ -3,7 +3,9 @@ millimetres (``crossmodal prepare repack --src old.h5 --out new.h5``).
 
 Version-1 files (lzf chunks, depth as float32 metres, no checksums) read as they are; repacking one makes
 its samples decompress several times faster and each damaged chunk an error. Every modality, label set, split
-and the provenance are carried over; values are copied unchanged except depth stored in a new precision
+and the provenance are carried over, each row checked against its CRC-32 when the source has them (a damaged
+source is refused: its damage would otherwise be blessed with fresh checksums), and the output's row CRC-32s
+computed anew (depth may change precision); values are copied unchanged except depth stored in a new precision
 (float metres -> millimetres: at most 0.5 mm apart, the sensors' resolution). The source is only read, and the
 output appears only when complete.
 """
@@ -15,7 +17,8 @@ import os
 import h5py
 import numpy as np
 
-from crossmodal.data.codecs import chunk_error, read_physical
+from crossmodal.data import integrity
+from crossmodal.data.codecs import chunk_error, dequantize
 from crossmodal.data.format import read_layout
 from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep.common import add_output_arguments
@@ -61,8 +64,10 @@ def convert(src: str, out: str, overwrite: bool = False, compression: str = "blo
             if info.type == "segmentation":
                 writer.add_segmentation(name, *info.shape[1:], info.class_names, info.ignore_index, info.dtype)
             else:
-                writer.add_class_labels(name, handle["labels"][name][()], info.class_names)
+                writer.add_class_labels(name, integrity.read_checked(src, handle, f"labels/{name}"),
+                                        info.class_names)
         arrays = [f"modalities/{name}" for name in layout.modalities]
+        crcs = {key: integrity.row_crcs(src, handle, key) for key in integrity.dataset_keys(handle)}
         arrays += [f"labels/{name}" for name, info in layout.labels.items() if info.type == "segmentation"]
         with sample_bar(None, layout.num_samples, f"repack {os.path.basename(src)}") as bar:
             for start in range(0, layout.num_samples, ROWS_PER_BLOCK):
@@ -70,14 +75,19 @@ def convert(src: str, out: str, overwrite: bool = False, compression: str = "blo
                 block = {}
                 for key in arrays:
                     try:
-                        block[key.split("/", 1)[1]] = read_physical(handle[key], np.s_[start:stop])
+                        stored = handle[key][start:stop]
+                        integrity.check_rows(src, key, stored, crcs[key], start)
                     except OSError as err:
-                        raise DataError(src, f"{key}, rows {start}..{stop - 1}: {chunk_error(err)}; "
+                        raise DataError(src, f"{key} rows {start}..{stop - 1}: {chunk_error(err)}; "
                                              f"nothing was written") from None
+                    except DataError as err:
+                        raise DataError(src, f"{err.problem}; nothing was written") from None
+                    scale = handle[key].attrs.get("scale")
+                    block[key.split("/", 1)[1]] = dequantize(stored, None if scale is None else float(scale))
                 writer.write_batch(start, **block)
                 bar.update(stop - start)
         for name in layout.splits:
-            writer.add_split(name, handle["splits"][name][()])
+            writer.add_split(name, integrity.read_checked(src, handle, f"splits/{name}"))
     print(f"wrote {out} (format version {read_layout(out).format_version}, {compression}, depth {depth_storage}; "
           f"{src_bytes / 1e6:.1f} MB -> {os.path.getsize(out) / 1e6:.1f} MB)")
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import error_line, run_cli
+from crossmodal.checksums import row_crc32s
+from crossmodal.data import integrity
 from crossmodal.data.codecs import read_physical
 from crossmodal.data.format import FORMAT_VERSION, read_layout
 from crossmodal.data.paired_writer import PairedWriter
@@ -87,10 +89,12 @@ def _mutate(path, action):
 
 
 def _replace(handle, name, data):
+    """Replace a dataset, with row CRC-32s that match it: a malformed file, not a damaged one."""
     attrs = dict(handle[name].attrs)
     del handle[name]
     handle[name] = data
     handle[name].attrs.update(attrs)
+    integrity.store_row_crcs(handle, name, row_crc32s(np.asarray(data)))
 
 
 MALFORMED = {

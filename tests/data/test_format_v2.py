@@ -113,10 +113,10 @@ def test_a_damaged_chunk_is_an_error_naming_file_modality_and_row(tmp_path, code
     data[3]  # the other rows still read
     with pytest.raises(DataError) as error:
         data[4]
-    assert str(error.value).startswith(f"{path}: depth, row 4: a damaged chunk")
+    assert str(error.value).startswith(f"{path}: modalities/depth row 4: a damaged chunk")
     result = cli("inspect", path, "--verify")
-    assert f"error: {path}: 1 damaged chunk(s) in depth" in error_line(result)
-    assert "verify: depth: damaged rows 4: a damaged chunk" in result.stdout
+    assert error_line(result).startswith(f"crossmodal inspect: error: {path}: modalities/depth row 4: a damaged chunk")
+    assert "verify: modalities/depth: damaged rows 4: a damaged chunk" in result.stdout
     assert result.returncode == 2
 
 
@@ -124,7 +124,7 @@ def test_verify_reads_every_chunk_of_an_intact_file(tmp_path):
     write_v1(tmp_path / "v1.h5", scene_arrays())
     result = cli("inspect", tmp_path / "v1.h5", "--verify")
     assert result.returncode == 0
-    assert f"verify: all {4 * NUM} chunks read back intact" in result.stdout  # 3 modalities + 1 label map
+    assert f"verify: all {4 * NUM + 1} chunks read back intact" in result.stdout  # 3 modalities, 1 label map, a split
     assert "codec lzf + shuffle, no checksum" in result.stdout
 
 
@@ -185,7 +185,7 @@ def test_repack_reads_a_damaged_source_as_one_line_and_writes_nothing(tmp_path):
     repack.convert(str(tmp_path / "v1.h5"), str(tmp_path / "v2.h5"))
     corrupt(tmp_path / "v2.h5", "modalities/rgb", 1)
     result = cli("prepare", "repack", "--src", tmp_path / "v2.h5", "--out", tmp_path / "v3.h5")
-    assert f"error: {tmp_path / 'v2.h5'}: modalities/rgb, rows 0..5: a damaged chunk" in error_line(result)
+    assert f"error: {tmp_path / 'v2.h5'}: modalities/rgb rows 0..5: a damaged chunk" in error_line(result)
     assert not (tmp_path / "v3.h5").exists() and sorted(os.listdir(tmp_path)) == ["v1.h5", "v2.h5"]
 
 
@@ -236,8 +236,8 @@ def test_a_damaged_chunk_read_by_a_dataloader_worker_is_the_same_one_line_error(
     data = PairedDataset(path, "train", modalities=["rgb", "depth"])
     with pytest.raises(DataError) as error:
         list(DataLoader(data, batch_size=2, num_workers=2, collate_fn=collate))
-    assert str(error.value).startswith(f"{path}: depth, row 4: a damaged chunk") and "\n" not in str(error.value)
-    assert error.value.path == str(path) and error.value.problem.startswith("depth, row 4")
+    assert str(error.value).startswith(f"{path}: modalities/depth row 4: a damaged chunk") and "\n" not in str(error.value)
+    assert error.value.path == str(path) and error.value.problem.startswith("modalities/depth row 4")
 
 
 def test_damaged_class_labels_or_splits_are_one_line_when_the_file_is_opened(tmp_path, synthetic_file):
@@ -252,5 +252,10 @@ def test_damaged_class_labels_or_splits_are_one_line_when_the_file_is_opened(tmp
         corrupt(path, dataset, 0)
         with pytest.raises(DataError) as error:
             PairedDataset(path, "train", modalities=["rgb"], labels=["label"])
-        assert str(error.value).startswith(f"{path}: damaged or malformed file") and "\n" not in str(error.value)
-        assert cli("inspect", path, "--verify").returncode == 2
+        rows = len(h5py.File(path, "r")[dataset])  # in one chunk
+        assert str(error.value).startswith(f"{path}: {dataset} rows 0..{rows - 1}: a damaged chunk")
+        assert "\n" not in str(error.value)
+        result = cli("inspect", path, "--verify")
+        assert result.returncode == 2
+        assert f"verify: {dataset}: damaged rows 0, 1, 2, 3" in result.stdout
+        assert error_line(result).startswith(f"crossmodal inspect: error: {path}: {dataset} row 0: a damaged chunk")
