@@ -69,14 +69,18 @@ def _json_files(folder: Path) -> list[Path]:
     return found
 
 
-def load_results(paths: Iterable[str | os.PathLike]) -> list[tuple[str, dict]]:
+def load_results(paths: Iterable[str | os.PathLike], left_out: Optional[list[str]] = None) -> list[tuple[str, dict]]:
     """Read the probe and segmentation results named by ``paths`` (files, or folders searched for them).
 
     A folder contributes every ``*.json`` of a known format up to ``MAX_DEPTH`` levels down; other JSON files
-    there (configs, summaries, unreadable ones) are skipped. A file given by name must be a result.
+    there (configs, summaries) are skipped. One that cannot be read as JSON (a truncated copy, a damaged disk)
+    may be a result, so it is left out with a warning line naming it, and ``left_out`` gets that line: the report
+    goes on with the other runs (each cell shows its n) and lists it, rather than stopping a report over many
+    seeds for one file, or averaging fewer runs without a word. A file given by name must be a result.
 
     Args:
         paths: result files and folders, in the order given (a later duplicate run wins).
+        left_out: receives ``PATH: why`` for each file of a folder left out as unreadable.
 
     Returns:
         ``(file, result)`` pairs in input order.
@@ -95,7 +99,8 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[tuple[str, dict]]:
             for path in _json_files(given):
                 try:
                     result = _read(path)
-                except DataError:
+                except DataError as err:
+                    _leave_out(path, err.problem, left_out)
                     continue
                 if isinstance(result, dict) and result.get("format") in FORMATS:
                     found.append((str(path), _check(path, result)))
@@ -113,6 +118,19 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[tuple[str, dict]]:
         else:
             raise DataError(given, "no such file or folder")
     return loaded
+
+
+def _leave_out(path: Path, problem: str, left_out: Optional[list[str]]) -> None:
+    """Warn about an unreadable JSON file of a folder (naming the result format it mentions, if any)."""
+    try:
+        head = path.read_bytes()[:4096].decode("utf-8", "replace")
+    except OSError:
+        head = ""
+    kind = next((f"a damaged {fmt} result: " for fmt in FORMATS if fmt in head), "")
+    line = f"{path}: {kind}{problem}"
+    print(f"crossmodal report: warning: {line}; left out of the report", file=sys.stderr)
+    if left_out is not None:
+        left_out.append(line)
 
 
 def summarize(values: list[float]) -> dict[str, float | int | None]:
@@ -292,6 +310,8 @@ def render_markdown(report: dict) -> str:
     lines += [f"- `{item['file']}`: {item['format'].split('/')[0].split('-')[1]}, method `{item['method']}`, "
               f"seed {item['seed']}, checkpoint `{item['checkpoint']}`"
               + (" (random init)" if item["random_init"] else "") for item in report["inputs"]]
+    if report.get("left_out"):
+        lines += ["", "## Left out (unreadable)", ""] + [f"- {line}" for line in report["left_out"]]
     if report.get("plots"):
         lines += ["", "## Plots"] + [line for name in report["plots"] for line in ("", f"![{name}]({name})")]
     return "\n".join(lines) + "\n"
@@ -328,7 +348,9 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
     """
     from crossmodal.files import ensure_folder
 
-    report = aggregate(load_results(paths), title)
+    left_out: list[str] = []
+    report = aggregate(load_results(paths, left_out), title)
+    report["left_out"] = left_out
     out = Path(ensure_folder(out))
     import matplotlib
 

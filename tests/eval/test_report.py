@@ -187,3 +187,19 @@ def test_report_names_the_solver_and_the_fits_that_did_not_converge(tmp_path):
     files.append(write(tmp_path / "b.json", probe("scratch", 0, [0.1, 0.2, 0.3], [0.1, 0.2, 0.3])))
     mixed = render_markdown(aggregate(load_results(files)))
     assert "Warning: these runs were probed by different solvers (sklearn, torch)" in mixed
+
+
+def test_a_truncated_result_in_a_folder_is_named_and_left_out(runs, tmp_path):
+    """Before (issue 27): a truncated probe.json was skipped without a word and crd averaged two seeds as if
+    they were all. Now one warning line names it, the report goes on, and report.md lists it."""
+    damaged = runs / "crd-2" / "probe.json"
+    damaged.write_text(damaged.read_text()[:300])
+    with pytest.raises(ValueError) as why:
+        json.loads(damaged.read_text())
+    result = run_cli("report", runs, "--out", tmp_path / "out", check=True)
+    line = f"{damaged}: a damaged crossmodal-probe/1 result: cannot read it as JSON ({why.value})"
+    assert result.stderr.splitlines() == [f"crossmodal report: warning: {line}; left out of the report"]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| crd | 30.0 ± 0.0 (n=2) |" in markdown  # the two readable seeds, and n says so
+    assert f"## Left out (unreadable)\n\n- {line}\n" in markdown
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["left_out"] == [line]
