@@ -127,3 +127,31 @@ def test_an_existing_data_file_of_other_options_is_one_line_error(demo, tmp_path
     line = error_line(result)
     assert "synthetic.h5" in line and "num=120" in line and "delete it" in line
     assert sorted(os.listdir(other)) == ["synthetic.h5"]  # nothing else started
+
+
+def test_after_sigterm_in_a_segmentation_step_the_printed_hint_continues_it(demo, tmp_path):
+    """Before: the line said '--resume .../frozen continues from it', which no verb accepts, and the rerun started
+    the step over. Now the hint is the same demo command, and running it continues the step from its checkpoint
+    to the results of the uninterrupted demo."""
+    import shutil
+    import sys
+
+    from conftest import ROOT
+
+    out, _ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "segment" / "scratch-s1")  # the last step, as if it had not run yet
+    (copy / "results.json").unlink()
+    worker = ROOT / "tests" / "eval" / "_sigterm_worker.py"
+    stopped = subprocess.run([sys.executable, str(worker), "2", os.path.join("scratch-s1", "frozen"), "demo", "--out",
+                              str(copy), *TINY], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert stopped.returncode == 143, stopped.stderr
+    assert stopped.stderr.rstrip().splitlines()[-1] == (
+        "crossmodal demo: terminated (SIGTERM) after saving a checkpoint at step 2 (epoch 1, batch 2); run the same "
+        "crossmodal demo command again to continue")
+    again = cli("demo", "--out", copy, *TINY)  # the hint, as typed
+    assert again.returncode == 0, again.stderr
+    assert f"resumed {copy / 'segment' / 'scratch-s1' / 'frozen' / 'checkpoint.pt'} at epoch 1, step 2" in again.stdout
+    assert json.loads((copy / "results.json").read_text()) == json.loads((out / "results.json").read_text())
