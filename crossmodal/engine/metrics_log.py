@@ -131,10 +131,11 @@ def is_diagnostic(key: str) -> bool:
 
 @dataclass
 class Panel:
-    """One axes of the curves figure: its series (name -> (x, y) points), title, x label and y scale."""
+    """One axes of the curves figure: its series (name -> (x, y) points), title, x and y labels and y scale."""
     title: str
     xlabel: str
     series: dict[str, tuple[list[float], list[float]]]
+    ylabel: str = ""
     yscale: str = "linear"
     marker: str | None = None
     legend: bool = True
@@ -148,9 +149,10 @@ def curve_panels(records: Iterable[Mapping[str, Any]]) -> list[Panel]:
     * diagnostics per step (``crd/z_student``, ``crd/positive_score``, ``kd/agreement``, ``grad_norm`` ...),
       kept off the loss axis: the series that stay positive share one panel, on a log scale when they span
       more than a factor 100 (CRD's normalisers of thousands beside a score below one); the others are
-      grouped by magnitude, one linear panel per group;
+      grouped by magnitude, one linear panel per group; each panel's title says which it is, so no two match;
     * the learning rate per step;
-    * the per-epoch evaluation (``eval_*``), only for a run that evaluates.
+    * the per-epoch evaluation (``eval_*``), only for a run that evaluates: accuracies and mIoU in percent,
+      as the console prints them (:func:`is_fraction`), any other metric in a panel of its own.
     """
     records = list(records)
     steps = [r for r in records if r.get("scope") == "step"]
@@ -163,20 +165,27 @@ def curve_panels(records: Iterable[Mapping[str, Any]]) -> list[Panel]:
     diagnostics = {key: points for key, points in step_series.items() if is_diagnostic(key)}
     panels = []
     if losses:
-        panels.append(_scaled(Panel("training losses (unweighted terms)", "step", losses)))
+        panels.append(_scaled(Panel("training losses (unweighted terms)", "step", losses, "loss")))
     lr = _points(steps, "step", "lr")
     if lr[0]:
-        panels.append(Panel("learning rate", "step", {"lr": lr}, legend=False))
+        panels.append(Panel("learning rate", "step", {"lr": lr}, "learning rate", legend=False))
     positive = {key: points for key, points in diagnostics.items() if min(points[1]) > 0}
     if positive:
-        panels.append(_scaled(Panel("diagnostics", "step", positive)))
-    for group in _by_magnitude({k: p for k, p in diagnostics.items() if k not in positive}):
-        panels.append(Panel("diagnostics", "step", group))
+        panels.append(_scaled(Panel("diagnostics, positive", "step", positive, "value")))
+    signed = _by_magnitude({k: p for k, p in diagnostics.items() if k not in positive})
+    for group in signed:
+        top = max(abs(v) for _, y in group.values() for v in y)
+        title = "diagnostics, signed" + (f", |value| up to {top:.3g}" if len(signed) > 1 else "")
+        panels.append(Panel(title, "step", group, "value"))
     evaluation = [k for k in dict.fromkeys(k for r in epochs for k in r) if k.startswith("eval_")]
     evaluation_series = {key: _points(epochs, "epoch", key) for key in evaluation}
     evaluation_series = {key: points for key, points in evaluation_series.items() if points[0]}
-    if evaluation_series:
-        panels.append(Panel("per-epoch evaluation", "epoch", evaluation_series, marker="o"))
+    percent = {key: (x, [100 * v for v in y]) for key, (x, y) in evaluation_series.items() if is_fraction(key)}
+    if percent:
+        panels.append(Panel("per-epoch evaluation", "epoch", percent, "percent", marker="o"))
+    other = {key: points for key, points in evaluation_series.items() if key not in percent}
+    if other:
+        panels.append(Panel("per-epoch evaluation, other metrics", "epoch", other, "value", marker="o"))
     return panels
 
 
@@ -202,7 +211,7 @@ def curves_figure(records: Iterable[Mapping[str, Any]]) -> Figure:
             axis.plot(x, y, label=key, marker=panel.marker, markersize=4, **total)
         axis.set_yscale(panel.yscale)
         title = panel.title + (" (log scale)" if panel.yscale == "log" else "")
-        axis.set(title=title, xlabel=panel.xlabel)
+        axis.set(title=title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         axis.grid(True, which="major", alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole numbers
         if panel.legend:

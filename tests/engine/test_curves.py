@@ -8,6 +8,7 @@ from crossmodal.engine.metrics_log import PLOT, MetricsLog, curve_panels, curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOSS_TITLE = "training losses (unweighted terms)"
+DIAGNOSTICS_LOG = "diagnostics, positive (log scale)"
 
 
 def crd_records(steps=12, per_epoch=4, evaluate=False):
@@ -56,13 +57,13 @@ def test_series_kinds(key, diagnostic):
 def test_crd_panels_keep_the_diagnostics_off_the_loss_axis():
     figure = curves_figure(crd_records())
     axes = axes_by_title(figure)
-    assert sorted(axes) == sorted([LOSS_TITLE, "learning rate", "diagnostics (log scale)"])
+    assert sorted(axes) == sorted([LOSS_TITLE, "learning rate", DIAGNOSTICS_LOG])
     assert labels(axes[LOSS_TITLE]) == ["loss", "ce", "crd", "crd/loss_student_anchor", "crd/loss_teacher_anchor"]
-    assert labels(axes["diagnostics (log scale)"]) == ["crd/positive_score", "crd/z_student", "crd/z_teacher"]
+    assert labels(axes[DIAGNOSTICS_LOG]) == ["crd/positive_score", "crd/z_student", "crd/z_teacher"]
     assert labels(axes["learning rate"]) == ["lr"]
     low, high = axes[LOSS_TITLE].get_ylim()
     assert axes[LOSS_TITLE].get_yscale() == "linear" and 0 < high < 10 and low > 0.5  # the losses, not 4400
-    diagnostics = axes["diagnostics (log scale)"]
+    diagnostics = axes[DIAGNOSTICS_LOG]
     assert diagnostics.get_yscale() == "log"
     low, high = diagnostics.get_ylim()
     assert low <= 0.01 and high >= 4410
@@ -80,8 +81,8 @@ def test_evaluation_panel_with_eval_metrics():
     axis = axes_by_title(figure)["per-epoch evaluation"]
     assert labels(axis) == ["eval_student_top1"]
     x, y = axis.get_lines()[0].get_data()
-    assert list(x) == [1, 2, 3] and list(y) == pytest.approx([0.1, 0.2, 0.3])
-    assert axis.get_xlabel() == "epoch"
+    assert list(x) == [1, 2, 3] and list(y) == pytest.approx([10.0, 20.0, 30.0])  # percent, as the console
+    assert axis.get_xlabel() == "epoch" and axis.get_ylabel() == "percent"
 
 
 def test_diagnostics_that_cross_zero_get_linear_panels_by_magnitude():
@@ -89,9 +90,43 @@ def test_diagnostics_that_cross_zero_get_linear_panels_by_magnitude():
     for record in records:
         if record["scope"] == "step":
             record["crd/positive_score"] = -0.05 + 0.01 * record["step"]
-    panels = [panel for panel in curve_panels(records) if panel.title == "diagnostics"]
-    assert [(list(panel.series), panel.yscale) for panel in panels] == [
-        (["crd/z_student", "crd/z_teacher"], "linear"), (["crd/positive_score"], "linear")]
+    panels = [panel for panel in curve_panels(records) if panel.title.startswith("diagnostics")]
+    assert [(panel.title, list(panel.series), panel.yscale) for panel in panels] == [
+        ("diagnostics, positive", ["crd/z_student", "crd/z_teacher"], "linear"),
+        ("diagnostics, signed", ["crd/positive_score"], "linear")]  # before: both titled "diagnostics"
+
+
+def test_signed_diagnostics_of_several_magnitudes_say_theirs():
+    records = crd_records()
+    for record in records:
+        if record["scope"] == "step":
+            record["crd/positive_score"] = -0.05 + 0.01 * record["step"]
+            record["crd/z_student"] = -100.0 + 20 * record["step"]
+    panels = [panel for panel in curve_panels(records) if panel.title.startswith("diagnostics, signed")]
+    assert [(panel.title, list(panel.series)) for panel in panels] == [
+        ("diagnostics, signed, |value| up to 140", ["crd/z_student"]),
+        ("diagnostics, signed, |value| up to 0.07", ["crd/positive_score"])]
+
+
+def test_every_panel_has_its_own_title_and_a_labelled_y_axis():
+    """Before: a positive and a signed diagnostics panel were both titled "diagnostics", and no y axis said
+    what it measured."""
+    records = crd_records(evaluate=True)
+    for record in records:
+        if record["scope"] == "step":
+            record["vid/mean_variance"] = -0.5 + 0.1 * record["step"]  # crosses zero: a signed panel
+    titles = [axis.get_title() for axis in curves_figure(records).axes]
+    assert titles == [LOSS_TITLE, "learning rate", DIAGNOSTICS_LOG, "diagnostics, signed", "per-epoch evaluation"]
+    assert [axis.get_ylabel() for axis in curves_figure(records).axes] == [
+        "loss", "learning rate", "value", "value", "percent"]
+
+
+def test_metrics_that_are_not_fractions_stay_numbers_in_their_own_panel():
+    records = [{"scope": "step", "step": 1, "lr": 0.1, "loss": 1.0},
+               {"scope": "epoch", "step": 1, "epoch": 1, "eval_miou": 0.25, "eval_loss": 1.5}]
+    panels = by_title(curve_panels(records))
+    assert panels["per-epoch evaluation"].series == {"eval_miou": ([1], [25.0])}
+    assert panels["per-epoch evaluation, other metrics"].series == {"eval_loss": ([1], [1.5])}
 
 
 def test_losses_spanning_decades_get_a_log_scale():
