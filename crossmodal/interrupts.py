@@ -11,12 +11,17 @@ SIGTERM (what ``timeout``, ``docker stop`` and cluster schedulers send before ki
 run defers both (:func:`deferred_termination`): the step in progress finishes, a checkpoint is saved, and then
 the run stops (:func:`stopped`), so that ``--resume`` continues from the signal. A second Ctrl-C while the
 first is deferred stops at once, as an impatient user expects (the previous checkpoint stays intact).
+
+SIGKILL cannot be handled, so worker processes cannot be stopped by their parent then: they stop themselves
+(:func:`die_with_parent`), instead of rendering on for minutes as orphans.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -24,6 +29,8 @@ _requested: str | None = None  # "interrupt" or "terminate"
 _pending: str | None = None  # the same, deferred by a training run
 _deferring = 0
 _hook_installed = False
+PARENT_POLL_S = 0.5  # how often a worker without the kernel's parent-death signal looks for its parent
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Terminated(KeyboardInterrupt):
@@ -114,6 +121,37 @@ def unseen_by_new_processes() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         check()
+
+
+def die_with_parent(parent: int, kernel: bool = True) -> None:
+    """Called first in a worker process: end it when its parent (pid ``parent``) ends, even by SIGKILL.
+
+    On Linux the kernel sends it SIGKILL then (``prctl(PR_SET_PDEATHSIG)``; the worker holds nothing to clean
+    up: its results were for the parent); elsewhere, or with ``kernel=False``, a daemon thread sees the parent
+    gone within :data:`PARENT_POLL_S` seconds, whatever the worker is busy with, and exits.
+    """
+    if not (kernel and _parent_death_signal()):
+        threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _parent_death_signal() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; whether it was possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def termination_pending() -> bool:

@@ -30,9 +30,10 @@ MIN_SIZE, MAX_SIZE = 16, 1024
 CONVERTER = "data_prep.synthetic"
 
 
-def _ignore_interrupt() -> None:
+def _ignore_interrupt(parent: int) -> None:
     # Ctrl-C reaches the whole process group: let the parent alone clean up, without one traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts.die_with_parent(parent)  # a parent killed by SIGKILL orphans no worker
 
 
 def _render_chunk(job: tuple[int, int, int, int, bool]) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def generate(out: str, num: int = 4000, size: int = 64, seed: int = 0, test_frac
         bar = sample_bar(None, num, "synthetic")
         finished = False
         pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_interrupt) if workers > 1 else None
+                                   initializer=_ignore_interrupt, initargs=(os.getpid(),)) if workers > 1 else None
         try:
             with interrupts.unseen_by_new_processes():  # the first jobs start the workers
                 chunks = _in_order(pool, _render_chunk, jobs, workers + 1) if pool else map(_render_chunk, jobs)
