@@ -7,9 +7,14 @@ YAML's key order (config.yaml is written in it) and the order unknown-key errors
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+import os
+from typing import Any, Mapping, Optional, Sequence, TypeVar
 
+from crossmodal.config.generate_rule import apply_generate_rule
+from crossmodal.config.schema import load_config
 from crossmodal.config.typed import Section, non_negative_setting, positive_setting, section, setting
+
+R = TypeVar("R", bound="RunConfig")
 
 ENCODER_HELP = "timm encoder options: name, in_chans (default: the modality's), num_classes, small_input, ..."
 ADAPT_INPUT_HELP = ("initialise from weights with another input-channel count (ImageNet RGB weights for a depth "
@@ -87,6 +92,15 @@ class RunConfig(Section):
     optim: OptimSection = section(OptimSection)
     schedule: ScheduleSection = section(ScheduleSection)
     train: TrainSection = section(TrainSection)
+
+    @classmethod
+    def load(cls: type[R], path: str | os.PathLike | None, overrides: Sequence[str] = (),
+             base: Mapping[str, Any] | None = None) -> R:
+        """:meth:`Section.load`, with the rule of :mod:`crossmodal.config.generate_rule`: a ``data.generate``
+        written in a file applies only to the ``data.path`` written beside it."""
+        tree = load_config(path, cls.schema(), overrides, base)
+        apply_generate_rule(tree, path, overrides, base)
+        return cls.from_tree(tree)
 
 
 # ------------------------------------------------------------------------------------------------ train-teacher
