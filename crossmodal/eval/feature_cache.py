@@ -3,7 +3,14 @@
 A file records what its contents depend on (the encoder's fingerprint, the data file, the split's rows, the
 modality, the label set, the stages and the pooling) and is reused only when all of them match, so ``probe``
 and the studies re-probe a checkpoint without re-encoding, and never read features of another encoder.
-Files are written to a temporary name and renamed when complete; read back with safetensors (no pickle).
+Files are written to a temporary name and renamed when complete (readable like the other outputs, 0644 under
+the usual umask: safetensors alone makes them 0600); read back with safetensors (no pickle).
+
+safetensors has no checksum, so each tensor's CRC-32 is kept in the metadata and checked on every reuse: a
+damaged file (20 raised exponent bytes gave wrong probe results, reported as ``reused``) is rebuilt with one
+line naming the file and the tensor, as a stale one is. Rebuilding, not an error: the cache holds nothing that
+cannot be recomputed, and the probe then runs on correct features. A file written before the CRC-32s existed
+is rebuilt once.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from crossmodal.cache_key import data_parts, digest
 from crossmodal.errors import DataError
 from crossmodal.eval.features import ExtractedFeatures, StageFeatures
 from crossmodal.files import atomic_output, ensure_folder
+from crossmodal.models.weights import CRC_KEY, check_tensor_crc32s, tensor_crc32s
 
 FORMAT = "crossmodal-features/1"
 LABELS = "__labels__"
@@ -51,10 +59,16 @@ def load(path: str, parts: Mapping[str, Any], device: str | torch.device) -> tup
                 old = json.loads(meta.get("key_parts", "{}"))
                 changed = [name for name in parts if old.get(name) != parts[name]] or ["key"]
                 return None, f"{', '.join(changed)} changed"
+            if CRC_KEY not in meta:
+                return None, "written without checksums (by an older crossmodal)"
             layout = json.loads(meta["stages"])
-            labels = handle.get_tensor(LABELS).numpy().astype(np.int64)
-            stages = [StageFeatures(entry["name"], entry["pooled_size"], handle.get_tensor(entry["name"]).to(device))
-                      for entry in layout]
+            tensors = {name: handle.get_tensor(name) for name in [LABELS] + [entry["name"] for entry in layout]}
+        check_tensor_crc32s(path, tensors, meta)
+        labels = tensors[LABELS].numpy().astype(np.int64)
+        stages = [StageFeatures(entry["name"], entry["pooled_size"], tensors[entry["name"]].to(device))
+                  for entry in layout]
+    except DataError as err:  # "damaged: tensor stage_3 fails its CRC-32 check; restore ...": a cache rebuilds
+        return None, err.problem.split(";")[0]
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         return None, f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     if any(len(stage.values) != len(labels) for stage in stages):
@@ -69,13 +83,22 @@ def save(path: str, parts: Mapping[str, Any], features: ExtractedFeatures) -> No
     tensors = {stage.name: stage.values.detach().to("cpu").contiguous() for stage in features.stages}
     tensors[LABELS] = torch.from_numpy(np.ascontiguousarray(features.labels, dtype=np.int64))
     meta = {"format": FORMAT, "key": digest(parts), "key_parts": json.dumps(parts, sort_keys=True),
-            "stages": json.dumps([{"name": s.name, "pooled_size": s.pooled_size} for s in features.stages])}
+            "stages": json.dumps([{"name": s.name, "pooled_size": s.pooled_size} for s in features.stages]),
+            CRC_KEY: tensor_crc32s(tensors)}
     ensure_folder(os.path.dirname(os.path.abspath(path)))
     try:
         with atomic_output(path) as temporary:
             save_file(tensors, temporary, metadata=meta)
+            _readable_like_other_outputs(temporary)
     except OSError as err:
         raise DataError(path, f"cannot write the feature cache ({err.strerror or err})") from None
+
+
+def _readable_like_other_outputs(path: str) -> None:
+    """Give ``path`` the mode ``open()`` gives (0666 less the umask): safetensors creates its files 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def cached(path: Optional[str], parts: Mapping[str, Any], extract: Callable[[], ExtractedFeatures],

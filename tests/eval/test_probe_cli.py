@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,21 @@ def test_sklearn_solver_and_the_feature_cache(smoke, tmp_path):
     assert fourth.returncode == 0, fourth.stderr
     assert f"feature cache {train_file}: unreadable" in fourth.stderr and "rebuilding" in fourth.stderr
     assert not list(cache.glob(".*tmp*"))
+    # 20 raised exponent bytes (safetensors has no checksum): rebuilt, naming the tensor, never reused
+    from test_feature_cache import raise_bytes
+
+    raise_bytes(train_file, "embedding", itemsize=4, byte=3)
+    fifth = cli(*args, "--random-init")
+    assert fifth.returncode == 0, fifth.stderr
+    assert (f"feature cache {train_file}: damaged: tensor embedding fails its CRC-32 check; rebuilding"
+            in fifth.stderr.splitlines())
+    assert oct(train_file.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_a_diverged_encoder_is_one_line_naming_the_stage(smoke, tmp_path):
