@@ -58,32 +58,98 @@ def os_reason(err: BaseException) -> str:
     return " ".join(str(reason).split())[:200]  # HDF5's messages span lines
 
 
+def refused_write(err: BaseException, path: str | os.PathLike):
+    """The one-line :class:`~crossmodal.errors.DataError` for a write of ``path`` that its place refused, else
+    None (a bug, to be seen whole). Refused: :func:`place_error`'s reasons, whatever the library raised them as
+    (OSError, HDF5's RuntimeError, torch's and safetensors' messages), and a folder that is gone (removed while
+    a run wrote into it): the line then names the folder."""
+    from crossmodal.errors import CrossmodalError, DataError
+
+    if isinstance(err, CrossmodalError):
+        return None
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    if isinstance(err, FileNotFoundError) and not os.path.isdir(folder):
+        return DataError(folder, f"cannot write {os.path.basename(path)} into it: no such folder (was it "
+                                 f"removed?)")
+    reason = place_error(err, folder)
+    return None if reason is None else DataError(path, f"cannot write it: {reason}")
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yield a temporary name to write; rename it to ``path`` if the block completes, remove it otherwise.
 
     ``suffix`` keeps an extension on the temporary name for writers that choose the format by it (OpenCV).
     """
-    from crossmodal.errors import CrossmodalError, DataError
-
     temporary = temporary_name(path, suffix)
     remove_stale_temporaries(path)
     try:
         yield temporary
         os.replace(temporary, path)
     except Exception as err:  # torch's writer says RuntimeError, safetensors its own SafetensorError
-        reason = None if isinstance(err, CrossmodalError) else \
-            place_error(err, os.path.dirname(os.path.abspath(temporary)))
-        if reason is None:
+        refused = refused_write(err, path)
+        if refused is None:
             raise
         try:  # free the space now: a writer that still holds the file (HDF5) can then close it cleanly
             os.truncate(temporary, 0)
         except OSError:
             pass
-        raise DataError(path, f"cannot write it: {reason}") from None
+        abandon_hdf5(temporary)
+        raise refused from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def abandon_hdf5(path: str | os.PathLike) -> None:
+    """Close every HDF5 handle still open on ``path`` (a temporary file whose writing failed), dropping what
+    HDF5 still holds: each file's descriptor is first pointed at an anonymous in-memory file, so that the
+    metadata HDF5 writes on closing cannot fail. On a disk that stays full a plain close fails, leaves HDF5 in a
+    state where h5py's clean-up crashes the interpreter (exit 139); the caller removes ``path``, freeing it."""
+    import sys
+
+    h5py = sys.modules.get("h5py")
+    if h5py is None:  # nothing was written through HDF5 in this process
+        return
+    target = os.path.realpath(path)
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            if os.path.realpath(os.fsdecode(file_id.name)) != target:
+                continue
+        except Exception:  # an id closed meanwhile
+            continue
+        try:
+            memory = os.memfd_create("abandoned-hdf5")
+            os.dup2(memory, file_id.get_vfd_handle())
+            os.close(memory)
+        except (AttributeError, OSError, ValueError):  # no memfd (not Linux): free the space, close as we can
+            try:
+                os.truncate(target, 0)
+            except OSError:
+                pass
+        try:
+            h5py.File(file_id).close()
+        except Exception:
+            pass
+
+
+@contextmanager
+def hdf5_output(temporary: str | os.PathLike) -> Iterator[Any]:
+    """A new HDF5 file at ``temporary`` (inside :func:`atomic_output`) whose refused writes raise where they
+    happen: chunks are not cached (HDF5 would write a cached chunk when its dataset object is released, where an
+    error is only printed as "Exception ignored"), the file is flushed before it is closed, and a failure
+    abandons it (:func:`abandon_hdf5`) instead of closing it, which on a full disk crashes the interpreter."""
+    import h5py
+
+    handle = h5py.File(temporary, "w", rdcc_nbytes=0)
+    try:
+        yield handle
+        handle.flush()
+    except BaseException:
+        abandon_hdf5(temporary)
+        raise
+    handle.close()
 
 
 def _alive(pid: int) -> bool:
@@ -135,6 +201,28 @@ def ensure_folder(folder: str | os.PathLike) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         raise DataError(folder, f"cannot create this folder: {os_reason(err)}") from None
+    return folder
+
+
+def writable_folder(folder: str | os.PathLike) -> str:
+    """Create ``folder`` if needed and make sure a file can be created in it, before any long work; returns its
+    absolute path.
+
+    Raises:
+        DataError: one line with the reason in words: a read-only file system says so (``os.access`` would
+        only say "no"), a folder without permission says "permission denied".
+    """
+    import tempfile
+
+    from crossmodal.errors import DataError
+
+    folder = ensure_folder(folder)
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".crossmodal-write-check-")
+    except OSError as err:
+        raise DataError(folder, f"cannot write in this folder: {os_reason(err)}") from None
+    os.close(handle)
+    os.remove(name)
     return folder
 
 

@@ -166,9 +166,11 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
                      else text_block(f"{name}: no labelled pixel in these samples", max(width, 320)))
     width = max(line.shape[1] for line in lines)
     grid = np.concatenate([_pad(line, line.shape[0], width) for line in lines], axis=0)
-    with atomic_output(out, suffix=".png") as tmp:
-        if not cv2.imwrite(tmp, grid[..., ::-1]):
-            raise DataError(out, "cannot write the preview PNG there")
+    encoded, png = cv2.imencode(".png", grid[..., ::-1])
+    if not encoded:
+        raise DataError(out, "cannot encode the preview as PNG")
+    with atomic_output(out) as tmp, open(tmp, "wb") as handle:  # cv2.imwrite would say only False, not why
+        handle.write(png.tobytes())
     return out
 
 

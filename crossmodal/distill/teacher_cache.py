@@ -26,7 +26,7 @@ from crossmodal.cache_key import data_parts, digest
 from crossmodal.checksums import crc32 as _crc32
 from crossmodal.data.dataset import PairedDataset, collate
 from crossmodal.errors import ConfigError, DataError
-from crossmodal.files import atomic_output
+from crossmodal.files import atomic_output, hdf5_output
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 from crossmodal.models.teacher import FrozenTeacher
 
@@ -343,7 +343,7 @@ def _build(path: str, teacher: FrozenTeacher, dataset: PairedDataset, modality: 
                dynamic_ncols=True, mininterval=0.5)
     written = 0
     try:
-        with atomic_output(path) as temporary, h5py.File(temporary, "w") as handle:
+        with atomic_output(path) as temporary, hdf5_output(temporary) as handle:
             for batch in loader:
                 rows = batch["index"].numpy()
                 out = teacher(batch[modality].to(device))

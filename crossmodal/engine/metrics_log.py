@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from crossmodal.files import atomic_output
+from crossmodal.files import atomic_output, refused_write
 from crossmodal.run_folder import CURVES as PLOT
 from crossmodal.run_folder import EPOCHS_CSV, STEPS_CSV
 from crossmodal.run_folder import METRICS_JSONL as JSONL
@@ -54,16 +54,24 @@ class MetricsLog:
         self._tail_checked = False
 
     def log(self, record: Mapping[str, Any]) -> None:
+        """Append ``record``. A refused write (a full disk, the run folder deleted while training) stops the
+        run with one line naming the file or the folder, as the checkpoint writer does."""
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            if not self._tail_checked:
-                # A line cut short by a kill has no newline: start a new line, or this record would be lost
-                # with it.
-                self._tail_checked = True
-                if _ends_without_newline(self.path):
-                    handle.write("\n")
-            handle.write(json.dumps(_plain(record)) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                if not self._tail_checked:
+                    # A line cut short by a kill has no newline: start a new line, or this record would be lost
+                    # with it.
+                    self._tail_checked = True
+                    if _ends_without_newline(self.path):
+                        handle.write("\n")
+                handle.write(json.dumps(_plain(record)) + "\n")
+        except OSError as err:
+            refused = refused_write(err, self.path)
+            if refused is None:
+                raise
+            raise refused from None
 
     def records(self) -> list[dict[str, Any]]:
         if not os.path.exists(self.path):
