@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -223,3 +224,50 @@ def test_run_that_died_before_its_first_checkpoint_starts_over(crd_runs, synthet
     result = cli_in_process("distill", "--resume", run, "train.log_every=3")  # a key a resume may change
     assert result.returncode == 0, result.stderr
     assert_same_run(crd_runs[0], run, "student.safetensors", device="auto")
+
+
+# ------------------------------------------------------------------ damaged files and changed data (issue 27)
+def test_a_damaged_checkpoint_is_refused_by_resume(crd_runs, tmp_path):
+    """Before: a zeroed 4 KiB block in checkpoint.pt resumed with exit 0 and other weights."""
+    run = tmp_path / "damaged"
+    shutil.copytree(crd_runs[1], run)
+    checkpoint = run / "checkpoint.pt"
+    data = bytearray(checkpoint.read_bytes())
+    start = len(data) // 2 // 4096 * 4096  # a disk block among the tensors
+    data[start:start + 4096] = bytes(4096)
+    checkpoint.write_bytes(data)
+    result = cli_in_process("distill", "--resume", run)
+    assert result.returncode == 2
+    line = error_line(result)
+    assert line.startswith(f"crossmodal distill: error: {checkpoint}: damaged: member ")
+    assert line.endswith("; resume from an intact copy, or start the run again")
+
+
+def test_a_zeroed_block_in_the_exported_student_is_refused_by_probe(crd_runs, synthetic_file, tmp_path):
+    run = tmp_path / "damaged"
+    shutil.copytree(crd_runs[1], run)
+    weights = run / "student.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8192:-4096] = bytes(4096)  # among the last tensors' bytes
+    weights.write_bytes(data)
+    line = error_line(cli_in_process("probe", "--checkpoint", run, "--data", synthetic_file, "--json",
+                                     tmp_path / "p.json"))
+    assert re.fullmatch(rf"crossmodal probe: error: {re.escape(str(weights))}: damaged: tensor \S+ fails its CRC-32 "
+                        rf"check; restore an intact copy", line)
+
+
+def test_resume_after_the_data_file_was_regenerated_is_refused(synthetic_file, tmp_path):
+    """Before: --resume carried on with the regenerated data (only the teacher cache noticed). A copy of the same
+    file (a new modification time) still resumes."""
+    data, run = tmp_path / "scenes.h5", tmp_path / "run"
+    shutil.copy(synthetic_file, data)
+    run_in_process("distill", SMOKE_DISTILL, [f"data.path={data}", *COMMON, *DISTILL, "train.epochs=1"], run)
+    os.remove(data)
+    shutil.copy(synthetic_file, data)  # the same data, copied again
+    assert cli_in_process("distill", "--resume", run).returncode == 0
+    run_cli("prepare", "synthetic", "--out", data, "--num", "56", "--size", "32", "--seed", "1", "--overwrite",
+            check=True)
+    line = error_line(cli_in_process("distill", "--resume", run))
+    assert re.fullmatch(rf"crossmodal distill: error: {re.escape(str(run / 'checkpoint.pt'))}: written for another "
+                        rf"data file: data file {re.escape(str(data))} changed since the checkpoint \(.*num_samples "
+                        rf"48 -> 56.*\)", line)
