@@ -67,8 +67,8 @@ def _run(args: argparse.Namespace) -> int:
         train_split=args.train_split, test_split=args.test_split, batch_size=args.batch_size,
         num_workers=args.num_workers, device=args.device, feature_cache=args.feature_cache,
         progress=args.progress)
-    result = run_probe(options, json_path=args.json)
-    print(render_table(result))
+    # the table reaches stdout before the JSON is written: a refused write (one line) leaves the results seen
+    run_probe(options, json_path=args.json, show=lambda result: print(render_table(result), flush=True))
     if args.json:
         print(f"written to {args.json}")
     return 0

@@ -83,12 +83,13 @@ def _class_label_set(layout, requested: Optional[str], path: str) -> str:
     raise ConfigError(f"--labels: {path} has several class label sets {class_sets}; name one")
 
 
-def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
-              say: Callable[[str], None] = _stderr) -> dict[str, Any]:
+def run_probe(args: ProbeOptions, json_path: Optional[str] = None, say: Callable[[str], None] = _stderr,
+              show: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
     """Probe ``args.checkpoint`` and return the ``crossmodal-probe/1`` result (also written to ``json_path``).
 
     ``say`` receives a line per stage as it finishes (and the feature cache's lines); a fit that stopped at its
-    iteration cap is one line on stderr and ``converged: false`` in the result.
+    iteration cap is one line on stderr and ``converged: false`` in the result. ``show`` receives the result
+    before the JSON is written, so that a write refused at the end (a disk filled meanwhile) loses no table.
 
     Raises:
         ConfigError, DataError: one line naming the problem; those about the options and files come before any
@@ -107,7 +108,7 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     from crossmodal.eval.knn import knn_probe
     from crossmodal.eval.probe import SOLVERS, linear_probe
     from crossmodal.data.setup import modality_channels
-    from crossmodal.files import write_json
+    from crossmodal.files import writable_folder, write_json
     from crossmodal.models.config import check_input_channels
     from crossmodal.runtime import resolve_device
 
@@ -120,7 +121,7 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
                           f"split it was fitted on measures nothing")
     device = resolve_device(args.device)
     if json_path:
-        _check_writable_folder(os.path.dirname(os.path.abspath(json_path)))
+        writable_folder(os.path.dirname(os.path.abspath(json_path)))
     loaded = load_encoder(args.checkpoint, random_init=args.random_init, seed=args.seed)
     modality = args.modality or loaded.modality
     if modality is None:
@@ -138,7 +139,7 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
     datasets = {split: PairedDataset(data_path, split, modalities=[modality], labels=[label_name])
                 for split in (args.train_split, args.test_split)}
     if args.feature_cache:
-        _check_writable_folder(args.feature_cache)
+        writable_folder(args.feature_cache)
     fingerprint = loaded.encoder.fingerprint() if args.feature_cache else ""
 
     def features(split: str):
@@ -203,18 +204,11 @@ def run_probe(args: ProbeOptions, json_path: Optional[str] = None,
         "seconds": {"features": round(extraction_seconds, 3),
                     "total": round(time.perf_counter() - start, 3)},
         "stages": rows}
+    if show is not None:
+        show(result)
     if json_path:
         write_json(json_path, result)
     return result
-
-
-def _check_writable_folder(folder: str) -> None:
-    """Create ``folder`` if needed and make sure files can be written there, before any work."""
-    from crossmodal.files import ensure_folder
-
-    folder = ensure_folder(folder)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DataError(folder, "cannot write in this folder (permission denied)")
 
 
 def _check_finite(source: str, splits: dict[str, Any]) -> None:
