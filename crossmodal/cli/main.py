@@ -16,6 +16,7 @@ from crossmodal.files import place_error
 
 VERBS = (prepare_verb, inspect_verb, train_verbs, import_verb, probe_verb, segment_verb, report_verb, demo_verb)
 EXIT_USER_ERROR = 2
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,18 +43,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.handler(args) or 0
+        code = args.handler(args) or 0
+        sys.stdout.flush()  # a reader gone early (`| head`) is then met here, not in the interpreter's exit
+        return code
     except CrossmodalError as err:
+        _close_progress_bars()
         print(f"crossmodal {args.verb}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except OSError as err:  # a write refused by its place that no writer turned into a DataError itself
-        reason = place_error(err)
-        if reason is None:
-            raise
-        print(f"crossmodal {args.verb}: error: {_os_error_path(err)}{reason}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    except BrokenPipeError:  # an OSError: before that clause, which would re-raise it as a traceback
+        return _closed_pipe()
     except MemoryError:
         print(f"crossmodal {args.verb}: error: out of memory (is a size or count far too large?)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as err:  # a write refused by its place that no writer turned into a DataError itself
+        reason = place_error(err)  # (OSError, or HDF5's RuntimeError with "errno = 28" in its text)
+        if reason is None:
+            raise
+        _close_progress_bars()
+        print(f"crossmodal {args.verb}: error: {_os_error_path(err)}{reason}", file=sys.stderr)
         return EXIT_USER_ERROR
     except interrupts.Terminated as err:
         print(f"crossmodal {args.verb}: {err}", file=sys.stderr)
@@ -61,14 +68,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # a training run's says where it saved its checkpoint
         print(f"crossmodal {args.verb}: {err or 'interrupted'}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as the Python docs advise
+
+
+def _close_progress_bars() -> None:
+    """End the progress bars a failure left open, so that the error starts a line of its own (not glued to
+    ``stl10:  40%|...``)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _closed_pipe() -> int:
+    """Output piped into a reader that stopped early (``| head -1``): stop quietly, as the Python docs advise
+    (stdout pointed at /dev/null, so the interpreter's final flush cannot fail again), with the status of a
+    Unix tool killed by SIGPIPE (``cat``, ``grep``): the shell reports the reader's status, and ``set -o
+    pipefail`` learns that not all output was delivered, as it would from any other command."""
+    try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except (OSError, ValueError):  # stdout is no file (captured in a test): nothing will flush into the pipe
+        pass
+    return EXIT_CLOSED_PIPE
 
 
-def _os_error_path(err: OSError) -> str:
+def _os_error_path(err: BaseException) -> str:
     """``PATH: `` for an OSError that names its file (HDF5 names it inside the message), else nothing."""
-    name = err.filename
+    name = getattr(err, "filename", None)
     if name is None:
         match = re.search(r"(?:file)?name = '([^']+)'", str(err))
         name = match.group(1) if match else None
