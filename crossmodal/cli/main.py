@@ -8,13 +8,14 @@ import sys
 from typing import Sequence
 
 from crossmodal import __version__, interrupts
-from crossmodal.cli import (demo_verb, import_verb, inspect_verb, prepare_verb, probe_verb, report_verb, segment_verb,
-                            train_verbs)
+from crossmodal.cli import (config_verb, demo_verb, import_verb, inspect_verb, prepare_verb, probe_verb,
+                            report_verb, segment_verb, train_verbs)
 from crossmodal.cli.help_text import plain_help
 from crossmodal.errors import CrossmodalError
 from crossmodal.files import place_error
 
-VERBS = (prepare_verb, inspect_verb, train_verbs, import_verb, probe_verb, segment_verb, report_verb, demo_verb)
+VERBS = (prepare_verb, inspect_verb, train_verbs, import_verb, probe_verb, segment_verb, report_verb, demo_verb,
+         config_verb)
 EXIT_USER_ERROR = 2
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE
 
@@ -40,8 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # config overrides may follow options: `distill CFG --out RUN optim.lr=0.1`
         if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
             args.overrides = list(args.overrides) + extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        else:  # the verb's own usage, and for `train.epochs 1` the key=value it meant
+            (getattr(args, "parser", None) or parser).error(
+                f"unrecognized arguments: {' '.join(extra)}{train_verbs.override_hint(extra)}")
     try:
         code = args.handler(args) or 0
         sys.stdout.flush()  # a reader gone early (`| head`) is then met here, not in the interpreter's exit

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+from typing import Sequence
+
+from crossmodal.cli.config_verb import config_argument
 
 EPILOG = """Overrides: any config key as key.sub=value after the config, read as YAML
 (optim.lr=0.01 distill.name=crd 'data.size=[64, 64]' teacher.weights=null).
@@ -34,7 +38,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", metavar="CFG", help="YAML config (experiments/configs/*.yaml)")
+    parser.add_argument("config", nargs="?", metavar="CFG",
+                        help="YAML config (experiments/configs/*.yaml), or the name of a shipped one (crossmodal "
+                             "config list)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder to create")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
@@ -50,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not os.path.exists(config):  # `--resume RUN key=value`
         config, overrides = None, [config] + overrides
+    config = config_argument(config)
     if args.resume and args.out:
         args.parser.error("give either --out (a new run) or --resume (an existing one), not both")
     if config is None and not args.resume:
@@ -60,3 +67,13 @@ def _run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
         print(f"run folder: {run_dir}")
     return 0
+
+
+def override_hint(extra: Sequence[str]) -> str:
+    """For arguments argparse did not take: ``train.epochs 1`` (an override split at its ``=``) gets
+    ``; a config override is one word, key=value: train.epochs=1``, else nothing."""
+    words = list(extra)
+    for key, value in zip(words, words[1:]):
+        if re.fullmatch(r"[A-Za-z_][\w]*(\.[\w+-]+)*", key) and not value.startswith("-") and "=" not in value:
+            return f"; a config override is one word, key=value: {key}={value}"
+    return ""
