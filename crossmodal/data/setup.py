@@ -89,3 +89,21 @@ def modality_channels(path: str, modalities: Mapping[str, str]) -> dict[str, int
         except KeyError as err:
             raise DataError(path, f"{key}: {err.args[0]}") from None
     return channels
+
+
+# A config key naming a label set -> (the kind of set it takes, what null means there)
+LABEL_KEYS = {"task.classes": ("class", "no image classes"), "task.segmentation": ("segmentation", "no segmentation"),
+              "loss.class_labels": ("class", "no class labels")}
+
+
+def check_label_sets(path: str, keys: Mapping[str, Optional[str]]) -> None:
+    """Each label set a config key names (``{"task.segmentation": "seg"}``) is in the file; one that is not is a
+    one-line error naming the key to change and its valid values (the file's sets of that kind, or null)."""
+    labels = read_layout(path).labels
+    for key, name in keys.items():
+        if not name or name in labels:
+            continue
+        kind, meaning = LABEL_KEYS[key]
+        matching = sorted(other for other, info in labels.items() if info.type == kind)
+        fix = f" or to one of {matching}" if matching else f": the file has no {kind} label set"
+        raise DataError(path, f"{key}: no label set '{name}'; set {key}=null ({meaning}){fix}")

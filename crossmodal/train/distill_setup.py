@@ -14,7 +14,8 @@ import torch
 from crossmodal import run_folder, runtime
 from crossmodal.config import DistillRunConfig, TeacherSection
 from crossmodal.data.modalities import MODALITIES
-from crossmodal.data.setup import ensure_data, for_loader, modality_channels, open_split, transforms
+from crossmodal.data.setup import (check_label_sets, ensure_data, for_loader, modality_channels, open_split,
+                                   transforms)
 from crossmodal.distill import check_options, create_distiller, get_distiller
 from crossmodal.distill.teacher_cache import TeacherFeatureCache
 from crossmodal.engine import TrainSetup
@@ -50,6 +51,7 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
     use_cache = _use_cache(teacher_cfg.cache, data.augment)
     sm = student_cfg.modality
     channels = modality_channels(data.path, {"teacher.modality": tm, "student.modality": sm})
+    check_label_sets(data.path, {"loss.class_labels": class_labels})
     train = open_split(data.path, data.split, [sm] + ([] if use_cache else [tm]), [class_labels], train_transform,
                        config.seed)
     check_batch_size(config.train.batch_size, len(train))

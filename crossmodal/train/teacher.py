@@ -12,7 +12,8 @@ import torch
 from crossmodal.config import TaskSection, TeacherRunConfig
 from crossmodal.data.classes import class_names, resolve_classes
 from crossmodal.data.format import Layout
-from crossmodal.data.setup import ensure_data, for_loader, modality_channels, open_split, transforms
+from crossmodal.data.setup import (check_label_sets, ensure_data, for_loader, modality_channels, open_split,
+                                   transforms)
 from crossmodal.engine import SupervisedTask, TrainSetup
 from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError
@@ -30,6 +31,7 @@ def build_teacher_training(config: TeacherRunConfig, run_dir: str, device: torch
     ensure_data(data)
     train_transform, eval_transform = transforms(data)
     channels = modality_channels(data.path, {"model.modality": model.modality})["model.modality"]
+    check_label_sets(data.path, {"task.classes": classes, "task.segmentation": segmentation})
     train = open_split(data.path, data.split, [model.modality], [classes, segmentation], train_transform, config.seed)
     layout = train.layout
     for name, kind in ((classes, "class"), (segmentation, "segmentation")):
