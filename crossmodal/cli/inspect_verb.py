@@ -14,11 +14,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
         description="Check a paired HDF5 file and summarise it: format version, modalities (shape, dtype, value "
                     "range, depth holes and NaNs), label sets with class counts, splits and provenance. "
                     "A malformed file exits with status 2 and one line naming the problem.")
-    parser.add_argument("file", metavar="FILE.h5")
+    parser.add_argument("file", metavar="FILE.h5", help="the paired HDF5 file to check")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--preview", metavar="OUT.png", help="also write a PNG grid of a few samples")
     parser.add_argument("--preview-samples", type=positive_int, default=6, metavar="K",
-                        help="rows of the grid (default 6)")
+                        help="samples in the grid (default 6), evenly spaced over the file: one to a line for "
+                             "large images, several to a line for small ones (CIFAR, STL-10)")
     parser.add_argument("--verify", action="store_true",
                         help="read every row of every modality, label set and split, checking its chunk's checksum "
                              "and (files written since they exist) its own CRC-32; damaged rows are listed and the "

@@ -25,6 +25,9 @@ RAMP = 10  # height of a colour bar's colour ramp
 MARGIN = 3
 MIN_SCALE = 0.35  # the smallest font scale used before text wraps
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+BLACK = np.zeros(3, np.uint8)  # void label pixels and depth holes (0, negative or NaN) are drawn in it
+VOID_NAME = "void (unlabelled)"
+HOLE_NAME = "hole (no valid depth)"
 
 
 def label_palette(num_colors: int = 256) -> np.ndarray:
@@ -98,7 +101,8 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
     """Write the grid to ``out`` (atomically) and return ``out``: one cell per sample (a caption with its row
     and class labels, then its modalities and label maps side by side, each depth tile over a colour bar of
     its own display range in its units); cells are laid out several to a line when they are narrow (small
-    images), and a legend of the label classes shown closes the grid."""
+    images), and legends close the grid: the label classes shown, and black for the void pixels and depth
+    holes shown (see :func:`closing_legends`)."""
     if os.path.isdir(out):
         raise DataError(out, "is a folder; --preview takes the path of a .png file")
     layout = read_layout(path)
@@ -112,6 +116,8 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
     columns += segmentations
     class_sets = [n for n, info in layout.labels.items() if info.type == "class"]
     shown_classes: dict[str, set[int]] = {name: set() for name in segmentations}
+    void_shown: set[str] = set()
+    holes_shown: set[str] = set()
     cells, widths = [], []
     try:
         with h5py.File(layout.path, "r") as handle:
@@ -122,13 +128,18 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
                     shown = None
                     if name in layout.modalities:
                         info = layout.modalities[name]
-                        tile, shown = _to_tile(read_physical(handle["modalities"][name], row), info.kind)
+                        array = read_physical(handle["modalities"][name], row)
+                        if info.kind in DEPTH_KINDS and not (array > 0).all():  # NaN > 0 is False too
+                            holes_shown.add(name)
+                        tile, shown = _to_tile(array, info.kind)
                         unit = info.units if info.units and len(info.units) <= 3 else ""
                     else:
                         labels = handle["labels"][name][row]
                         void = layout.labels[name].ignore_index
                         tile = palette[(labels.astype(np.int64) + 1) % len(palette)]  # class 0 is not black
                         tile[labels == void] = 0  # void black
+                        if void is not None and (labels == void).any():
+                            void_shown.add(name)
                         shown_classes[name].update(int(v) for v in np.unique(labels) if v != void)
                     tile = _fit(tile, tile_side(*tile.shape[:2]))
                     tiles.append(tile)
@@ -158,12 +169,10 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
             spaced += [cell, np.full((cell.shape[0], GAP, 3), 255, np.uint8)]
         lines.append(np.concatenate(spaced[:-1], axis=1))
     width = max(line.shape[1] for line in lines)
-    for name in segmentations:
-        names = layout.labels[name].class_names
-        entries = [(palette[(c + 1) % len(palette)], names[c] if c < len(names) else f"class {c}")
-                   for c in sorted(shown_classes[name])]
-        lines.append(legend(f"{name}:", entries, max(width, 320)) if entries
-                     else text_block(f"{name}: no labelled pixel in these samples", max(width, 320)))
+    class_names = {name: layout.labels[name].class_names for name in segmentations}
+    for title, entries in closing_legends(class_names, shown_classes, void_shown, holes_shown, palette):
+        lines.append(legend(title, entries, max(width, 320)) if entries
+                     else text_block(f"{title} no labelled pixel in these samples", max(width, 320)))
     width = max(line.shape[1] for line in lines)
     grid = np.concatenate([_pad(line, line.shape[0], width) for line in lines], axis=0)
     encoded, png = cv2.imencode(".png", grid[..., ::-1])
@@ -172,6 +181,29 @@ def write_preview(path: str, out: str, num_samples: int = 6) -> str:
     with atomic_output(out) as tmp, open(tmp, "wb") as handle:  # cv2.imwrite would say only False, not why
         handle.write(png.tobytes())
     return out
+
+
+def closing_legends(class_names: dict[str, tuple[str, ...]], shown_classes: dict[str, set[int]],
+                    void_shown: set[str], holes_shown: set[str],
+                    palette: np.ndarray) -> list[tuple[str, list[tuple[np.ndarray, str]]]]:
+    """The legends under the grid as ``(title, [(colour, name), ...])``: per segmentation label set the classes
+    shown and, when some of its pixels shown are void, black for them; then, when a depth tile shown has holes,
+    black for those (named by the modalities that have them). An empty list: a label set with no labelled
+    pixel in the samples shown.
+
+    Examples:
+        >>> [(title, [name for _, name in entries]) for title, entries in closing_legends(
+        ...     {"seg": ("floor", "wall")}, {"seg": {1}}, {"seg"}, {"raw_depth"}, label_palette())]
+        [('seg:', ['wall', 'void (unlabelled)']), ('raw_depth:', ['hole (no valid depth)'])]
+    """
+    legends = []
+    for name, names in class_names.items():
+        entries = [(palette[(c + 1) % len(palette)], names[c] if c < len(names) else f"class {c}")
+                   for c in sorted(shown_classes[name])]
+        legends.append((f"{name}:", entries + [(BLACK, VOID_NAME)] * bool(entries and name in void_shown)))
+    if holes_shown:
+        legends.append((f"{', '.join(sorted(holes_shown))}:", [(BLACK, HOLE_NAME)]))
+    return legends
 
 
 def colour_bar(width: int, low: float, high: float, unit: str = "") -> np.ndarray:

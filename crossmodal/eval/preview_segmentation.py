@@ -11,6 +11,8 @@ from crossmodal.data.preview import label_palette
 from crossmodal.data.format import DEPTH_KINDS
 from crossmodal.files import atomic_output
 
+VOID_LABEL = "void (not scored)"
+
 
 def colorize(labels: np.ndarray, num_classes: int, ignore_index: Optional[int]) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 RGB: class c gets colour c + 1 of the fixed VOC palette (the data
@@ -22,12 +24,17 @@ def colorize(labels: np.ndarray, num_classes: int, ignore_index: Optional[int]) 
     """
     palette = label_palette(num_classes + 1)
     labels = labels.astype(np.int64)
-    void = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        void |= labels == ignore_index
+    void = void_mask(labels, num_classes, ignore_index)
     tile = palette[np.where(void, 0, labels + 1)]
     tile[void] = 0
     return tile
+
+
+def void_mask(labels: np.ndarray, num_classes: int, ignore_index: Optional[int]) -> np.ndarray:
+    """Where ``labels`` is void: ``ignore_index`` or any id outside [0, num_classes) (not scored)."""
+    labels = np.asarray(labels)
+    void = (labels < 0) | (labels >= num_classes)
+    return void | (labels == ignore_index) if ignore_index is not None else void
 
 
 def input_tile(image: np.ndarray, percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
@@ -111,7 +118,8 @@ def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarra
                         title: str = "", class_names: Optional[Sequence[str]] = None, method: Optional[str] = None,
                         modality: Optional[str] = None):
     """The preview figure and what it shows: ``(figure, info)`` with ``info`` holding ``title``, ``legend``
-    (the class names in the legend), ``depth_ranges`` (per sample ``(low, high)`` of its colour bar) and
+    (the class names in the legend), ``void`` (whether a ground truth shown has void pixels: they are drawn
+    black, and the legend ends with a black "void (not scored)" entry), ``depth_ranges`` (per sample ``(low, high)`` of its colour bar) and
     ``depth_unit`` (``"m"`` or ``"normalised"``). See :func:`write_segmentation_preview`."""
     import matplotlib
 
@@ -124,11 +132,12 @@ def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarra
     metres = single and modality in DEPTH_KINDS
     shown = present_classes(list(truths) + list(predictions), num_classes, ignore_index)
     names = [class_names[c] if class_names and c < len(class_names) else f"class {c}" for c in shown]
-    legend_lines = -(-len(shown) // 4)
+    void = any(void_mask(truth, num_classes, ignore_index).any() for truth in truths)
+    legend_lines = -(-(len(shown) + void) // 4)
     figure, axes = plt.subplots(rows, 3, figsize=(6.6 if single else 6, 2 * rows + 0.5 + 0.2 * legend_lines),
                                 squeeze=False)
     palette = label_palette(num_classes + 1)
-    info: dict = {"depth_ranges": [], "depth_unit": ("m" if metres else "normalised") if single else None}
+    info: dict = {"void": void, "depth_ranges": [], "depth_unit": ("m" if metres else "normalised") if single else None}
     for row, (image, truth, predicted) in enumerate(zip(images, truths, predictions)):
         tiles = (input_tile(image), colorize(truth, num_classes, ignore_index),
                  colorize(predicted, num_classes, ignore_index))
@@ -157,9 +166,10 @@ def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarra
     if full:
         figure.suptitle(full, fontsize=10)
     bottom = 0.0
-    if shown:
+    if shown or void:
         handles = [Patch(facecolor=palette[c + 1] / 255.0, edgecolor="black", linewidth=0.3, label=n)
                    for c, n in zip(shown, names)]
+        handles += [Patch(facecolor="black", edgecolor="black", linewidth=0.3, label=VOID_LABEL)] * void
         legend = figure.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0),
                                ncol=min(len(handles), 4), fontsize=8, frameon=False, handlelength=1.2,
                                columnspacing=1.0, handletextpad=0.4)
@@ -175,7 +185,8 @@ def write_segmentation_preview(path: str | os.PathLike, images: Sequence[np.ndar
                                method: Optional[str] = None, modality: Optional[str] = None) -> str:
     """Write ``path`` (PNG, atomically): one row per sample with input, ground truth and prediction, a legend
     of the classes that occur in the shown samples, a colour bar per single-channel input (its 2-98 percentile
-    range, in metres for a depth modality) and a title naming the method.
+    range, in metres for a depth modality) and a title naming the method; void ground-truth pixels are black, with
+    a legend entry saying so.
 
     Args:
         path: the PNG to write.

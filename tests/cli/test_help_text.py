@@ -89,3 +89,12 @@ def test_help_renders_through_argparse_without_format_garbage(path, parser):
 def test_compression_help_says_twenty_percent():
     text = " ".join(cli("prepare", "synthetic", "--help").stdout.split())
     assert "Blosc Zstd + bit shuffle: about 20% smaller, slower to read" in text
+
+
+def test_every_option_of_every_verb_says_what_it_does():
+    """Before: segment's --train-split, --test-split, --num-workers and --decoder-channels had no description."""
+    bare = [f"crossmodal {' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
+            for path, parser in PARSERS for action in parser._actions
+            if not isinstance(action, argparse._SubParsersAction)
+            and action.help != argparse.SUPPRESS and not (action.help or "").strip()]
+    assert not bare, "options without a help text: " + ", ".join(bare)

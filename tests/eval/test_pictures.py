@@ -25,15 +25,28 @@ def test_segmentation_preview_has_a_legend_of_present_classes_a_depth_bar_and_th
                                        class_names=("floor", "wall", "ceiling", "box"), method="crd",
                                        modality="depth")
     try:
-        assert info["legend"] == ["floor", "wall", "ceiling"]  # box absent, void not listed
+        assert info["legend"] == ["floor", "wall", "ceiling"] and info["void"]  # box absent
         texts = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
-        assert texts == ["floor", "wall", "ceiling"]
+        assert texts == ["floor", "wall", "ceiling", "void (not scored)"]  # before: black, in no legend
+        void_patch = figure.legends[0].get_patches()[-1]
+        assert tuple(void_patch.get_facecolor()[:3]) == (0.0, 0.0, 0.0)
         assert info["title"] == "crd: seg, frozen"
         assert info["depth_unit"] == "m"
         (near_low, near_high), (far_low, far_high) = info["depth_ranges"]
         assert 0.4 < near_low < near_high < 1.6 and 5.9 < far_low < far_high < 9.6  # per frame, in metres
     finally:
         plt.close(figure)
+
+
+def test_segmentation_preview_without_void_pixels_has_no_void_entry():
+    import matplotlib.pyplot as plt
+
+    images, truths, predictions = _samples()
+    truths = [np.where(truth == 255, 0, truth) for truth in truths]
+    figure, info = segmentation_figure(images, truths, predictions, num_classes=4, ignore_index=255)
+    plt.close(figure)
+    assert not info["void"]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["class 0", "class 1", "class 2"]
 
 
 def test_segmentation_preview_single_channel_without_depth_modality_says_normalised(tmp_path):
@@ -67,7 +80,26 @@ def test_inspect_grid_of_small_images_has_several_columns(synthetic_file, tmp_pa
     grid = cv2.imread(out)
     cell_width = 4 * 96  # rgb, depth, raw_depth, seg tiles of one 32 x 32 sample
     assert grid.shape[1] >= 2 * cell_width  # more than one sample per line
-    assert grid.shape[0] < 6 * 96  # not one tall column
+    assert grid.shape[0] < 6 * 128  # not one tall column: 6 x (a 96 px tile, its caption and colour bars)
+
+
+def test_inspect_grid_layout_is_what_preview_samples_help_says(synthetic_file, tmp_path):
+    """Before: the help said "rows of the grid" while small images were laid out several samples to a line."""
+    import cv2
+
+    from conftest import cli
+    from crossmodal.data.preview import write_preview
+    from crossmodal.data.synthetic import generate
+
+    help_text = " ".join(cli("inspect", "--help").stdout.split())
+    assert "samples in the grid (default 6), evenly spaced over the file: one to a line for large images, several " \
+           "to a line for small ones" in help_text
+    large = tmp_path / "large.h5"
+    generate(str(large), num=4, size=160, seed=0)
+    grid = cv2.imread(write_preview(str(large), str(tmp_path / "large.png"), 3))
+    assert 4 * 160 <= grid.shape[1] < 2 * 4 * 160  # rgb, depth, raw_depth, seg: one sample a line
+    small = cv2.imread(write_preview(str(synthetic_file), str(tmp_path / "small.png"), 3))
+    assert small.shape[1] >= 2 * 4 * 96  # 32 x 32 scenes: two samples or more a line
 
 
 def test_inspect_colour_bar_spans_turbo_and_is_labelled():
@@ -121,27 +153,65 @@ def test_inspect_captions_wrap_instead_of_being_cut():
     assert text_block("rgb", 96).shape[0] == LINE + 4  # a short text stays one line
 
 
-def test_inspect_grid_ends_with_a_legend_of_the_classes_shown(synthetic_file, tmp_path):
-    import cv2
+def _shown_classes(path, samples):
+    """The non-void class ids of label set ``seg`` in the rows a preview of ``samples`` shows, and its names."""
     import h5py
 
-    from crossmodal.data.preview import label_palette, legend, write_preview
     from crossmodal.data.summary import sample_rows
 
-    out = write_preview(str(synthetic_file), str(tmp_path / "grid.png"), 4)
-    grid = cv2.imread(out)[..., ::-1]
-    with h5py.File(synthetic_file, "r") as handle:
+    with h5py.File(path, "r") as handle:
         seg = handle["labels"]["seg"]
-        rows = sample_rows(seg.shape[0], 4)
+        rows = sample_rows(seg.shape[0], samples)
         void = int(seg.attrs.get("ignore_index", 255))
         present = sorted({int(v) for row in rows for v in np.unique(seg[row]) if v != void})
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in seg.attrs["class_names"]]
+    return present, names
+
+
+def _bottom_legends(path, out, void):
+    """Assert that the preview grid of ``path`` (4 samples) ends with the seg legend of the classes shown (and
+    black for void when ``void``), then black for raw_depth's holes, pixel for pixel; return the seg legend."""
+    import cv2
+
+    from crossmodal.data.preview import BLACK, HOLE_NAME, VOID_NAME, label_palette, legend, write_preview
+
+    grid = cv2.imread(write_preview(str(path), str(out), 4))[..., ::-1]
+    present, names = _shown_classes(path, 4)
     palette = label_palette()
-    expected = legend("seg:", [(palette[c + 1], names[c]) for c in present], grid.shape[1])
+    entries = [(palette[c + 1], names[c]) for c in present] + [(BLACK, VOID_NAME)] * void
+    expected = legend("seg:", entries, grid.shape[1])
+    holes = legend("raw_depth:", [(BLACK, HOLE_NAME)], grid.shape[1])
+    assert (grid[-holes.shape[0]:] == holes).all()  # raw_depth has holes in these scenes, drawn black
+    grid = grid[:-holes.shape[0]]
     assert (grid[-expected.shape[0]:] == expected).all()
-    bottom = grid[-expected.shape[0]:].reshape(-1, 3)
+    return grid[-expected.shape[0]:], present, palette
+
+
+def test_inspect_grid_ends_with_a_legend_of_the_classes_shown(synthetic_file, tmp_path):
+    bottom, present, palette = _bottom_legends(synthetic_file, tmp_path / "grid.png", void=False)
     for c in present:
-        assert (bottom == palette[c + 1]).all(axis=1).sum() > 20  # a filled swatch per class shown
+        assert (bottom.reshape(-1, 3) == palette[c + 1]).all(axis=1).sum() > 20  # a filled swatch per class
+
+
+def test_inspect_grid_says_what_black_is(synthetic_file, tmp_path):
+    """Before: void label pixels and depth holes were drawn black, and no legend said so."""
+    import shutil
+
+    import h5py
+
+    from crossmodal.data.preview import closing_legends, label_palette
+
+    legends = closing_legends({"seg": ("floor", "wall")}, {"seg": {0, 1}}, {"seg"}, {"raw_depth"}, label_palette())
+    assert [(title, [name for _, name in entries]) for title, entries in legends] == [
+        ("seg:", ["floor", "wall", "void (unlabelled)"]), ("raw_depth:", ["hole (no valid depth)"])]
+    data = tmp_path / "void.h5"
+    shutil.copy(synthetic_file, data)
+    with h5py.File(data, "a") as handle:
+        seg = handle["labels"]["seg"]
+        frame = seg[0]
+        frame[:4] = seg.attrs["ignore_index"]  # the first sample shown: its top rows void
+        seg[0] = frame
+    _bottom_legends(data, tmp_path / "grid.png", void=True)
 
 
 def test_report_plots_one_seed_have_no_zero_width_caps_and_offset_points(tmp_path):
