@@ -289,8 +289,13 @@ def exclusive_lock(lock_path: str | os.PathLike, target: str | os.PathLike, what
     if previous:
         print(f"{target}: took over the lock of {previous}, which is gone", file=sys.stderr)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({what}, since {stamp})".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} ({what}, since {stamp})".encode(), 0)
+    except OSError as err:  # a full disk has room for the empty file, not for its line
+        os.remove(lock_path)
+        os.close(fd)
+        raise DataError(target, f"cannot write its lock file {lock_path}: {os_reason(err)}") from None
     try:
         yield
     finally:

@@ -25,6 +25,7 @@ import torch
 from crossmodal import __version__, run_folder
 from crossmodal.data.modalities import MODALITIES
 from crossmodal.errors import ConfigError, DataError
+from crossmodal.files import place_error
 from crossmodal.models.encoder import Encoder
 from crossmodal.models.pretrained import (LITE_STATED_BY, LITE_STATED_TOP1, classifier_size, default_input,
                                           file_digest, get_source, owning_distribution, pretrained_cfg,
@@ -209,8 +210,13 @@ def _write_folder(out: str, teacher: Encoder, modality: str, card: dict[str, Any
         if os.path.isdir(out):
             os.rmdir(out)  # empty, checked above
         os.rename(temporary, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(err, DataError) and err.problem.startswith("cannot write it: "):
+            raise DataError(out, err.problem) from None  # the folder asked for, not the temporary one
+        reason = place_error(err, parent) if isinstance(err, Exception) else None
+        if reason is not None:
+            raise DataError(out, f"cannot write it: {reason}") from None
         raise
 
 

@@ -128,6 +128,29 @@ def test_prepare_on_a_full_disk_injected(source, tmp_path, synthetic_file, monke
     assert os.listdir(out.parent) == []
 
 
+def test_a_disk_without_room_for_the_lock_line(disk):
+    """Before: "crossmodal prepare: error: no space left on the device", naming nothing, and the empty lock file
+    left behind."""
+    leave_free(disk, 0)
+    out = disk / "s.h5"
+    result = cli("prepare", "synthetic", "--out", out, "--num", 8, "--size", 16)
+    assert error_line(result) == (f"crossmodal prepare: error: {out}: cannot write its lock file "
+                                  f"{disk / '.s.h5.lock'}: no space left on the device")
+    assert os.listdir(disk) == ["filler"]
+
+
+def test_a_disk_without_room_for_the_lock_line_injected(tmp_path, monkeypatch):
+    def pwrite(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    out = tmp_path / "s.h5"
+    result = cli("prepare", "synthetic", "--out", out, "--num", 8, "--size", 16)
+    assert error_line(result) == (f"crossmodal prepare: error: {out}: cannot write its lock file "
+                                  f"{tmp_path / '.s.h5.lock'}: no space left on the device")
+    assert os.listdir(tmp_path) == []
+
+
 # --------------------------------------------------------------------------------- distill, probe, segment
 def distill(out: Path, data: Path) -> subprocess.CompletedProcess:
     return cli("distill", SMOKE_DISTILL, "--out", out, f"data.path={data}", *DISTILL)
@@ -190,6 +213,34 @@ def test_distill_checkpoint_on_a_full_disk_injected(tmp_path, synthetic_file, mo
     monkeypatch.setattr(os, "statvfs", statvfs)
     refused(distill(tmp_path / "run", synthetic_file), "distill", tmp_path / "run" / "checkpoint.pt")
     assert temporaries(tmp_path / "run") == []
+
+
+@pytest.mark.slow
+def test_a_teacher_folder_on_a_full_disk(disk, student):
+    """The folder is filled under a temporary name: the line names the folder asked for."""
+    from crossmodal.errors import DataError
+    from crossmodal.train.import_teacher import initialised_folder
+
+    leave_free(disk, 16)
+    with pytest.raises(DataError) as error:
+        initialised_folder(str(disk / "init"), str(student / "student.safetensors"), "depth")
+    assert str(error.value) == f"{disk / 'init'}: {FULL}" and os.listdir(disk) == ["filler"]
+
+
+@pytest.mark.slow
+def test_a_teacher_folder_on_a_full_disk_injected(tmp_path, student, monkeypatch):
+    """The model card, written after the weights, is refused: before, the line named the temporary folder."""
+    from crossmodal.errors import DataError
+    from crossmodal.train.import_teacher import initialised_folder
+
+    def dump(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(json, "dump", dump)
+    out = tmp_path / "folder" / "init"
+    with pytest.raises(DataError) as error:
+        initialised_folder(str(out), str(student / "student.safetensors"), "depth")
+    assert str(error.value) == f"{out}: {FULL}" and os.listdir(out.parent) == []
 
 
 def probe(student: Path, data: Path, *options) -> subprocess.CompletedProcess:
