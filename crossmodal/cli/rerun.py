@@ -1,6 +1,7 @@
-"""The hint after SIGTERM for verbs that continue when the same command runs again (``segment``, ``demo``).
+"""The hint after SIGTERM or Ctrl-C for verbs that continue when the same command runs again (``segment``,
+``demo``).
 
-The training engine ends its SIGTERM line with ``--resume RUN_DIR continues from it``, which is the command for
+The training engine ends its SIGTERM and Ctrl-C lines with ``--resume RUN_DIR continues from it``, the command for
 ``train-teacher`` and ``distill``. Inside ``segment`` and ``demo`` that RUN_DIR is one step of theirs, which no
 ``--resume`` continues as a whole; what does is running the same command again, so that is the hint they print.
 """
@@ -17,7 +18,7 @@ _HINT = re.compile(r"; (--resume .+ continues from it|run the same crossmodal \S
 
 
 def rerun_hint(message: str, verb: str) -> str:
-    """``message`` (a SIGTERM line) ending with the hint to run the same ``crossmodal verb`` command again.
+    """``message`` (a SIGTERM or Ctrl-C line) ending with the hint to run the same ``crossmodal verb`` command again.
 
     Examples:
         >>> rerun_hint("terminated (SIGTERM) at step 3; --resume /r/frozen continues from it", "segment")
@@ -28,8 +29,11 @@ def rerun_hint(message: str, verb: str) -> str:
 
 @contextmanager
 def continued_by_rerun(verb: str) -> Iterator[None]:
-    """Inside: a SIGTERM's line names the same ``crossmodal verb`` command as the way to continue."""
+    """Inside: the line of a SIGTERM (exit 143) or a Ctrl-C (exit 130) names the same ``crossmodal verb`` command
+    as the way to continue."""
     try:
         yield
     except interrupts.Terminated as err:
         raise interrupts.Terminated(rerun_hint(str(err), verb)) from None
+    except KeyboardInterrupt as err:
+        raise interrupts.Interrupted(rerun_hint(str(err) or "interrupted", verb)) from None

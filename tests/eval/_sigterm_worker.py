@@ -1,9 +1,9 @@
-"""``crossmodal VERB ARGS`` in its own process, sent SIGTERM by itself right after training step STEP of the run
-whose folder ends with SUFFIX (what a scheduler's preemption or ``timeout`` does at that moment):
+"""``crossmodal VERB ARGS`` in its own process, sent SIGNAL (TERM: a scheduler's preemption or ``timeout``; INT:
+Ctrl-C) by itself right after training step STEP of the run whose folder ends with SUFFIX:
 
-    python _sigterm_worker.py STEP SUFFIX VERB [ARGS ...]
+    python _sigterm_worker.py SIGNAL STEP SUFFIX VERB [ARGS ...]
 
-It runs the CLI's own entry point, so it prints the line a user sees and exits with the CLI's code (143).
+It runs the CLI's own entry point, so it prints the line a user sees and exits with the CLI's code (143, 130).
 """
 from __future__ import annotations
 
@@ -15,18 +15,19 @@ from crossmodal.cli.main import main
 from crossmodal.engine import loop
 
 
-def sigterm_at(step: int, suffix: str) -> None:
-    """Make every Trainer of a run folder ending with ``suffix`` SIGTERM this process after step ``step``."""
+def signal_at(signum: int, step: int, suffix: str) -> None:
+    """Make every Trainer of a run folder ending with ``suffix`` send ``signum`` to this process after step
+    ``step``."""
     build = loop.Trainer.__init__
 
     def init(trainer, setup) -> None:
         build(trainer, setup)
         if setup.run_dir.rstrip(os.sep).endswith(suffix):
-            setup.hooks.append(lambda t: t.step == step and os.kill(os.getpid(), signal.SIGTERM))
+            setup.hooks.append(lambda t: t.step == step and os.kill(os.getpid(), signum))
 
     loop.Trainer.__init__ = init
 
 
 if __name__ == "__main__":
-    sigterm_at(int(sys.argv[1]), sys.argv[2])
-    sys.exit(main(sys.argv[3:]))
+    signal_at(getattr(signal, f"SIG{sys.argv[1]}"), int(sys.argv[2]), sys.argv[3])
+    sys.exit(main(sys.argv[4:]))

@@ -69,18 +69,21 @@ def assert_same_segment_run(expected: Path, got: Path) -> None:
         assert (got / protocol / "preview.png").is_file() and (got / protocol / "curves.png").is_file()
 
 
-def test_after_sigterm_the_printed_hint_continues_the_run_bit_for_bit(student, synthetic_file, uninterrupted,
-                                                                      tmp_path):
-    """SIGTERM after step 3 of the frozen protocol (finetune is finished): one line whose hint is the same
-    command; running it continues frozen from step 3 and scores finetune again, as an uninterrupted run."""
+@pytest.mark.parametrize("signal_name, code, stopped_by", [("TERM", 143, "terminated (SIGTERM)"),
+                                                          ("INT", 130, "interrupted (Ctrl-C)")])
+def test_after_a_signal_the_printed_hint_continues_the_run_bit_for_bit(student, synthetic_file, uninterrupted,
+                                                                       tmp_path, signal_name, code, stopped_by):
+    """SIGTERM or Ctrl-C after step 3 of the frozen protocol (finetune is finished): one line whose hint is the
+    same command (before: '--resume .../frozen', which no verb accepts); running it continues frozen from step 3
+    and scores finetune again, as an uninterrupted run."""
     out = tmp_path / "seg"
     args = command(student, synthetic_file, out)
-    stopped = subprocess.run([sys.executable, str(WORKER), "3", "frozen", *args], capture_output=True, text=True,
-                             cwd=ROOT, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}, timeout=300)
-    assert stopped.returncode == 143, stopped.stderr
+    stopped = subprocess.run([sys.executable, str(WORKER), signal_name, "3", "frozen", *args], capture_output=True,
+                             text=True, cwd=ROOT, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}, timeout=300)
+    assert stopped.returncode == code, stopped.stderr
     assert stopped.stderr.rstrip().splitlines()[-1] == (
-        "crossmodal segment: terminated (SIGTERM) after saving a checkpoint at step 3 (epoch 1, batch 3); run the "
-        "same crossmodal segment command again to continue")
+        f"crossmodal segment: {stopped_by} after saving a checkpoint at step 3 (epoch 1, batch 3); run the same "
+        f"crossmodal segment command again to continue")
     assert "Traceback" not in stopped.stderr and not (out / "segment.json").exists()
 
     again = cli(*args)  # the hint, as typed
@@ -162,3 +165,17 @@ def test_labels_default_to_the_only_segmentation_set_and_several_are_listed(stud
     assert error_line(result) == (f"crossmodal segment: error: --labels: {data} has several segmentation label sets "
                                   f"(parts, seg); choose one with --labels")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stop_outside_training_also_names_the_same_command():
+    """A signal while scoring or writing the preview (no training step to finish): the same hint; the rerun
+    scores the finished protocol again."""
+    from crossmodal import interrupts
+    from crossmodal.cli.rerun import continued_by_rerun
+
+    for raised, kind, line in [(interrupts.Terminated("terminated (SIGTERM)"), interrupts.Terminated,
+                                "terminated (SIGTERM)"),
+                               (KeyboardInterrupt(), interrupts.Interrupted, "interrupted")]:
+        with pytest.raises(kind) as caught, continued_by_rerun("segment"):
+            raise raised
+        assert str(caught.value) == f"{line}; run the same crossmodal segment command again to continue"
