@@ -180,7 +180,12 @@ def test_the_writer_stores_a_crc_for_rows_never_written_and_for_the_bytes_hdf5_s
     assert [int(data[i]["seg"][0, 0]) for i in range(3)] == [1, 255, 255]  # unwritten rows: void
 
 
-def test_row_crc32s_are_zlibs_crc32_of_each_row():
-    array = np.arange(24, dtype=np.int64).reshape(4, 3, 2)
-    assert row_crc32s(array).tolist() == [crc32(row) for row in array]
-    assert row_crc32s(np.zeros((0, 3))).shape == (0,)
+@pytest.mark.parametrize("array", [np.arange(-20, 40, dtype=np.int64),  # labels, split indices: by columns
+                                   np.random.default_rng(0).random((5, 3, 7)).astype(np.float32),  # 84 B: by rows
+                                   np.arange(24, dtype=np.uint16).reshape(4, 3, 2)[:, ::2],  # not contiguous
+                                   np.zeros((3, 0)), np.zeros((0, 3))])
+def test_row_crc32s_are_zlibs_crc32_of_each_row(array):
+    import zlib
+
+    assert row_crc32s(array).tolist() == [zlib.crc32(np.ascontiguousarray(row).tobytes()) for row in array]
+    assert [crc32(row) for row in array] == row_crc32s(array).tolist()
