@@ -27,10 +27,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--teacher", choices=("pretrained", "trained"), default="pretrained",
                         help="pretrained (default): ImageNet EfficientNet-Lite0, frozen; trained: a resnet10t trained "
                              "on the scenes' own classes and segmentation")
-    parser.add_argument("--teacher-epochs", type=positive_int, help="--teacher trained: default the shipped "
-                                                                    "config's (10)")
-    parser.add_argument("--student-epochs", type=positive_int, help="default: the shipped config's (15)")
-    parser.add_argument("--segment-epochs", type=positive_int, default=6, help="default 6")
+    parser.add_argument("--teacher-epochs", type=positive_int,
+                        help="epochs of the teacher with --teacher trained (default: the shipped config's, 10)")
+    parser.add_argument("--student-epochs", type=positive_int,
+                        help="epochs of the CRD distillation (default: the shipped config's, 15)")
+    parser.add_argument("--segment-epochs", type=positive_int, default=6,
+                        help="epochs of each segmentation decoder (default 6)")
     parser.add_argument("--eval-seeds", type=positive_int, default=3,
                         help="seeds of the probes and decoders (and scratch's encoder), from --seed (default 3)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")

@@ -29,13 +29,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", metavar="SEGSET",
                         help="its segmentation label set (default: the file's only one)")
     parser.add_argument("--modality", help="input modality (default: the student's; needed for a bare file)")
-    parser.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="both", help="default: both")
+    parser.add_argument("--protocol", choices=PROTOCOL_CHOICES, default="both",
+                        help="finetune: train the whole network; frozen: the decoder only; both (default)")
     parser.add_argument("--random-init", action="store_true",
                         help="the same architecture randomly initialised (seeded by --seed): the scratch baseline")
-    parser.add_argument("--epochs", type=positive_int, default=30, help="default 30")
+    parser.add_argument("--epochs", type=positive_int, default=30, help="training epochs of each protocol (default 30)")
     parser.add_argument("--lr", type=float, default=0.01, help="peak SGD learning rate, cosine schedule "
                         "(default 0.01)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="default 16")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="training batch size (default 16)")
     parser.add_argument("--eval-every", type=positive_int, default=1, metavar="N",
                         help="epochs between the test split's monitoring scores in the curves (default 1; the "
                              "result is scored once after the last epoch)")

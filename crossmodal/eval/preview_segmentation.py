@@ -119,8 +119,9 @@ def segmentation_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarra
                         modality: Optional[str] = None):
     """The preview figure and what it shows: ``(figure, info)`` with ``info`` holding ``title``, ``legend``
     (the class names in the legend), ``void`` (whether a ground truth shown has void pixels: they are drawn
-    black, and the legend ends with a black "void (not scored)" entry), ``depth_ranges`` (per sample ``(low, high)`` of its colour bar) and
-    ``depth_unit`` (``"m"`` or ``"normalised"``). See :func:`write_segmentation_preview`."""
+    black, and the legend ends with a black "void (not scored)" entry), ``depth_ranges`` (per sample
+    ``(low, high)`` of its colour bar) and ``depth_unit`` (``"m"`` or ``"normalised"``). See
+    :func:`write_segmentation_preview`."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -144,8 +144,8 @@ def test_after_sigterm_in_a_segmentation_step_the_printed_hint_continues_it(demo
     shutil.rmtree(copy / "segment" / "scratch-s1")  # the last step, as if it had not run yet
     (copy / "results.json").unlink()
     worker = ROOT / "tests" / "eval" / "_sigterm_worker.py"
-    stopped = subprocess.run([sys.executable, str(worker), "TERM", "2", os.path.join("scratch-s1", "frozen"), "demo", "--out",
-                              str(copy), *TINY], capture_output=True, text=True, cwd=ROOT, timeout=300,
+    stopped = subprocess.run([sys.executable, str(worker), "TERM", "2", os.path.join("scratch-s1", "frozen"), "demo",
+                              "--out", str(copy), *TINY], capture_output=True, text=True, cwd=ROOT, timeout=300,
                              env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     assert stopped.returncode == 143, stopped.stderr
     assert stopped.stderr.rstrip().splitlines()[-1] == (
