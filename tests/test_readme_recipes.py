@@ -26,6 +26,12 @@ TINY = {
     "--max-per-class 500": "--max-per-class 10",
     "--num 4000 --size 64": "--num 96 --size 32 --workers 1",
     "--labels seg": "--labels seg --epochs 1",
+    # "Your own data": one epoch, and batches that fit the tiny NYU file's 3 training frames
+    "--out runs/l-teacher": "--out runs/l-teacher train.epochs=1",
+    "--out runs/ab-student": "--out runs/ab-student train.epochs=1",
+    "--out runs/rgb-teacher": "--out runs/rgb-teacher train.epochs=1 train.batch_size=2",
+    "--out runs/depth-student": "--out runs/depth-student train.epochs=1 train.batch_size=2",
+    "--out runs/pairs-student": "--out runs/pairs-student train.epochs=1 train.batch_size=2",
 }
 # Lines of the shell blocks that are not run here, and why.
 NOT_RUN = {
@@ -40,7 +46,10 @@ PRODUCTS = ["nyu.h5", "stl10.h5", "pairs.h5", "pairs_csv.h5", "pairs_split.h5", 
             "teachers/r18/model_card.json", "runs/lite0-crd/config.yaml",
             "runs/teacher/config.yaml", "runs/student/config.yaml", "runs/student/probe.json",
             "runs/scratch-1/probe.json", "runs/student/segment-seg-both", "runs/report/report.md",
-            "runs/report/report.json", "runs/report/segmentation_miou.png"]
+            "runs/report/report.json", "runs/report/segmentation_miou.png",
+            "l_teacher.yaml", "runs/l-teacher/teacher.safetensors", "runs/ab-student/student.safetensors",
+            "runs/ab-student/probe.json", "runs/rgb-teacher/teacher.safetensors",
+            "runs/depth-student/student.safetensors", "runs/pairs-student/student.safetensors"]
 
 
 def readme_commands(text: str = README) -> list[str]:

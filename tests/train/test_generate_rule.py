@@ -46,3 +46,16 @@ def test_a_path_and_generator_written_together_in_a_users_file_generate(tmp_path
     assert TeacherRunConfig.load(mine).data.generate == {"num": 320, "size": 32, "seed": 0}
     with pytest.raises(ConfigError, match=r"^data.path: other.h5 does not exist \(data.generate, set in mine.yaml"):
         TeacherRunConfig.load(mine, ["data.path=other.h5"])
+
+
+def test_the_readme_states_the_rule_with_the_line_its_example_prints(tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert ("applies only to the `data.path` written beside it in the same YAML file. A `data.path` given on the "
+            "command line must name an existing file unless `data.generate` is given on the command line too") in text
+    command = "crossmodal train-teacher experiments/configs/smoke_teacher.yaml data.path=cifr10.h5 --out runs/t"
+    quoted = text.split(f"`{command}` says `", 1)[1].split("`", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    result = cli_in_process(*command.replace("experiments/", f"{ROOT}/experiments/").split()[1:])
+    assert error_line(result) == f"crossmodal train-teacher: error: {quoted}"
