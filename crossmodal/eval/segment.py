@@ -37,7 +37,7 @@ from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import LoadedEncoder, load_encoder, method_name, recorded_seed
 from crossmodal.eval.preview_segmentation import write_segmentation_preview
-from crossmodal.files import ensure_folder, write_json
+from crossmodal.files import ensure_folder, writable_folder, write_json
 from crossmodal.models.config import check_input_channels
 
 FORMAT = "crossmodal-segment/1"
@@ -188,8 +188,8 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
         for protocol in options.protocols}
     for protocol, tree in settings.items():
         check_same_settings(os.path.join(out, protocol), tree)
-    if options.json_path:
-        ensure_folder(os.path.dirname(os.path.abspath(options.json_path)))
+    if options.json_path:  # a folder that cannot take the copy is refused now, not after the training
+        writable_folder(os.path.dirname(os.path.abspath(options.json_path)))
     ensure_folder(out)
     with run_folder.lock(out, "segment"), flag_names():  # a second `segment --out` is refused, not raced
         for protocol in options.protocols:

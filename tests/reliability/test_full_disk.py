@@ -371,6 +371,17 @@ def test_a_read_only_place_is_said_to_be_read_only(read_only_disk, student, synt
                                  f"file system is read-only"
 
 
+@pytest.mark.slow
+def test_segment_refuses_a_read_only_json_folder_before_training(read_only_disk, student, synthetic_file,
+                                                                  tmp_path):
+    """Before: the folder was only created if missing, and the copy failed after the training."""
+    result = cli("segment", "--checkpoint", student, "--data", synthetic_file, "--labels", "seg", "--epochs", 1,
+                 "--json", read_only_disk / "s.json", "--out", tmp_path / "seg")
+    assert error_line(result) == (f"crossmodal segment: error: {read_only_disk}: cannot write in this folder: the "
+                                  f"file system is read-only")
+    assert not (tmp_path / "seg").exists()
+
+
 def test_a_read_only_place_is_said_to_be_read_only_injected(tmp_path, synthetic_file, monkeypatch):
     import tempfile
 
