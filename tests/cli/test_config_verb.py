@@ -75,3 +75,10 @@ def test_a_file_of_that_name_in_the_folder_wins_over_the_shipped_config(tmp_path
     line = error_line(cli("train-teacher", "own_l_to_ab_teacher", "--out", "run"))
     assert line == ("crossmodal train-teacher: error: own_l_to_ab_teacher: missing key 'train.epochs' (number of "
                     "epochs)")  # the local file was read, not the installed one
+
+
+def test_copy_to_a_place_that_cannot_hold_it_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    line = error_line(cli("config", "copy", "own_l_to_ab_teacher", tmp_path / "a_file" / "teacher.yaml"))
+    assert line.startswith(f"crossmodal config: error: {tmp_path / 'a_file'}: cannot create this folder: ")
+    assert [path.name for path in tmp_path.iterdir()] == ["a_file"]
