@@ -104,6 +104,13 @@ def test_a_zeroed_chunk_of_an_uncompressed_file_is_one_line_naming_its_row(tmp_p
         with pytest.raises(DataError) as error:
             data.__getitems__([row + 1, row])  # a whole batch, as a DataLoader asks for it
         assert str(error.value) == line
+        if row == 5:  # and from a loader worker process, still one line
+            from torch.utils.data import DataLoader
+
+            from crossmodal.data.dataset import collate
+            with pytest.raises(DataError) as error:
+                list(DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate))
+            assert str(error.value) == line
 
 
 def test_the_device_resident_loader_checks_the_rows_it_loads(tmp_path, synthetic_file):
