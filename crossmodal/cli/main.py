@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crossmodal {args.verb}: {err}", file=sys.stderr)
         return 143
     except KeyboardInterrupt as err:  # a training run's says where it saved its checkpoint
-        print(f"crossmodal {args.verb}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"crossmodal {args.verb}: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -76,7 +76,7 @@ def main() -> None:
     try:
         run_training(args.verb, args.config, args.overrides, out=args.out, hooks=hooks)
     except KeyboardInterrupt as err:  # as crossmodal.cli.main reports it
-        print(f"crossmodal {args.verb}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"crossmodal {args.verb}: {str(err) or 'interrupted'}", file=sys.stderr)
         sys.exit(143 if isinstance(err, interrupts.Terminated) else 130)
     if args.dump:  # after the run: the epoch's end averages BatchNorm statistics over the ranks
         captured["final"] = distiller_state(trainers[0].task)

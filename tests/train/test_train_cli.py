@@ -118,6 +118,8 @@ def test_smoke_run_exports_student_and_model_card(smoke):
     run, data, _, _ = smoke
     weights, metadata = load_exported(run / "student.safetensors")
     encoder = json.loads(metadata.pop("encoder"))
+    crc32s = json.loads(metadata.pop("crc32"))  # one per tensor, checked when the file is read
+    assert sorted(crc32s) == sorted(weights) and all(re.fullmatch("[0-9a-f]{8}", value) for value in crc32s.values())
     assert metadata == {"timm_name": "test_resnet", "in_chans": "1", "num_classes": "0", "small_input": "true",
                         "modality": "depth"}
     assert encoder == {"name": "test_resnet", "in_chans": 1, "num_classes": 0, "small_input": True,
