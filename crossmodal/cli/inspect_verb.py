@@ -70,5 +70,5 @@ def _layout_only(path: str) -> dict:
                          "observed_range": None, "mean": None, "codec": info.codec, "checksum": info.checksum}
                   for name, info in layout.modalities.items()}
     return {"file": layout.path, "format_version": layout.format_version, "num_samples": layout.num_samples,
-            "rows_examined": 0, "modalities": modalities, "labels": {}, "splits": layout.splits,
-            "provenance": layout.provenance}
+            "row_crc32": layout.row_crc32, "rows_examined": 0, "modalities": modalities, "labels": {},
+            "splits": layout.splits, "provenance": layout.provenance}

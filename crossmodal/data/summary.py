@@ -36,7 +36,7 @@ def summarize(path: str | os.PathLike, max_rows: int = 512) -> dict[str, Any]:
     except OSError as err:
         raise DataError(layout.path, f"cannot read the data (truncated or damaged file): {err}") from None
     return {"file": layout.path, "format_version": layout.format_version, "num_samples": layout.num_samples,
-            "rows_examined": int(len(rows)), "modalities": modalities, "labels": labels,
+            "row_crc32": layout.row_crc32, "rows_examined": int(len(rows)), "modalities": modalities, "labels": labels,
             "splits": layout.splits, "provenance": layout.provenance}
 
 
@@ -101,7 +101,9 @@ def _fmt(value: Any) -> str:
 def render_text(summary: dict[str, Any]) -> str:
     """A human-readable report of :func:`summarize`'s dict."""
     lines = [f"{summary['file']}",
-             f"  format version {summary['format_version']}, {summary['num_samples']} samples "
+             f"  format version {summary['format_version']}"
+             f"{', a CRC-32 per row' if summary.get('row_crc32') else ', no row CRC-32s (repack adds them)'}, "
+             f"{summary['num_samples']} samples "
              f"(value statistics over {summary['rows_examined']} rows)", "  modalities:"]
     for name, stats in summary["modalities"].items():
         observed = stats["observed_range"]

@@ -137,6 +137,7 @@ def test_repack_writes_row_crcs_that_verify(tmp_path, synthetic_file):
     out = uncompressed(synthetic_file, tmp_path / "plain.h5")
     result = cli("inspect", out, "--verify")
     assert result.returncode == 0 and "chunks read back intact" in result.stdout
+    assert "format version 2, a CRC-32 per row, 48 samples" in result.stdout
     with h5py.File(out, "r") as handle:
         for key in integrity.dataset_keys(handle):
             assert np.array_equal(handle[integrity.crc_key(key)][()], row_crc32s(handle[key][()])), key
@@ -157,6 +158,7 @@ def test_a_file_written_before_row_crcs_still_reads_and_verifies(copy):
     assert len(data) == 38 and data[0]["rgb"].shape == (3, 32, 32)
     result = cli("inspect", path, "--verify")
     assert result.returncode == 0 and "read back intact" in result.stdout
+    assert "format version 2, no row CRC-32s (repack adds them), 48 samples" in result.stdout
 
 
 def test_damaged_or_missing_row_crcs_are_one_line(copy):
