@@ -24,7 +24,11 @@ def damaged_member(path: str | os.PathLike) -> Optional[str]:
     path = os.fspath(path)
     if not zipfile.is_zipfile(path):
         return None
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:  # its central directory, at the end, is damaged
+        return f"its zip directory cannot be read ({err})"
+    with archive:
         for info in archive.infolist():
             try:
                 with archive.open(info) as member:

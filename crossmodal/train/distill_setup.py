@@ -160,6 +160,8 @@ def teacher_source(teacher_cfg: TeacherSection) -> tuple[dict[str, Any], Optiona
         try:
             card = run_folder.read_model_card(weights)
         except DataError as err:
+            if err.path != weights:  # it names the file inside the folder (a card that is not valid JSON)
+                raise
             raise DataError(weights, f"teacher.weights is a folder but {err.problem}") from None
         trained_on = card["modality"]
         if modality is None:

@@ -359,3 +359,16 @@ def test_a_checkpoint_without_a_data_identity_still_resumes(tmp_path):
     assert data_file_identity(tmp_path / "absent.h5") == {}
     (tmp_path / "plain.bin").write_bytes(b"12345")
     assert data_file_identity(tmp_path / "plain.bin") == {"size": 5}
+
+
+def test_a_damaged_zip_directory_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save(path, *trained())
+    data = bytearray(path.read_bytes())
+    directory = data.rfind(b"PK\x01\x02")  # the last central directory entry's signature
+    data[directory:directory + 4] = bytes(4)
+    path.write_bytes(data)
+    with pytest.raises(DataError) as error:
+        load_checkpoint(path, verb="distill", config=CONFIG)
+    assert re.fullmatch(rf"{re.escape(str(path))}: damaged: its zip directory cannot be read \(.+\); resume from "
+                        rf"an intact copy, or start the run again", one_line(error))

@@ -161,3 +161,12 @@ def test_a_model_card_with_a_syntax_error_is_named_as_such(synthetic_file, tmp_p
         == expected
     assert problem(cli("distill", SMOKE_DISTILL, "--out", tmp_path / "d", f"data.path={synthetic_file}",
                        "train.progress=false", f"student.weights={run}")) == expected
+
+
+def test_a_teacher_run_folder_whose_card_is_not_json_names_the_card(synthetic_file, tmp_path):
+    run = depth_run(tmp_path)
+    card = run / "model_card.json"
+    card.write_text(card.read_text()[:40])
+    line = problem(cli("distill", SMOKE_DISTILL, "--out", tmp_path / "d", f"data.path={synthetic_file}",
+                       f"teacher.weights={run}", "teacher.modality=depth", "student.modality=rgb"))
+    assert line.startswith(f"{card}: not valid JSON (line 1 column ")
