@@ -129,7 +129,9 @@ def test_a_diverged_encoder_is_one_line_naming_the_stage(smoke, tmp_path):
     name = next(key for key in tensors if "layer4" in key and key.endswith("running_mean"))
     tensors[name][0] = float("nan")
     broken = tmp_path / "diverged.safetensors"
-    save_file(tensors, str(broken), metadata=metadata)
+    from crossmodal.models.weights import tensor_crc32s  # as a diverged run exports it: its CRC-32s match
+
+    save_file(tensors, str(broken), metadata={**metadata, "crc32": tensor_crc32s(tensors)})
     line = error_line(cli("probe", "--checkpoint", broken, "--data", data, "--modality", "depth",
                           "--json", tmp_path / "p.json"))
     assert "stage 4 has NaN or infinite features on split 'train'" in line, line
