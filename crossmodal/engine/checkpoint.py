@@ -8,7 +8,7 @@ its data file (:func:`data_file_identity`), so that a data file regenerated at t
 as if it were the same.
 
 It is read back only after the CRC-32 of every member of its zip archive is checked
-(:func:`~crossmodal.engine.archive.damaged_member`): torch.load does not check them, and a flipped byte or a
+(:func:`~crossmodal.torch_archive.damaged_member`): torch.load does not check them, and a flipped byte or a
 zeroed disk block would otherwise resume with different weights.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from crossmodal.config import flatten
-from crossmodal.engine.archive import damaged_member
+from crossmodal.torch_archive import damaged_member
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import atomic_output
 

@@ -85,7 +85,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise DataError(path, f"not a readable safetensors file ({_first_line(err)})") from None
         check_tensor_crc32s(path, state, metadata)
     else:
-        from crossmodal.engine.archive import damaged_member
+        from crossmodal.torch_archive import damaged_member
 
         damage = damaged_member(path)
         if damage:
