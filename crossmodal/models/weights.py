@@ -21,12 +21,12 @@ import os
 import pickle
 import re
 import warnings
-import zlib
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
+from crossmodal.checksums import crc32
 from crossmodal.errors import DataError
 from crossmodal.models.small_input import first_conv_names
 
@@ -142,7 +142,7 @@ def check_tensor_crc32s(path: str, state: Mapping[str, torch.Tensor], metadata: 
 
 def _crc32(tensor: torch.Tensor) -> int:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return zlib.crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
+    return crc32(flat.view(torch.uint8).numpy()) if flat.numel() else 0
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, adapt_input: bool = False,
