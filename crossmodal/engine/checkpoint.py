@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from crossmodal.config import flatten
-from crossmodal.torch_archive import damaged_member
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import atomic_output
+from crossmodal.torch_archive import damaged_member
 
 FORMAT = "crossmodal-checkpoint/1"
 
@@ -106,8 +106,8 @@ def _plain(value: Any) -> Any:
 
 
 def data_file_change(data_path: str, saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``['data file PATH changed since the checkpoint (created A -> B, size ...)']``, or [] when nothing recorded differs (a
-    checkpoint written before identities were recorded holds none)."""
+    """``['data file PATH changed since the checkpoint (created A -> B, size ...)']``, or [] when nothing
+    recorded differs (a checkpoint written before identities were recorded holds none)."""
     if not saved or not current:
         return []
     changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))

@@ -274,8 +274,8 @@ class Trainer:
         return (scheduled or requested) and self.batch_in_epoch < self.steps_per_epoch  # the epoch's end saves
 
     def _stop_if_terminated(self, saved: bool = False, epoch_end: bool = False) -> None:
-        """After SIGTERM or Ctrl-C: save a checkpoint at this step (unless one was just saved) and stop the run. Under DDP
-        the signal may reach only some ranks, so the ranks agree at logging steps and epoch ends (as for
+        """After SIGTERM or Ctrl-C: save a checkpoint at this step (unless one was just saved) and stop the run.
+        Under DDP the signal may reach only some ranks, so the ranks agree at logging steps and epoch ends (as for
         SIGUSR1)."""
         saved = saved or epoch_end
         pending = interrupts.termination_pending()

@@ -155,7 +155,8 @@ def test_a_model_card_with_a_syntax_error_is_named_as_such(synthetic_file, tmp_p
     """Before (issue 27): "not a finished run folder (no readable model_card.json)", for a run that finished."""
     run = depth_run(tmp_path)
     card = run / "model_card.json"
-    card.write_text(json.dumps(json.loads(card.read_text()), indent=2).replace('"verb": "distill",', '"verb": "distill"'))
+    text = json.dumps(json.loads(card.read_text()), indent=2)
+    card.write_text(text.replace('"verb": "distill",', '"verb": "distill"'))  # a comma lost by a hand edit
     expected = f"{card}: not valid JSON (line 4 column 3: Expecting ',' delimiter)"
     assert problem(cli("probe", "--checkpoint", run, "--data", synthetic_file, "--json", tmp_path / "p.json")) \
         == expected
