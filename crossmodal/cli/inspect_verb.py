@@ -30,7 +30,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from crossmodal.data.integrity import verify
+    from crossmodal.data.verify import verify
     from crossmodal.data.preview import write_preview
     from crossmodal.data.summary import render_text, summarize
 

@@ -1,4 +1,4 @@
-"""The row CRC-32s of a paired file: where they are stored, how a read checks them, and ``inspect --verify``.
+"""The row CRC-32s of a paired file: where they are stored and how a read checks them.
 
 Fletcher-32 (on every chunk) passes a chunk zeroed whole, stored sum included: a zeroed chunk of ``labels/label``
 read as class 0 everywhere, and one of an uncompressed modality as a black image (a compressed one fails to
@@ -7,12 +7,11 @@ decompress instead). So a file written by this crossmodal also holds, for each d
 CRC-32 in the attribute ``crc32``), and says so with the root attribute ``row_checksum = "crc32"``. Files without
 that attribute (written before) read as they did, checked by Fletcher-32 alone.
 
-A mismatch is one line: ``data.h5: labels/label row 17: checksum mismatch (the stored data is damaged)``.
+A mismatch is one line: ``data.h5: labels/label row 17: checksum mismatch (the stored data is damaged, ...)``.
+After an edit by hand, :func:`refresh_row_crcs` stores the new rows' CRC-32s. :mod:`crossmodal.data.verify` reads a
+whole file back for ``inspect --verify``.
 """
 from __future__ import annotations
-
-import os
-from typing import Any
 
 import h5py
 import numpy as np
@@ -25,7 +24,7 @@ ROOT_ATTR = "row_checksum"
 ALGORITHM = "crc32"
 GROUP = "crc32"
 GROUPS = ("modalities", "labels", "splits")
-MISMATCH = "checksum mismatch (the stored data is damaged)"
+MISMATCH = "checksum mismatch (the stored data is damaged, or was edited without refresh_row_crcs)"
 
 
 def crc_key(key: str) -> str:
@@ -84,6 +83,13 @@ def store_row_crcs(handle: h5py.File, key: str, crcs: np.ndarray) -> None:
     dset.attrs["crc32"] = crc32(crcs)
 
 
+def refresh_row_crcs(handle: h5py.File, key: str) -> None:
+    """After an edit of dataset ``key`` by hand (h5py, ``r+``), store the row CRC-32s of what it now holds, so
+    that the edit reads as intended rather than as damage. A file without row CRC-32s is left as it is."""
+    if has_row_crcs(handle):
+        store_row_crcs(handle, key, row_crc32s(handle[key][()]))
+
+
 def mismatch(key: str, row: int) -> str:
     return f"{key} row {row}: {MISMATCH}"
 
@@ -125,40 +131,3 @@ def _bad_chunk(dset: h5py.Dataset) -> tuple[int, int, OSError]:
         except OSError as err:
             return start, min(start + step, len(dset)), err
     return 0, len(dset), OSError("the dataset cannot be read")
-
-
-def verify(path: str | os.PathLike) -> dict[str, Any]:
-    """Read every row of every modality, label set and split, checking Fletcher-32 (and decompression) per
-    chunk and, when the file has them, each row's CRC-32: the damaged rows per dataset (``modalities/rgb``),
-    a reason for each, and the number of chunks read.
-
-    Raises:
-        DataError: for a malformed layout or missing/damaged row CRC-32s (a damaged row is reported, not raised).
-    """
-    from crossmodal.data.format import read_layout
-
-    layout = read_layout(path, check_rows=False)
-    damaged: dict[str, list[int]] = {}
-    reasons: dict[str, str] = {}
-    chunks = 0
-    with h5py.File(layout.path, "r") as handle:
-        for key in dataset_keys(handle):
-            dset = handle[key]
-            crcs = row_crcs(layout.path, handle, key)
-            step = 1 if dset.ndim > 1 else (dset.chunks[0] if dset.chunks else max(1, len(dset)))
-            for start in range(0, len(dset), step):
-                stop = min(start + step, len(dset))
-                chunks += 1
-                try:
-                    values = dset[start:stop]
-                except OSError as err:
-                    damaged.setdefault(key, []).extend(range(start, stop))
-                    reasons.setdefault(key, chunk_error(err))
-                    continue
-                if crcs is not None:
-                    bad = np.flatnonzero(row_crc32s(values) != crcs[start:stop])
-                    if bad.size:
-                        damaged.setdefault(key, []).extend(int(start + b) for b in bad)
-                        reasons.setdefault(key, MISMATCH)
-    return {"chunks_read": chunks, "damaged_rows": damaged, "reasons": reasons}
-

@@ -17,7 +17,7 @@ from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep import repack
 from crossmodal.errors import DataError
 
-MISMATCH = "checksum mismatch (the stored data is damaged)"
+MISMATCH = "checksum mismatch (the stored data is damaged, or was edited without refresh_row_crcs)"
 SMOKE_TEACHER = ROOT / "experiments" / "configs" / "smoke_teacher.yaml"
 
 

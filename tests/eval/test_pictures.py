@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from crossmodal.eval.preview_segmentation import segmentation_figure, write_segmentation_preview
 from crossmodal.eval.probe_run import render_table

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, cli, error_line
+from crossmodal.data.integrity import refresh_row_crcs
 from crossmodal.eval.probe import COARSE_EXPONENTS, REFINE_STEPS
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
@@ -180,6 +181,7 @@ def test_one_class_in_train_is_one_line(smoke, tmp_path):
         labels = handle["labels/label"][()]
         labels[handle["splits/train"][()]] = 3
         handle["labels/label"][...] = labels
+        refresh_row_crcs(handle, "labels/label")  # an edit, not damage
     line = error_line(cli("probe", "--checkpoint", run, "--data", copy, "--json", tmp_path / "p.json"))
     assert f"{copy}: label set 'label' has 1 class(es) among the labelled samples of split 'train'" in line, line
     assert not (tmp_path / "p.json").exists()
@@ -239,6 +241,7 @@ def test_a_probe_class_subset_error_is_one_line(smoke, tmp_path):
         test_rows = handle["splits/test"][()]
         labels[test_rows[labels[test_rows] == 0]] = 1
         handle["labels/label"][...] = labels
+        refresh_row_crcs(handle, "labels/label")  # an edit, not damage
     line = error_line(cli("probe", "--checkpoint", run, "--data", copy, "--classes", "ball", "box",
                           "--json", tmp_path / "p.json"))
     assert f"{copy}: split 'test' has no sample of class box in 'label' (--classes)" in line, line
