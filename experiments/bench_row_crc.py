@@ -8,7 +8,8 @@ augmentation: the reader's own cost, nothing to hide it), alternating rounds, fr
 per second of this process's CPU time (the machine may be shared), the best of the rounds.
 
 Usage: python experiments/bench_row_crc.py [--rounds R] [--samples N]
-Ends with one line per codec and size: ``<codec> <H>x<W>: with CRC <a> samples/s, without <b>: ratio <a/b>``
+Prints the CPU and the load average first (the load again last), then one line per codec and size:
+``<codec> <H>x<W>: with CRC <a> samples/s, without <b>: ratio <a/b>``
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import numpy as np  # noqa: E402
 from crossmodal.data import integrity  # noqa: E402
 from crossmodal.data.dataset import PairedDataset  # noqa: E402
 from crossmodal.data.paired_writer import PairedWriter  # noqa: E402
+from crossmodal.runtime import load_average, machine_description  # noqa: E402
 
 
 def write(path: str, num: int, size: tuple[int, int], codec: str) -> None:
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=64, help="samples at 480 x 640 (x 50 at 64 x 64)")
     args = parser.parse_args()
+    print(f"before: {machine_description()}", flush=True)
     folder = tempfile.mkdtemp(prefix="bench_row_crc_")
     try:
         for codec in ("blosc-lz4", "none"):
@@ -80,6 +83,7 @@ def main() -> None:
                       flush=True)
     finally:
         shutil.rmtree(folder)
+    print(f"after: {load_average()}")
 
 
 if __name__ == "__main__":

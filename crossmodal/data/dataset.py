@@ -149,8 +149,8 @@ class PairedDataset(Dataset):
         unless ``keep_stored`` (then as stored: multiply by the layout's ``scale``).
 
         Raises:
-            DataError: a chunk that fails its Fletcher-32 checksum or cannot be decompressed, or a row that fails
-                its CRC-32 (a chunk zeroed whole passes Fletcher-32), naming the dataset and row.
+            DataError: a chunk that fails its Fletcher-32 checksum or cannot be decompressed, or a row of zeros
+                that fails its CRC-32 (a chunk zeroed whole passes Fletcher-32), naming the dataset and row.
         """
         arrays = {}
         for name, dset in self._datasets().items():
@@ -159,7 +159,7 @@ class PairedDataset(Dataset):
             except OSError as err:
                 raise DataError(self.path, f"{self._keys[name]} row {row}: {chunk_error(err)}") from None
             crcs = self._crcs[name]
-            if crcs is not None and crc32(stored) != crcs[row]:
+            if crcs is not None and integrity.all_zero(stored) and crc32(stored) != crcs[row]:
                 raise DataError(self.path, integrity.mismatch(self._keys[name], row))
             arrays[name] = stored if keep_stored else dequantize(stored, self._scales.get(name))
         return arrays

@@ -83,6 +83,20 @@ def store_row_crcs(handle: h5py.File, key: str, crcs: np.ndarray) -> None:
     dset.attrs["crc32"] = crc32(crcs)
 
 
+def all_zero(row: np.ndarray) -> bool:
+    """Whether ``row`` is zeros only: the one content Fletcher-32 cannot vouch for, so the only row whose CRC-32
+    the sample reader computes. Each modality and segmentation row is a chunk of its own, so a chunk zeroed
+    whole (its stored Fletcher-32 with it) reads back as such a row, and any other damage to a chunk fails
+    Fletcher-32 or decompression first. Checking every row would cost the reader about 8% (0.32 ms of a
+    480 x 640 rgb + depth sample); this costs a comparison of the first 4 KiB with zeros. ``inspect --verify``, ``repack``,
+    the device-resident loader and the layout check (class labels, splits) check every row."""
+    head = memoryview(np.ascontiguousarray(row)).cast("B")[:len(_ZEROS)]  # a memcmp: 0.35 us, numpy's any 1.3
+    return head == _ZEROS[:len(head)] and not row.any()
+
+
+_ZEROS = bytes(4096)
+
+
 def refresh_row_crcs(handle: h5py.File, key: str) -> None:
     """After an edit of dataset ``key`` by hand (h5py, ``r+``), store the row CRC-32s of what it now holds, so
     that the edit reads as intended rather than as damage. A file without row CRC-32s is left as it is."""

@@ -198,3 +198,14 @@ def test_row_crc32s_are_zlibs_crc32_of_each_row(array):
 
     assert row_crc32s(array).tolist() == [zlib.crc32(np.ascontiguousarray(row).tobytes()) for row in array]
     assert [crc32(row) for row in array] == row_crc32s(array).tolist()
+
+
+def test_the_reader_computes_a_crc_for_rows_of_zeros_only():
+    """The sample reader's CRC-32 is for what Fletcher-32 cannot vouch for: a row of zeros (a chunk zeroed whole),
+    looked at in its first 4 KiB, then whole; a zero past the first 4 KiB is no such row."""
+    from crossmodal.data.integrity import all_zero
+
+    assert all_zero(np.zeros((480, 640, 3), np.uint8)) and all_zero(np.zeros((4, 4), np.float32)[:, ::2])
+    late = np.zeros((480, 640, 1), np.uint16)
+    late[-1, -1] = 1
+    assert not all_zero(late) and not all_zero(np.ones((2, 2), np.uint8))
