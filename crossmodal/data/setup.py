@@ -60,9 +60,14 @@ def transforms(data: DataSection) -> tuple[Optional[PairedTransform], Optional[P
 
 
 def open_split(path: str, split: str, modalities: Sequence[str], labels: Sequence[Optional[str]],
-               transform: Optional[PairedTransform], seed: int) -> PairedDataset:
+               transform: Optional[PairedTransform], seed: int, setting: Optional[str] = None) -> PairedDataset:
     """One split of the file with the given modalities and label sets (duplicates and Nones dropped); an empty
-    split is a one-line error."""
+    split is a one-line error, and so is a split the file lacks, naming ``setting`` (the config key or flag
+    that chose it, e.g. ``data.eval_split``) so the user knows what to change."""
+    splits = read_layout(path).splits
+    if setting is not None and split not in splits:
+        unset = "; or data.eval_split=null to train without evaluating" if setting == "data.eval_split" else ""
+        raise DataError(path, f"no split '{split}' ({setting}); it has {sorted(splits)}{unset}")
     dataset = PairedDataset(path, split, modalities=list(dict.fromkeys(modalities)),
                             labels=[name for name in dict.fromkeys(labels) if name], transform=transform, seed=seed)
     if len(dataset) == 0:

@@ -280,8 +280,10 @@ def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: 
     device = runtime.resolve_device(config.device)
     train_transform, eval_transform = transforms(config.data)
     data = config.data
-    train = open_split(data.path, data.split, [modality], [options.labels], train_transform, config.seed)
-    test = open_split(data.path, data.eval_split, [modality], [options.labels], eval_transform, config.seed)
+    train = open_split(data.path, data.split, [modality], [options.labels], train_transform, config.seed,
+                       setting="--train-split")
+    test = open_split(data.path, data.eval_split, [modality], [options.labels], eval_transform, config.seed,
+                      setting="--test-split")
     torch.manual_seed(config.seed)  # the same decoder initialisation for every protocol
     ignore_index = seg_info.ignore_index if seg_info.ignore_index is not None else -1
     task_class = FrozenEncoderTask if protocol == "frozen" else SupervisedTask

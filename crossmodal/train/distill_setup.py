@@ -53,7 +53,7 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
     channels = modality_channels(data.path, {"teacher.modality": tm, "student.modality": sm})
     check_label_sets(data.path, {"loss.class_labels": class_labels})
     train = open_split(data.path, data.split, [sm] + ([] if use_cache else [tm]), [class_labels], train_transform,
-                       config.seed)
+                       config.seed, setting="data.split")
     check_batch_size(config.train.batch_size, len(train))
     num_classes = train.layout.labels[class_labels].num_classes if class_labels else None
     if class_labels and train.layout.labels[class_labels].type != "class":
@@ -92,7 +92,8 @@ def build_distillation(config: DistillRunConfig, run_dir: str, device: torch.dev
     task = DistillTask(student, sm, TeacherView(teacher, tm, cache), distillers, weights, loss_cfg.ce, class_labels)
     eval_data = None
     if class_labels and student.num_classes and data.eval_split is not None:
-        eval_data = open_split(data.path, data.eval_split, [sm], [class_labels], eval_transform, config.seed)
+        eval_data = open_split(data.path, data.eval_split, [sm], [class_labels], eval_transform, config.seed,
+                               setting="data.eval_split")
 
     def finish(record: dict[str, Any]) -> None:
         finish_run(run_dir, "distill", config, student, sm, train, record,

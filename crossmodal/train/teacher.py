@@ -32,7 +32,8 @@ def build_teacher_training(config: TeacherRunConfig, run_dir: str, device: torch
     train_transform, eval_transform = transforms(data)
     channels = modality_channels(data.path, {"model.modality": model.modality})["model.modality"]
     check_label_sets(data.path, {"task.classes": classes, "task.segmentation": segmentation})
-    train = open_split(data.path, data.split, [model.modality], [classes, segmentation], train_transform, config.seed)
+    train = open_split(data.path, data.split, [model.modality], [classes, segmentation], train_transform, config.seed,
+                       setting="data.split")
     layout = train.layout
     for name, kind in ((classes, "class"), (segmentation, "segmentation")):
         if name and layout.labels[name].type != kind:
@@ -54,7 +55,7 @@ def build_teacher_training(config: TeacherRunConfig, run_dir: str, device: torch
     eval_data = None
     if data.eval_split is not None:
         eval_data = open_split(data.path, data.eval_split, [model.modality], [classes, segmentation],
-                               eval_transform, config.seed)
+                               eval_transform, config.seed, setting="data.eval_split")
         if subset is not None:
             eval_data.keep_classes(classes, subset)
     labels: dict[str, Any] = {"classes": classes, "segmentation": segmentation}

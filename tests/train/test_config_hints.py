@@ -58,3 +58,18 @@ def test_an_override_split_at_its_equals_sign_is_shown_joined(verb, config, tmp_
 def test_other_unrecognized_arguments_get_no_override_hint(tmp_path):
     result = cli_in_process("train-teacher", SMOKE_TEACHER, "--out", tmp_path / "run", "--epochs", "1")
     assert error_line(result) == "crossmodal train-teacher: error: unrecognized arguments: --epochs 1"
+
+
+@pytest.mark.parametrize("verb, config, override, key, unset", [
+    ("train-teacher", "own_l_to_ab_teacher", "data.eval_split=val", "data.eval_split",
+     "; or data.eval_split=null to train without evaluating"),
+    ("train-teacher", "own_l_to_ab_teacher", "data.split=training", "data.split", ""),
+])
+def test_a_split_the_file_lacks_names_the_key(images_file, tmp_path, verb, config, override, key, unset):
+    """Before: `no split 'val'; it has [...]`, which named neither the setting nor how to go without one."""
+    result = cli_in_process(verb, config, "--out", tmp_path / "run", f"data.path={images_file}", override,
+                            "train.batch_size=2")
+    split = override.split("=")[1]
+    assert error_line(result) == (f"crossmodal {verb}: error: {images_file}: no split '{split}' ({key}); it has "
+                                  f"['test', 'train']{unset}")
+    assert not (tmp_path / "run").exists()
