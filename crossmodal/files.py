@@ -45,6 +45,19 @@ def place_error(err: BaseException, folder: str | os.PathLike | None = None) -> 
     return None
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def readable_like_other_outputs(path: str | os.PathLike) -> None:
+    """Give the file ``path`` the mode ``open()`` gives (0666 less the umask): safetensors creates its files
+    private (0600)."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def temporary_name(path: str | os.PathLike, suffix: str = "") -> str:
     """``.NAME.tmp-PID[suffix]`` in the target's folder (same file system, so the rename is atomic)."""
     path = os.path.abspath(os.fspath(path))

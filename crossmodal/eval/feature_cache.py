@@ -24,7 +24,7 @@ import torch
 from crossmodal.cache_key import data_parts, digest
 from crossmodal.errors import DataError
 from crossmodal.eval.features import ExtractedFeatures, StageFeatures
-from crossmodal.files import atomic_output, ensure_folder
+from crossmodal.files import atomic_output, ensure_folder, readable_like_other_outputs
 from crossmodal.models.weights import CRC_KEY, check_tensor_crc32s, tensor_crc32s
 
 FORMAT = "crossmodal-features/1"
@@ -89,16 +89,9 @@ def save(path: str, parts: Mapping[str, Any], features: ExtractedFeatures) -> No
     try:
         with atomic_output(path) as temporary:
             save_file(tensors, temporary, metadata=meta)
-            _readable_like_other_outputs(temporary)
+            readable_like_other_outputs(temporary)
     except OSError as err:
         raise DataError(path, f"cannot write the feature cache ({err.strerror or err})") from None
-
-
-def _readable_like_other_outputs(path: str) -> None:
-    """Give ``path`` the mode ``open()`` gives (0666 less the umask): safetensors creates its files 0600."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def cached(path: Optional[str], parts: Mapping[str, Any], extract: Callable[[], ExtractedFeatures],

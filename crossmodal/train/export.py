@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from crossmodal import __version__, run_folder, runtime
 from crossmodal.config import RunConfig
-from crossmodal.files import atomic_output
+from crossmodal.files import atomic_output, readable_like_other_outputs
 from crossmodal.models.encoder import Encoder
 from crossmodal.models.weights import CRC_KEY, tensor_crc32s
 
@@ -33,7 +33,7 @@ def export_encoder(encoder: Encoder, path: str | os.PathLike, modality: str | No
         metadata["modality"] = modality
     with atomic_output(path, suffix=".safetensors") as temporary:
         save_file(state, temporary, metadata=metadata)
-        os.chmod(temporary, 0o666 & ~current_umask())  # safetensors creates its files private (0600)
+        readable_like_other_outputs(temporary)
 
 
 def finish_run(run_dir: str, verb: str, config: RunConfig, encoder: Encoder, modality: str, train: Sized,
@@ -90,10 +90,3 @@ def load_snippet(encoder: Encoder, weights_name: str) -> str:
                   f"mean = torch.tensor({mean}).view(1, -1, 1, 1)",
                   f"std = torch.tensor({std}).view(1, -1, 1, 1)"]
     return "\n".join(lines)
-
-
-def current_umask() -> int:
-    """The process's umask (read by setting it and setting it back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

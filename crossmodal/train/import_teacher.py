@@ -25,13 +25,13 @@ import torch
 from crossmodal import __version__, run_folder
 from crossmodal.data.modalities import MODALITIES
 from crossmodal.errors import ConfigError, DataError
-from crossmodal.files import place_error
+from crossmodal.files import current_umask, place_error
 from crossmodal.models.encoder import Encoder
 from crossmodal.models.pretrained import (LITE_STATED_BY, LITE_STATED_TOP1, classifier_size, default_input,
                                           file_digest, get_source, owning_distribution, pretrained_cfg,
                                           reference_logits, renormalisation)
 from crossmodal.models.weights import load_state, read_state_dict
-from crossmodal.train.export import current_umask, export_encoder, load_snippet
+from crossmodal.train.export import export_encoder, load_snippet
 
 WEIGHTS = run_folder.WEIGHTS["train-teacher"]
 # The logit check's inputs: N(0, 1) noise at the native size, seeded. A wrong key mapping or normalisation-free

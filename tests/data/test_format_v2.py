@@ -234,8 +234,10 @@ def test_a_damaged_chunk_read_by_a_dataloader_worker_is_the_same_one_line_error(
     repack.convert(str(tmp_path / "v1.h5"), str(path))
     corrupt(path, "modalities/depth", 4)
     data = PairedDataset(path, "train", modalities=["rgb", "depth"])
+    batches = iter(DataLoader(data, batch_size=2, num_workers=2, collate_fn=collate))
     with pytest.raises(DataError) as error:
-        list(DataLoader(data, batch_size=2, num_workers=2, collate_fn=collate))
+        list(batches)
+    batches._shutdown_workers()  # now: left to the garbage collector, it waits 10 s for the workers
     assert str(error.value).startswith(f"{path}: modalities/depth row 4: a damaged chunk") and "\n" not in str(error.value)
     assert error.value.path == str(path) and error.value.problem.startswith("modalities/depth row 4")
 

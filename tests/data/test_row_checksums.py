@@ -108,8 +108,10 @@ def test_a_zeroed_chunk_of_an_uncompressed_file_is_one_line_naming_its_row(tmp_p
             from torch.utils.data import DataLoader
 
             from crossmodal.data.dataset import collate
+            batches = iter(DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate))
             with pytest.raises(DataError) as error:
-                list(DataLoader(data, batch_size=4, num_workers=2, collate_fn=collate))
+                list(batches)
+            batches._shutdown_workers()  # now: left to the garbage collector, it waits 10 s for the workers
             assert str(error.value) == line
 
 
