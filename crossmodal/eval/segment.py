@@ -256,10 +256,12 @@ def segmentation_labels(data_path: str, labels: Optional[str]) -> LabelInfo:
     segmentation = [name for name, info in layout.labels.items() if info.type == "segmentation"]
     offered = f"its segmentation label sets: {', '.join(segmentation) or 'none'}"
     if labels is None:
-        if len(segmentation) != 1:
-            raise ConfigError(f"--labels: {data_path} has {'no' if not segmentation else 'several'} segmentation "
-                              f"label sets{'' if not segmentation else ' (' + ', '.join(segmentation) + ')'}; "
-                              f"{'give --labels' if not segmentation else 'choose one with --labels'}")
+        if not segmentation:  # no --labels can help: say what the file has
+            raise ConfigError(f"--labels: {data_path} has no segmentation label set, which segment needs (its "
+                              f"label sets: {', '.join(layout.labels) or 'none'})")
+        if len(segmentation) > 1:
+            raise ConfigError(f"--labels: {data_path} has several segmentation label sets "
+                              f"({', '.join(segmentation)}); choose one with --labels")
         labels = segmentation[0]
     info = layout.labels.get(labels)
     if info is None:

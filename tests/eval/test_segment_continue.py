@@ -166,6 +166,17 @@ def test_labels_default_to_the_only_segmentation_set_and_several_are_listed(stud
                                   f"(parts, seg); choose one with --labels")
     assert not (tmp_path / "out").exists()
 
+    data = tmp_path / "classes_only.h5"
+    shutil.copy(synthetic_file, data)
+    with h5py.File(data, "a") as handle:
+        for group in ("labels", "crc32/labels"):
+            if f"{group}/seg" in handle:
+                del handle[f"{group}/seg"]
+    result = cli(*command(student, data, tmp_path / "out"))
+    assert error_line(result) == (f"crossmodal segment: error: --labels: {data} has no segmentation label set, "
+                                  f"which segment needs (its label sets: label)")
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+
 
 def test_a_stop_outside_training_also_names_the_same_command():
     """A signal while scoring or writing the preview (no training step to finish): the same hint; the rerun
