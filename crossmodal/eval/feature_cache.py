@@ -24,7 +24,7 @@ import torch
 from crossmodal.cache_key import data_parts, digest
 from crossmodal.errors import DataError
 from crossmodal.eval.features import ExtractedFeatures, StageFeatures
-from crossmodal.files import atomic_output, ensure_folder, readable_like_other_outputs
+from crossmodal.files import atomic_output, ensure_folder, os_reason, readable_like_other_outputs
 from crossmodal.models.weights import CRC_KEY, check_tensor_crc32s, tensor_crc32s
 
 FORMAT = "crossmodal-features/1"
@@ -91,7 +91,7 @@ def save(path: str, parts: Mapping[str, Any], features: ExtractedFeatures) -> No
             save_file(tensors, temporary, metadata=meta)
             readable_like_other_outputs(temporary)
     except OSError as err:
-        raise DataError(path, f"cannot write the feature cache ({err.strerror or err})") from None
+        raise DataError(path, f"cannot write the feature cache: {os_reason(err)}") from None
 
 
 def cached(path: Optional[str], parts: Mapping[str, Any], extract: Callable[[], ExtractedFeatures],

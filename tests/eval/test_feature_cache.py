@@ -93,3 +93,14 @@ def test_cache_files_are_readable_like_the_other_outputs(tmp_path):
         assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     finally:
         os.umask(mask)
+
+
+def test_a_cache_path_that_cannot_take_a_file_is_one_line_naming_it(tmp_path):
+    from crossmodal.errors import DataError
+
+    path = tmp_path / "features.safetensors"
+    path.mkdir()  # a folder where the file should go: no place error, still one line
+    with pytest.raises(DataError) as error:
+        feature_cache.save(str(path), PARTS, features())
+    assert str(error.value) == f"{path}: cannot write the feature cache: Is a directory"
+    assert os.listdir(tmp_path) == ["features.safetensors"] and os.listdir(path) == []
