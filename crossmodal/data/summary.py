@@ -110,7 +110,8 @@ def render_text(summary: dict[str, Any]) -> str:
         line = (f"    {name:<10} {tuple(stats['shape'])} {stats['dtype']:<7} kind={stats['kind']}"
                 f"{' units=' + stats['units'] if stats['units'] else ''}"
                 f"  range [{_fmt(observed[0])}, {_fmt(observed[1])}] mean {_fmt(stats['mean'])}" if observed
-                else f"    {name:<10} {tuple(stats['shape'])} {stats['dtype']} (no finite values)")
+                else f"    {name:<10} {tuple(stats['shape'])} {stats['dtype']} "
+                     f"{'(not examined)' if not summary['rows_examined'] else '(no finite values)'}")
         if "hole_fraction" in stats:
             line += f"  holes {100 * stats['hole_fraction']:.2f}%"
         if "scale" in stats:
