@@ -75,10 +75,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _summary(path: str) -> str:
-    """The first sentence of a config's first comment line (what it trains)."""
+    """The first sentence of a config's opening comment (what it trains), which may run over two lines."""
+    lines = []
     with open(path, encoding="utf-8") as handle:
-        first = handle.readline()
-    return first.lstrip("# ").rstrip().split(". ")[0].rstrip(".") if first.startswith("#") else ""
+        for line in handle:
+            if not line.startswith("#"):
+                break
+            lines.append(line.lstrip("# ").rstrip())
+    return " ".join(lines).split(". ")[0].rstrip(".")
 
 
 def _copy(source: str, dest: str, overwrite: bool) -> None:

@@ -23,6 +23,8 @@ def test_list_names_every_installed_config_with_what_it_trains():
     line = next(line for line in result.stdout.splitlines() if line.startswith("own_l_to_ab_teacher "))
     assert line.split(None, 1)[1] == ("L -> ab on your own images, step 1 of 2: a teacher on L (lightness) "
                                       "trained on their class labels")
+    line = next(line for line in result.stdout.splitlines() if line.startswith("demo_teacher "))
+    assert line.endswith("trained on the synthetic scenes' class and segmentation labels")  # over two lines
 
 
 @pytest.mark.parametrize("name", ["own_rgb_to_depth_distill", "own_rgb_to_depth_distill.yaml"])
