@@ -57,6 +57,9 @@ def _run(args: argparse.Namespace) -> int:
     if config is not None and "=" in config and not os.path.exists(config):  # `--resume RUN key=value`
         config, overrides = None, [config] + overrides
     config = config_argument(config)
+    for word, following in zip(overrides, overrides[1:]):  # `CFG train.epochs 1 --out R`: argparse took both
+        if "=" not in word and override_hint([word, following]):
+            args.parser.error(f"override '{word}' is not of the form key.sub=value{override_hint([word, following])}")
     if args.resume and args.out:
         args.parser.error("give either --out (a new run) or --resume (an existing one), not both")
     if config is None and not args.resume:

@@ -53,6 +53,12 @@ def test_an_override_split_at_its_equals_sign_is_shown_joined(verb, config, tmp_
     assert error_line(result) == (f"crossmodal {verb}: error: unrecognized arguments: train.epochs 1; a config "
                                   f"override is one word, key=value: train.epochs=1")
     assert not (tmp_path / "run").exists()
+    # before the options, argparse takes both words as overrides: the same hint
+    result = cli_in_process(verb, config, "train.epochs", "1", "--out", tmp_path / "run")
+    assert result.returncode == 2 and result.stderr.splitlines()[0].startswith(f"usage: crossmodal {verb} ")
+    assert error_line(result) == (f"crossmodal {verb}: error: override 'train.epochs' is not of the form "
+                                  f"key.sub=value; a config override is one word, key=value: train.epochs=1")
+    assert not (tmp_path / "run").exists()
 
 
 def test_other_unrecognized_arguments_get_no_override_hint(tmp_path):
