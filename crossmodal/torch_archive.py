@@ -37,7 +37,8 @@ def damaged_member(path: str | os.PathLike) -> Optional[str]:
             except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
                 what = "fails its CRC-32 check" if "CRC" in str(err) else f"cannot be read ({err})"
                 tensor = _tensor_of(archive, info.filename)
-                return f"member {info.filename}{f' (tensor {tensor})' if tensor else ''} {what}"
+                name = info.filename.split("/", 1)[-1]  # torch prefixes the archive's own (temporary) name
+                return f"member {name}{f' (tensor {tensor})' if tensor else ''} {what}"
     return None
 
 

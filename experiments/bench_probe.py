@@ -54,7 +54,7 @@ def small_features(out: Path, checkpoint: str | None, device: str) -> tuple[dict
     from torch.utils.data import DataLoader
 
     from crossmodal.data import PairedDataset
-    from crossmodal.demo import config_path
+    from crossmodal.shipped_configs import shipped_path as config_path
     from crossmodal.eval.checkpoints import load_encoder
     from crossmodal.eval.features import extract_features, merge_equal_stages, select_stages
     from crossmodal.pipeline import train_or_reuse

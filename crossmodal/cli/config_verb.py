@@ -11,28 +11,9 @@ import argparse
 import os
 import shutil
 import sys
-from importlib import resources
 
-from crossmodal.errors import ConfigError, DataError
-
-
-def shipped_names() -> list[str]:
-    """The names (without ``.yaml``) of the configs installed with the package, sorted."""
-    folder = resources.files("crossmodal") / "configs"
-    return sorted(entry.name[:-len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-
-
-def shipped_path(name: str) -> str:
-    """The installed file of config ``name`` (``own_l_to_ab_teacher`` or ``own_l_to_ab_teacher.yaml``).
-
-    Raises:
-        ConfigError: no config of that name is shipped (the line lists those that are).
-    """
-    stem = name[:-len(".yaml")] if name.endswith(".yaml") else name
-    names = shipped_names()
-    if stem not in names:
-        raise ConfigError(f"no shipped config '{name}'; shipped: {', '.join(names)} (crossmodal config list)")
-    return str(resources.files("crossmodal") / "configs" / f"{stem}.yaml")
+from crossmodal.errors import DataError
+from crossmodal.shipped_configs import shipped_names, shipped_path
 
 
 def config_argument(value: str | None) -> str | None:

@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crossmodal {args.verb}: error: out of memory (is a size or count far too large?)", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as err:  # a write refused by its place that no writer turned into a DataError itself
-        reason = place_error(err)  # (OSError, or HDF5's RuntimeError with "errno = 28" in its text)
+        # (OSError, HDF5's or torch's RuntimeError with "errno = 28" in its text, safetensors' own error): other
+        # types are bugs to be seen whole, even when their text mentions a permission
+        writer_error = isinstance(err, (OSError, RuntimeError)) or type(err).__name__ == "SafetensorError"
+        reason = place_error(err) if writer_error else None
         if reason is None:
             raise
         _close_progress_bars()

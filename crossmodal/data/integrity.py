@@ -24,7 +24,8 @@ ROOT_ATTR = "row_checksum"
 ALGORITHM = "crc32"
 GROUP = "crc32"
 GROUPS = ("modalities", "labels", "splits")
-MISMATCH = "checksum mismatch (the stored data is damaged, or was edited without refresh_row_crcs)"
+MISMATCH = ("checksum mismatch (the stored data is damaged, or was edited without refreshing its row CRC-32s: "
+            "docs/format.md)")
 
 
 def crc_key(key: str) -> str:
@@ -88,8 +89,8 @@ def all_zero(row: np.ndarray) -> bool:
     the sample reader computes. Each modality and segmentation row is a chunk of its own, so a chunk zeroed
     whole (its stored Fletcher-32 with it) reads back as such a row, and any other damage to a chunk fails
     Fletcher-32 or decompression first. Checking every row would cost the reader about 8% (0.32 ms of a
-    480 x 640 rgb + depth sample); this costs a comparison of the first 4 KiB with zeros. ``inspect --verify``, ``repack``,
-    the device-resident loader and the layout check (class labels, splits) check every row."""
+    480 x 640 rgb + depth sample); this costs a comparison of the first 4 KiB with zeros. ``inspect --verify``,
+    ``repack``, the device-resident loader and the layout check (class labels, splits) check every row."""
     head = memoryview(np.ascontiguousarray(row)).cast("B")[:len(_ZEROS)]  # a memcmp: 0.35 us, numpy's any 1.3
     return head == _ZEROS[:len(head)] and not row.any()
 

@@ -18,7 +18,7 @@ from crossmodal.data.codecs import DEFAULT_CODEC, dataset_filters, quantize
 from crossmodal.data.format import (DEFAULT_IGNORE_INDEX, DEPTH_KINDS, DEPTH_STORAGE, FORMAT_NAME, FORMAT_VERSION,
                                     MODALITY_DTYPES, read_layout)
 from crossmodal.errors import DataError
-from crossmodal.files import (abandon_hdf5, exclusive_lock, os_reason, place_error, remove_stale_temporaries,
+from crossmodal.files import (abandon_hdf5, exclusive_lock, os_reason, refused_write, remove_stale_temporaries,
                               temporary_name)
 
 
@@ -143,11 +143,11 @@ class PairedWriter:
             if self._file is not None and self._file.id.valid:
                 self._file.flush()
         except Exception as err:  # HDF5's flush says RuntimeError("... errno = 28 ...") for a full disk
-            if isinstance(err, DataError) or not (isinstance(err, OSError) or place_error(err)):
+            refused = refused_write(err, self.out)
+            if isinstance(err, DataError) or (refused is None and not isinstance(err, OSError)):
                 raise
             self._discard()
-            raise DataError(self.out, f"cannot write it: "
-                                      f"{os_reason(err)}") from None
+            raise (refused or DataError(self.out, f"cannot write it: {os_reason(err)}")) from None
 
     def _discard(self) -> None:
         """Close the temporary file after a failure and remove it. Its closing writes go to memory

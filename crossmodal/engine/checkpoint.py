@@ -152,8 +152,9 @@ def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
     differences = changed_data + config_differences(saved_config, config, may_change, defaults)
     if differences:
         against = "another config" if len(differences) > len(changed_data) else "another data file"
+        what_to_do = "; restore the file it started on, or start a new run with --out" if changed_data else ""
         raise ConfigError(f"{path}: written for {against}: {'; '.join(differences[:3])}"
-                          + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""))
+                          + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "") + what_to_do)
     return payload
 
 

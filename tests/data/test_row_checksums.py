@@ -17,7 +17,8 @@ from crossmodal.data.paired_writer import PairedWriter
 from crossmodal.data_prep import repack
 from crossmodal.errors import DataError
 
-MISMATCH = "checksum mismatch (the stored data is damaged, or was edited without refresh_row_crcs)"
+MISMATCH = ("checksum mismatch (the stored data is damaged, or was edited without refreshing its row CRC-32s: "
+            "docs/format.md)")
 SMOKE_TEACHER = ROOT / "experiments" / "configs" / "smoke_teacher.yaml"
 
 

@@ -276,7 +276,7 @@ def member_data_offset(path, suffix):
     with open(path, "rb") as handle:
         handle.seek(info.header_offset + 26)
         name_length, extra_length = struct.unpack("<HH", handle.read(4))
-    return info.filename, info.header_offset + 30 + name_length + extra_length
+    return info.filename.split("/", 1)[-1], info.header_offset + 30 + name_length + extra_length  # as named
 
 
 def storage_of(path, key):
@@ -344,9 +344,11 @@ def test_a_regenerated_data_file_refuses_the_resume_and_says_what_changed(tmp_pa
         load_checkpoint(path, verb="distill", config=config, data_file=again)
     assert one_line(error) == (
         f"{path}: written for another data file: data file {tmp_path / 'd.h5'} changed since the checkpoint "
-        f"(created '2026-12-06T00:01:02+00:00' -> '2026-12-06T00:05:00+00:00', num_samples 40 -> 80)")
+        f"(created '2026-12-06T00:01:02+00:00' -> '2026-12-06T00:05:00+00:00', num_samples 40 -> 80); restore the "
+        f"file it started on, or start a new run with --out")
     with pytest.raises(ConfigError, match=r"written for another config: data file .* changed since the "
-                                          r"checkpoint \(created .*\); optim.lr: 0.1 -> 0.2$"):
+                                          r"checkpoint \(created .*\); optim.lr: 0.1 -> 0.2; restore the file it started on, "
+                                          r"or start a new run with --out$"):
         load_checkpoint(path, verb="distill", config={**config, "optim": {**CONFIG["optim"], "lr": 0.2}},
                         data_file=again)
 

@@ -69,8 +69,9 @@ def assert_same_segment_run(expected: Path, got: Path) -> None:
         assert (got / protocol / "preview.png").is_file() and (got / protocol / "curves.png").is_file()
 
 
-@pytest.mark.parametrize("signal_name, code, stopped_by", [("TERM", 143, "terminated (SIGTERM)"),
-                                                          ("INT", 130, "interrupted (Ctrl-C)")])
+# Ctrl-C stops training by the same deferred path (tests/train/test_ctrl_c.py); its hint is checked below, in
+# test_a_stop_outside_training_also_names_the_same_command, without a second 10 s bit-for-bit run.
+@pytest.mark.parametrize("signal_name, code, stopped_by", [("TERM", 143, "terminated (SIGTERM)")])
 def test_after_a_signal_the_printed_hint_continues_the_run_bit_for_bit(student, synthetic_file, uninterrupted,
                                                                        tmp_path, signal_name, code, stopped_by):
     """SIGTERM or Ctrl-C after step 3 of the frozen protocol (finetune is finished): one line whose hint is the
@@ -186,7 +187,10 @@ def test_a_stop_outside_training_also_names_the_same_command():
 
     for raised, kind, line in [(interrupts.Terminated("terminated (SIGTERM)"), interrupts.Terminated,
                                 "terminated (SIGTERM)"),
-                               (KeyboardInterrupt(), interrupts.Interrupted, "interrupted")]:
+                               (KeyboardInterrupt(), interrupts.Interrupted, "interrupted"),
+                               (interrupts.Interrupted("interrupted (Ctrl-C) after saving a checkpoint at step 3; "
+                                                       "--resume /runs/seg/frozen continues from it"),
+                                interrupts.Interrupted, "interrupted (Ctrl-C) after saving a checkpoint at step 3")]:
         with pytest.raises(kind) as caught, continued_by_rerun("segment"):
             raise raised
         assert str(caught.value) == f"{line}; run the same crossmodal segment command again to continue"

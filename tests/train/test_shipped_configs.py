@@ -22,7 +22,7 @@ def test_configs_are_shipped():
 
 
 def test_the_demo_configs_are_installed_with_the_package():
-    from crossmodal.demo import config_path
+    from crossmodal.shipped_configs import shipped_path as config_path
 
     assert Path(config_path("demo_distill")).is_file() and Path(config_path("demo_teacher")).is_file()
     assert all(Path(config_path(f"own_{pairing}_{step}")).is_file()
