@@ -27,6 +27,16 @@ from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import atomic_output
 from crossmodal.torch_archive import damaged_member
 
+
+class DamagedCheckpoint(DataError):
+    """A checkpoint whose zip CRC-32s fail: ``damage`` says which member (and tensor). The line names the way on
+    for a run continued with ``--resume``; a verb that continues by running the same command (``segment``)
+    rewords it, since for it starting the run again means removing the folder first."""
+
+    def __init__(self, path: str, damage: str) -> None:
+        self.damage = damage
+        super().__init__(path, f"damaged: {damage}; resume from an intact copy, or start the run again")
+
 FORMAT = "crossmodal-checkpoint/1"
 
 
@@ -133,7 +143,7 @@ def load_checkpoint(path: str | os.PathLike, *, verb: str, config: Mapping[str, 
     except OSError as err:
         raise DataError(path, f"not a readable checkpoint: {err.strerror or err}") from None
     if damage:
-        raise DataError(path, f"damaged: {damage}; resume from an intact copy, or start the run again")
+        raise DamagedCheckpoint(path, damage)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -31,7 +31,7 @@ from crossmodal.data.dataset import collate
 from crossmodal.data.format import LabelInfo, read_layout
 from crossmodal.data.setup import for_loader, modality_channels, open_split, transforms
 from crossmodal.engine import SupervisedTask, Trainer, TrainSetup
-from crossmodal.engine.checkpoint import config_differences
+from crossmodal.engine.checkpoint import DamagedCheckpoint, config_differences
 from crossmodal.engine.confusion import confusion_matrix, per_class_iou, segmentation_scores
 from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError, DataError
@@ -296,7 +296,11 @@ def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: 
                                  for_loader(test, data.loader, device), device))
     run_folder.write_config(run_dir, dump_config(settings))
     print(f"segment: {protocol} on {modality} -> {options.labels}, {len(train)} training samples", flush=True)
-    trainer.run(resume=started)
+    try:
+        trainer.run(resume=started)
+    except DamagedCheckpoint as err:  # the same command would meet it again: say how to train this one afresh
+        raise DataError(err.path, f"damaged: {err.damage}; restore an intact copy, or remove {run_dir} and run the "
+                                  f"same command again to train {protocol} afresh") from None
     confusion, samples = evaluate(task, test, config, device)
     names = seg_info.class_names
     scores = {key: _finite(value) for key, value in segmentation_scores(confusion).items()}

@@ -148,6 +148,34 @@ def test_a_finished_run_run_again_is_only_scored_again(student, synthetic_file, 
     assert_same_segment_run(uninterrupted, out)
 
 
+def test_a_damaged_checkpoint_names_the_way_to_train_that_protocol_afresh(student, synthetic_file, uninterrupted,
+                                                                         tmp_path):
+    """The engine's "start the run again" would meet the same file again under segment: the line says to remove
+    the protocol's folder, and that command (run as printed) trains it afresh to the uninterrupted scores."""
+    import zipfile
+
+    out = tmp_path / "seg"
+    shutil.copytree(uninterrupted, out)
+    checkpoint = out / "frozen" / "checkpoint.pt"
+    with zipfile.ZipFile(checkpoint) as archive:
+        info = max(archive.infolist(), key=lambda member: member.file_size)  # the largest tensor's storage
+    data = bytearray(checkpoint.read_bytes())
+    name_length, extra_length = (int.from_bytes(data[info.header_offset + at:info.header_offset + at + 2], "little")
+                                 for at in (26, 28))
+    data[info.header_offset + 30 + name_length + extra_length + 5] ^= 0x08
+    checkpoint.write_bytes(data)
+    result = cli(*command(student, synthetic_file, out))
+    assert result.returncode == 2
+    line = error_line(result)
+    assert line.startswith(f"crossmodal segment: error: {checkpoint}: damaged: member ") and line.endswith(
+        f"fails its CRC-32 check; restore an intact copy, or remove {out / 'frozen'} and run the same command "
+        f"again to train frozen afresh"), line  # the same command: segment's, or the demo's that ran it
+    shutil.rmtree(out / "frozen")
+    again = cli(*command(student, synthetic_file, out))
+    assert again.returncode == 0, again.stderr
+    assert_same_segment_run(uninterrupted, out)
+
+
 def with_two_segmentation_sets(source: Path, path: Path) -> Path:
     shutil.copy(source, path)
     with h5py.File(path, "a") as handle:
