@@ -49,6 +49,10 @@ class Distiller(nn.Module):
         """The teacher outputs this distiller reads."""
         raise NotImplementedError
 
+    def set_epoch(self, epoch: int) -> None:
+        """Hears the epoch about to be trained (from 0; again after a resume) before its first step. Default:
+        nothing; a loss that changes with training progress (DKD's warm-up) keeps it."""
+
     def forward(self, student: EncoderOutput, teacher: EncoderOutput, index: torch.Tensor,
                 labels: Optional[torch.Tensor] = None) -> DistillResult:
         """Loss for one batch. ``index`` holds each sample's position in the transfer set (B,)."""

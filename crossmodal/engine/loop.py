@@ -147,6 +147,7 @@ class Trainer:
         if hasattr(data, "set_epoch"):
             data.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        self.task.set_epoch(self.epoch)
         self.model.train()
         bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/"
                    f"{self.epochs}", disable=not (self.is_main and self.train_cfg.progress), leave=False,

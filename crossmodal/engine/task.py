@@ -43,6 +43,10 @@ class Task(nn.Module):
         ranks (:func:`crossmodal.runtime.all_reduce_sum`)."""
         raise NotImplementedError
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the engine before each epoch's first step (``epoch`` counts from 0; a run resumed mid-epoch
+        hears its epoch again), for losses that change with training progress (DKD's warm-up). Default: nothing."""
+
     def may_leave_parameters_unused(self) -> bool:
         """Whether a step may leave some trainable parameter without a gradient (default: True, the safe
         answer)."""

@@ -73,6 +73,10 @@ class DistillTask(Task):
     def may_leave_parameters_unused(self) -> bool:
         return self._leaves_unused
 
+    def set_epoch(self, epoch: int) -> None:
+        for distiller in self.distillers.values():
+            distiller.set_epoch(epoch)
+
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         student = self.student(batch[self.modality])
         teacher = self.teacher(batch) if len(self.distillers) else None
