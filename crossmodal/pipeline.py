@@ -57,6 +57,26 @@ def initialised_or_reuse(run_dir: str, weights: str, modality: str, say: Say = p
     return run_dir
 
 
+def head_or_reuse(run_dir: str, teacher: str, data: str, labels: str, say: Say = print, **options: Any) -> str:
+    """``teacher`` with its classifier replaced by a linear head over ``labels``' classes fitted on its frozen
+    embedding of ``data``'s training split (:func:`~crossmodal.eval.teacher_head.fit_head` with ``options``),
+    written to ``run_dir``; reused when the folder holds its model card."""
+    from crossmodal.eval.teacher_head import fit_head
+    from crossmodal.train.import_teacher import headed_folder
+
+    if run_folder.is_finished(run_dir):
+        say(f"      reusing the teacher with its head {run_dir}")
+        return run_dir
+    shutil.rmtree(run_dir, ignore_errors=True)
+    head = fit_head(teacher, data, labels, **options)
+    headed_folder(run_dir, teacher, head.weight, head.bias, head.classes, head.record)
+    top1 = head.record["test_top1"]
+    say(f"      head over {len(head.classes)} classes of '{labels}' on {head.record['fitted_on']['modality']}: "
+        f"C {head.record['C']:.3g}, holdout {100 * head.record['holdout_top1']:.1f}%"
+        + ("" if top1 is None else f", test {100 * top1:.1f}%"))
+    return run_dir
+
+
 def probe_or_reuse(path: str, options: Any, say: Say = print) -> dict[str, Any]:
     """``crossmodal probe`` with :class:`~crossmodal.eval.probe_run.ProbeOptions`, its JSON written to (or read
     back from) ``path``; a line per stage goes to ``say`` as it finishes."""

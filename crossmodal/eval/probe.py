@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -123,14 +123,18 @@ def as_features(values: Any, device: Optional[str | torch.device] = None) -> tor
     return tensor.to(device or tensor.device, torch.float32)
 
 
+def statistics(fit_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std (float32) that :func:`standardize` scales by (constant features keep std 1)."""
+    mean = fit_x.mean(0, dtype=torch.float64).float()
+    std = (fit_x - mean).pow(2).mean(0, dtype=torch.float64).sqrt()
+    std[std < 1e-12] = 1.0
+    return mean, std.float()
+
+
 def standardize(fit_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """Scale every tensor by the mean and std of ``fit_x`` alone (constant features keep std 1)."""
-    mean = fit_x.mean(0, dtype=torch.float64).float()
-    centred = fit_x - mean
-    std = centred.pow(2).mean(0, dtype=torch.float64).sqrt()
-    std[std < 1e-12] = 1.0
-    std = std.float()
-    return [centred / std, *((x - mean) / std for x in others)]
+    mean, std = statistics(fit_x)
+    return [(fit_x - mean) / std, *((x - mean) / std for x in others)]
 
 
 def prepare(fit_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -168,10 +172,15 @@ class _TorchPath:
         return self.fits[c]
 
 
-def search_c(path: _TorchPath, held_x: torch.Tensor, held_y: torch.Tensor) -> tuple[float, float]:
+def search_c(path: _TorchPath, held_x: torch.Tensor, held_y: torch.Tensor,
+             measure: Optional[Callable[[LogRegFit], float]] = None) -> tuple[float, float]:
     """The C with the best holdout accuracy (ties to the stronger regularisation) and that accuracy: a coarse
     sweep over :data:`COARSE_EXPONENTS` (one batch), then a bisection by :data:`REFINE_STEPS` within the swept
-    range (a batch of two per step)."""
+    range (a batch of two per step). ``measure`` replaces the accuracy by another score of a fit on the
+    holdout (higher is better)."""
+    if measure is None:
+        def measure(fit: LogRegFit) -> float:
+            return _accuracy(fit.predict(held_x), held_y)
     scores: dict[float, float] = {}
 
     def c_of(exponent: float) -> float:
@@ -180,7 +189,7 @@ def search_c(path: _TorchPath, held_x: torch.Tensor, held_y: torch.Tensor) -> tu
     def score(exponent: float) -> float:
         c = c_of(exponent)
         if c not in scores:
-            scores[c] = _accuracy(path.fit(c).predict(held_x), held_y)
+            scores[c] = measure(path.fit(c))
         return scores[c]
 
     def better(exponent: float, than: float) -> bool:
@@ -200,6 +209,67 @@ def search_c(path: _TorchPath, held_x: torch.Tensor, held_y: torch.Tensor) -> tu
             if better(exponent, best):
                 best = exponent
     return c_of(best), score(best)
+
+
+@dataclass
+class FittedClassifier:
+    """The linear probe's classifier itself, on the raw features: ``logits = x @ weight.T + bias``.
+
+    Attributes:
+        weight: (K, D) float32; bias: (K,) float32, on the features' device.
+        c: the regularisation chosen on the holdout; holdout_top1: its accuracy there.
+        converged: whether the final fit reached its gradient tolerance.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    c: float
+    holdout_top1: float
+    converged: bool
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.weight.dtype) @ self.weight.T + self.bias).argmax(1)
+
+
+def fit_classifier(train_x: Any, train_y: Any, num_classes: int, *, holdout_fraction: float = 0.2, seed: int = 0,
+                   by: str = "accuracy", max_iter: int = DEFAULT_MAX_ITER, tol: float = DEFAULT_TOL,
+                   search_tol: float = SEARCH_TOL) -> FittedClassifier:
+    """The classifier :func:`linear_probe` (torch solver) fits, returned as weights on the raw features.
+
+    The same choices as the probe: ``C`` searched on the same stratified holdout, the refit on every training row,
+    in standardised and decorrelated coordinates; the coordinate changes are linear, so the classifier folds back
+    into one affine map of the raw features (computed in float64): with ``z = ((x - mean) / std) M``,
+    ``logits = z W^T + b = x (W M^T / std)^T + (b - (W M^T / std) mean)``.
+
+    Args:
+        train_x, train_y: (N, D) features and their class ids in ``0 .. num_classes - 1``.
+        num_classes: K, the classifier's outputs (a class without training rows still gets its row of weights).
+        by: what chooses ``C`` on the holdout: ``accuracy`` (the probe's choice, ties to the stronger
+            regularisation, which may leave logits of tiny scale) or ``log_likelihood`` (calibrated probabilities:
+            what a teacher's head needs, whose softened outputs are distilled).
+    """
+    x = as_features(train_x)
+    y = torch.as_tensor(_numpy(train_y), device=x.device).long()
+    mean, std = statistics(x)
+    standardised, rotation = decorrelate((x - mean) / std, torch.eye(x.shape[1], device=x.device))
+    fit, held = (torch.as_tensor(rows, device=x.device) for rows in holdout_split(y.cpu().numpy(), holdout_fraction,
+                                                                                  seed))
+    path = _TorchPath(standardised[fit], y[fit], num_classes, max_iter, max(tol, search_tol))
+    held_x, held_y = standardised[held], y[held]
+    if by == "log_likelihood":
+        def measure(candidate: LogRegFit) -> float:
+            return -float(torch.nn.functional.cross_entropy(candidate.logits(held_x).double(), held_y))
+    elif by == "accuracy":
+        measure = None
+    else:
+        raise ConfigError(f"fit_classifier: 'by' must be 'accuracy' or 'log_likelihood', got {by!r}")
+    c, _ = search_c(path, held_x, held_y, measure)
+    holdout_top1 = _accuracy(path.fits[c].predict(held_x), held_y)
+    final = fit_logreg(standardised, y, num_classes, c, init=(path.fits[c].weight, path.fits[c].bias),
+                       max_iter=max_iter, tol=tol)
+    weight = (final.weight.double() @ rotation.double().T) / std.double()
+    bias = final.bias.double() - weight @ mean.double()
+    return FittedClassifier(weight.float(), bias.float(), float(c), holdout_top1, final.converged)
 
 
 def _sklearn_fit_predict(train_x: torch.Tensor, train_y: np.ndarray, query_x: torch.Tensor, c: float,

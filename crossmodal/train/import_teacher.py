@@ -245,3 +245,36 @@ def initialised_folder(out: str, weights: str, modality: str) -> str:
             "adapted": encoder.weight_notes, "load_with_timm": load_snippet(encoder, WEIGHTS)}
     _write_folder(os.path.abspath(out), encoder, modality, card)
     return out
+
+
+def headed_folder(out: str, teacher: str, weight: torch.Tensor, bias: torch.Tensor, classes: Sequence[str],
+                  record: dict[str, Any]) -> str:
+    """A copy of the teacher folder ``teacher`` whose classifier is replaced by a head over ``classes``
+    (``logits = embedding @ weight.T + bias``, e.g. :func:`~crossmodal.eval.teacher_head.fit_head`'s), everything
+    else unchanged: the frozen teacher of supervised cross-modal distillation, whose logits cover the student's
+    classes. The card keeps the source's record and adds ``head`` (``record``, the classes).
+
+    Raises:
+        DataError: ``teacher`` is not a finished run folder, or the head does not fit its embedding.
+    """
+    card = run_folder.read_model_card(teacher)
+    weights = run_folder.card_weights(teacher, card)
+    encoder = Encoder(**{**card["encoder"], "num_classes": len(classes)})
+    if tuple(weight.shape) != (len(classes), encoder.spec.embed_dim) or tuple(bias.shape) != (len(classes),):
+        raise DataError(teacher, f"a head of shape {tuple(weight.shape)} does not fit its {encoder.spec.embed_dim}-d "
+                                 f"embedding and {len(classes)} classes")
+    classifier = encoder.model.get_classifier()
+    prefix = next(name for name, module in encoder.model.named_modules() if module is classifier)
+    state = {key: value for key, value in read_state_dict(weights).items() if not key.startswith(f"{prefix}.")}
+    state[f"{prefix}.weight"] = weight.reshape(classifier.weight.shape).to(classifier.weight.dtype)
+    state[f"{prefix}.bias"] = bias.to(classifier.bias.dtype)
+    encoder.model.load_state_dict(state)  # strict: every other tensor is the teacher's own
+    headed = {**card, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "crossmodal_version": __version__, "encoder": encoder.config,
+              "head": {**record, "classes": list(classes)},
+              "adapted": list(card.get("adapted") or []) + [f"classifier replaced by a linear head over {len(classes)} "
+                                                            f"classes fitted on the frozen embedding"],
+              "load_with_timm": load_snippet(encoder, WEIGHTS)}
+    headed.pop("logit_check", None)  # it checked the source's classifier, which is gone
+    _write_folder(os.path.abspath(out), encoder, card["modality"], headed)
+    return out
