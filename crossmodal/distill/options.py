@@ -7,7 +7,8 @@ import numbers
 
 from crossmodal.errors import ConfigError
 
-__all__ = ["is_finite_number", "is_integer", "require_non_negative", "require_positive", "require_positive_int"]
+__all__ = ["is_finite_number", "is_integer", "require_non_negative", "require_non_negative_int", "require_positive",
+           "require_positive_int"]
 
 
 def is_finite_number(value: object) -> bool:
@@ -114,4 +115,30 @@ def require_positive_int(name: str, value: object, distiller: str) -> int:
     """
     if not is_integer(value) or value < 1:
         raise ConfigError(f"{distiller}: '{name}' must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def require_non_negative_int(name: str, value: object, distiller: str) -> int:
+    """An ``int`` >= 0, not a bool (a count that may be zero: DKD's warm-up epochs).
+
+    Args:
+        name: the option's name.
+        value: its value.
+        distiller: the distiller's registered name, which starts the message.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ConfigError: ``value`` is not an integer >= 0.
+
+    Examples:
+        >>> require_non_negative_int("warmup", 0, "dkd")
+        0
+        >>> require_non_negative_int("warmup", 2.5, "dkd")
+        Traceback (most recent call last):
+        crossmodal.errors.ConfigError: dkd: 'warmup' must be an integer >= 0, got 2.5
+    """
+    if not is_integer(value) or value < 0:
+        raise ConfigError(f"{distiller}: '{name}' must be an integer >= 0, got {value!r}")
     return int(value)
