@@ -10,6 +10,11 @@ the one-line refusals of a class split that cannot work.
   imported with ``crossmodal import-teacher``), frozen, that never saw an image or label of the study's data;
   students are judged on every class (and on the classes the student's modality can see, where a study names
   them) and by segmentation transfer. Logit methods distil its ImageNet outputs.
+- ``supervised-student`` (the setting of the 2023-25 cross-modal KD papers): the same frozen ImageNet teacher, its
+  classifier replaced by a linear head over the data's classes fitted on modality A's training labels (its
+  backbone unchanged); each student trains on its own modality's labels with cross-entropy (weight 1) plus one
+  distiller at its default weight, and is judged by its own test top-1 (and a frozen-encoder segmentation for
+  depth). The question: which distiller adds most over cross-entropy alone across the modality gap.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import Callable, Optional, Sequence
 
 from crossmodal.errors import CrossmodalError, DataError
 
-PROTOCOLS = ("unseen-labels", "seen-labels", "pretrained-teacher")
+PROTOCOLS = ("unseen-labels", "seen-labels", "pretrained-teacher", "supervised-student")
 IMAGENET_CLASSES = 1000  # the imported teacher's outputs, which KD's student copies
 
 
@@ -30,9 +35,9 @@ class StudyError(CrossmodalError):
 class Headline:
     """One number per student and seed: a probe score (set, kind, stage) or a segmentation score."""
     label: str
-    source: str  # "probe" or "segment"
-    where: str  # probe set name, or segmentation protocol
-    what: str  # probe: "linear:embedding", "knn:3"; segment: "miou", "pixel_acc"
+    source: str  # "probe", "segment" or "run" (the run's model card)
+    where: str  # probe set name, or segmentation protocol ("" for a run)
+    what: str  # probe: "linear:embedding", "knn:3"; segment: "miou", "pixel_acc"; run: a final metric
 
 
 def check_label_set(data: str, name: str, kind: str, option: str) -> None:
@@ -86,7 +91,10 @@ def add_protocol_arguments(parser) -> None:
                              "students are judged on labels it never saw; seen-labels: the teacher learns the "
                              "labels the students are judged on (the previous releases' protocol); "
                              "pretrained-teacher: the teacher is ImageNet EfficientNet-Lite0, imported and frozen, "
-                             "that never saw the study's data (the paper's setting)")
+                             "that never saw the study's data (the paper's setting); supervised-student: that "
+                             "teacher with a linear head fitted on modality A's labels, and students trained on "
+                             "their own labels with cross-entropy plus one distiller each, judged by their test "
+                             "top-1 (the setting of recent cross-modal KD papers)")
     parser.add_argument("--teacher-classes", nargs="+", metavar="CLASS",
                         help="unseen-labels: the teacher's classes (names or ids; default every other class)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -143,6 +151,9 @@ def plan_classes(args, data: str, labels: Optional[str], say: Callable[[str], No
     if args.protocol != "unseen-labels" and args.teacher_classes:
         raise StudyError("--teacher-classes goes with --protocol unseen-labels")
     if labels is None:
+        if args.protocol == "supervised-student":
+            raise StudyError("--protocol supervised-student trains the students on class labels, and none are given; "
+                             "name a class label set")
         if args.protocol == "unseen-labels":
             raise StudyError("--protocol unseen-labels trains the teacher on image classes, and none are given; "
                              "name a class label set or use --protocol seen-labels")
@@ -151,8 +162,31 @@ def plan_classes(args, data: str, labels: Optional[str], say: Callable[[str], No
     check_label_set(data, labels, "class", "class labels")
     if args.protocol == "pretrained-teacher":
         return ClassPlan(args.protocol, labels, num_classes=IMAGENET_CLASSES)
-    if args.protocol == "seen-labels":
+    if args.protocol in ("seen-labels", "supervised-student"):
         return ClassPlan(args.protocol, labels, num_classes=read_layout(data).labels[labels].num_classes)
     teacher, held_out = class_split(data, labels, args.teacher_classes)
     say(f"teacher classes: {', '.join(teacher)}; held out: {', '.join(held_out)}")
     return ClassPlan(args.protocol, labels, teacher, held_out, len(teacher))
+
+
+# The supervised-student protocol's rows: cross-entropy on the student's labels (weight 1) plus one distiller at its
+# registry weight; "ce" is cross-entropy alone, the baseline every row is compared with.
+SUPERVISED_METHODS = ("ce", "kd", "dkd", "mlld", "c2kd", "fitnet", "crd+ce")
+SUPERVISED_TOP1 = Headline("test top-1", "run", "", "eval_student_top1")
+
+
+def supervised_methods(labels: str, crd_options: str, epochs: int, names: Optional[Sequence[str]] = None
+                       ) -> dict[str, list[str]]:
+    """Each row's distill overrides. DKD's warm-up of its KD weight is 20 of the paper's 240 epochs: the same
+    twelfth of this run's ``epochs`` (at least one epoch). ``crd_options`` is the study's CRD recipe."""
+    common = ["loss.ce=1.0", f"loss.class_labels={labels}"]
+    warmup = max(1, round(epochs * 20 / 240))
+    rows = {"ce": ["distill.name=[]"], "kd": ["distill.name=kd"],
+            "dkd": ["distill.name=dkd", f"distill.options.dkd={{warmup: {warmup}}}"],
+            "mlld": ["distill.name=mlld"], "c2kd": ["distill.name=c2kd"], "fitnet": ["distill.name=fitnet"],
+            "crd+ce": ["distill.name=crd", f"distill.options.crd={crd_options}"]}
+    unknown = sorted(set(names or ()) - set(rows))
+    if unknown:
+        raise StudyError(f"--methods {' '.join(unknown)}: not a row of --protocol supervised-student "
+                         f"({', '.join(SUPERVISED_METHODS)})")
+    return {name: common + rows[name] for name in (names or SUPERVISED_METHODS)}

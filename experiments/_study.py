@@ -30,8 +30,8 @@ from _summary import StudySummary  # noqa: E402
 from crossmodal.errors import CrossmodalError  # noqa: E402
 from crossmodal.eval.report import render_markdown, write_report  # noqa: E402
 from crossmodal.files import write_json  # noqa: E402
-from crossmodal.pipeline import (import_or_reuse, initialised_or_reuse, probe_or_reuse, segment_or_reuse,  # noqa: E402
-                                 train_or_reuse)
+from crossmodal.pipeline import (head_or_reuse, import_or_reuse, initialised_or_reuse, probe_or_reuse,  # noqa: E402
+                                 segment_or_reuse, train_or_reuse)
 
 START = time.monotonic()
 STUDY_FORMAT = "crossmodal-study/1"
@@ -109,6 +109,7 @@ class Study(StudySummary):
     supervised_overrides: Optional[list[str]] = None  # train-teacher overrides of the supervised student
     scratch: bool = True
     pretrained: Optional[Pretrained] = None  # the pretrained-teacher protocol: one imported teacher for every seed
+    head_labels: Optional[str] = None  # supervised-student: the imported teacher gets a head over these classes
 
     # ------------------------------------------------------------------------------------------- the folder
     @property
@@ -166,6 +167,12 @@ class Study(StudySummary):
 
     # ------------------------------------------------------------------------------------------- the work
     def teacher(self, seed: int) -> str:
+        if self.pretrained is not None and self.head_labels:
+            modality = self.pretrained.modality
+            imported = self.imported_teacher(modality)
+            say(f"the teacher's head over '{self.head_labels}', fitted on {modality}")
+            return head_or_reuse(f"{self.out}/teacher-head-{modality}", imported, self.data, self.head_labels, say,
+                                 modality=modality, device=self.evaluation.device)
         if self.pretrained is not None:
             return self.imported_teacher(self.pretrained.modality)
         say(f"teacher (seed {seed})")
@@ -221,7 +228,7 @@ class Study(StudySummary):
                 f"{self.out}/supervised-s{seed}", say)
         for method, run_dir in students.items():
             self.evaluate(method, run_dir, seed, random_init=False)
-        if self.pretrained is not None:
+        if self.pretrained is not None and not self.head_labels:
             self.references(teacher, seed)
         if self.scratch:  # the students' architecture (CRD's: no classifier), randomly initialised with this seed
             self.evaluate("scratch", students.get("crd") or next(iter(students.values())), seed, random_init=True)
@@ -260,7 +267,11 @@ class Study(StudySummary):
             segment_or_reuse(options, say)
 
     def report(self) -> None:
-        """Tables over every result in the study's folder (the seeds of earlier invocations too)."""
+        """Tables over every result in the study's folder (the seeds of earlier invocations too); none where the
+        students are judged by their own test top-1 alone (supervised-student without segmentation: the summary
+        is the table)."""
+        if not self.evaluation.probe_labels and not self.evaluation.segment_labels:
+            return
         report = write_report([self.out], f"{self.out}/report", Path(self.out).name)
         print(render_markdown(report), end="")
         say(f"wrote {self.out}/report/report.md")

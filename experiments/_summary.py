@@ -28,7 +28,9 @@ NAMES = {"scratch": "scratch (random init)", "supervised": "supervised on the ev
          "crd-t0.2": "CRD, temperature 0.2 (0.07)", "crd-k256": "CRD, 256 negatives (1,024)",
          "crd-bare-head": "CRD, bare linear heads (BN heads)", "crd-2x-epochs": "CRD, 20 epochs (10)",
          "crd-imagenet-init": "CRD on the teacher's network initialised from ImageNet",
-         "crd-imagenet-init-lr0.01": "CRD on the teacher's network initialised from ImageNet, lr 0.01 (0.1)"}
+         "crd-imagenet-init-lr0.01": "CRD on the teacher's network initialised from ImageNet, lr 0.01 (0.1)",
+         "ce": "CE alone (no distiller)", "dkd": "CE + DKD", "mlld": "CE + MLLD", "c2kd": "CE + C2KD",
+         "crd+ce": "CE + CRD"}
 
 
 def mean_std(values: Mapping[int, float], separator: str, count: str) -> str:
@@ -59,6 +61,12 @@ class StudySummary:
                         if row["stage"] == stage or stage in (row.get("same_as") or [])]
                 if rows:
                     found[seed] = float(rows[0][kind]["top1"])
+            elif headline.source == "run":
+                path = Path(self.out) / name / "model_card.json"
+                if path.exists():
+                    value = json.loads(path.read_text()).get("final_metrics", {}).get(headline.what)
+                    if value is not None:
+                        found[seed] = float(value)
             else:
                 path = self.segment_path(name)
                 if path.exists():
@@ -66,6 +74,11 @@ class StudySummary:
                     if scores and scores.get(headline.what) is not None:
                         found[seed] = float(scores[headline.what])
         return found
+
+    def row_name(self, method: str) -> str:
+        """The table's name of ``method`` (under supervised-student every distiller is added to cross-entropy)."""
+        name = NAMES.get(method, method)
+        return f"CE + {name}" if self.protocol == "supervised-student" and method in ("kd", *FEATURE_METHODS) else name
 
     def all_seeds(self) -> list[int]:
         """Every seed with a teacher in the folder (earlier invocations' too); under the pretrained-teacher protocol,
@@ -82,8 +95,8 @@ class StudySummary:
         if self.pretrained is not None:
             present |= {name for name in REFERENCES
                         if any(Path(self.out, "results").glob(f"probe-*-{name}-s*.json"))}
-        order = ["scratch", "supervised", "teacher", "imagenet", "kd", *FEATURE_METHODS, "crd", "crd-repdistiller",
-                 "crd+kd"]
+        order = ["scratch", "supervised", "teacher", "imagenet", "ce", "kd", "dkd", "mlld", "c2kd", *FEATURE_METHODS,
+                 "crd", "crd-repdistiller", "crd+kd", "crd+ce"]
         return [name for name in order if name in present] + sorted(present - set(order))
 
     def summary(self, wall_seconds: float) -> tuple[str, str]:
@@ -98,7 +111,7 @@ class StudySummary:
                  f"| student | {columns} |", rule]
         for method in methods:
             cells = [mean_std(values, " ± ", " ({n})") for values in table[method]]
-            lines.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {self.row_name(method)} | " + " | ".join(cells) + " |")
         lines += self.gap_shares(methods, table)
         lines += ["", f"Paired over seeds (same teacher, data and seed in each pair). A - B in points, mean ± std of "
                       f"the per-seed differences, then the seeds where A is ahead. **A** or **B** names the better "
@@ -137,7 +150,7 @@ class StudySummary:
             for mine, low, high in zip(means[method], means["scratch"], means["supervised"]):
                 ok = None not in (mine, low, high) and high > low
                 cells.append(f"{100 * (mine - low) / (high - low):+.0f}%" if ok else "–")
-            rows.append(f"| {NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+            rows.append(f"| {self.row_name(method)} | " + " | ".join(cells) + " |")
         columns = " | ".join(headline.label for headline in self.headlines)
         return ["", "Share of the scratch-to-oracle gap closed: (method - scratch) / (oracle - scratch), of the means.",
                 "", f"| student | {columns} |", "|---|" + "---|" * len(self.headlines), *rows]
@@ -145,6 +158,8 @@ class StudySummary:
     def claims(self, methods: list[str], table: dict) -> list[tuple[str, str]]:
         """CLAIMS among the methods present, the best feature method being the one with the highest mean on the
         first headline."""
+        if "ce" in methods:  # supervised-student: what each distiller adds over cross-entropy alone
+            return [(method, "ce") for method in methods if method != "ce"]
         features = [m for m in methods if m in FEATURE_METHODS and table[m][0]]
         best = max(features, key=lambda m: summarize(list(table[m][0].values()))["mean"], default=None)
         pairs = [(a, best if b == BEST_FEATURE else b) for a, b in CLAIMS]
@@ -158,6 +173,7 @@ class StudySummary:
         from crossmodal.files import atomic_output
 
         text, final = self.summary(wall_seconds)
+        Path(self.out, "report").mkdir(exist_ok=True)  # a study judged by its runs' own top-1 writes no other report
         with atomic_output(Path(self.out) / "report" / "study.md") as temporary:
             Path(temporary).write_text(text + "\n" + final + "\n")
         print(text)

@@ -7,6 +7,7 @@ classes the teacher never saw.
     python experiments/l_to_ab.py --images stl10.h5   # a user's STL-10 file from `crossmodal prepare stl10`
     python experiments/l_to_ab.py --protocol seen-labels   # the previous releases' protocol
     python experiments/l_to_ab.py --preset quick --protocol pretrained-teacher   # ImageNet EfficientNet-Lite0 on L
+    python experiments/l_to_ab.py --preset quick --protocol supervised-student   # CE on ab + one distiller each
 
 Protocol ``unseen-labels`` (default): the teacher is trained on L (``lab_l``) with the labels of half the
 classes (``--teacher-classes``; default every other class: airplane, bird, deer, frog, ship); students on ab
@@ -18,7 +19,9 @@ Protocol ``seen-labels``: the teacher learns all ten classes, the very labels of
 ``pretrained-teacher`` (the paper's setting): the teacher is ImageNet EfficientNet-Lite0 reading L (its first
 convolution summed, fed 224 px), imported once and frozen, which never saw CIFAR-10; students are probed on all
 ten classes, beside the teacher's own features on L and its network initialised from ImageNet for ab; the summary
-adds the share of the scratch-to-oracle gap each student closes.
+adds the share of the scratch-to-oracle gap each student closes. Protocol ``supervised-student``: that teacher
+with a linear head over the ten classes fitted on L; students on ab trained with cross-entropy on the ab labels
+plus one distiller each (CE alone, KD, DKD, MLLD, C2KD, FitNet, CRD), judged by their test top-1.
 
 Writes every run, ``OUT/report/report.md`` and ``OUT/report/study.md`` (mean ± std over seeds, paired
 comparisons); finished steps are reused when the command runs again, and the last line printed is
@@ -33,7 +36,7 @@ from pathlib import Path
 
 from _study import ROOT, Evaluation, Pretrained, Study, guarded, say, shared_teacher_cache
 
-from _protocol import add_protocol_arguments, plan_classes
+from _protocol import SUPERVISED_METHODS, SUPERVISED_TOP1, add_protocol_arguments, plan_classes, supervised_methods
 
 CONFIGS = ROOT / "crossmodal" / "configs"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.zip"
@@ -89,14 +92,17 @@ def main() -> None:
                                                    "(default: CIFAR-10 converted from --cifar)")
     parser.add_argument("--cifar", type=Path, default=CIFAR, help="the CIFAR-10 JPEG zip (class folders per split) "
                                                                   "to convert (default: ../shared's)")
-    parser.add_argument("--methods", nargs="+", choices=ALL_METHODS, help="default: the preset's")
+    parser.add_argument("--methods", nargs="+", choices=dict.fromkeys([*ALL_METHODS, *SUPERVISED_METHODS]),
+                        help="default: the preset's (supervised-student: its rows, "
+                             f"{' '.join(SUPERVISED_METHODS)})")
     parser.add_argument("--out", help="default runs/experiments/l_to_ab-PRESET[-seen-labels]")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--teacher-size", type=int, metavar="PX", help="pretrained-teacher: the teacher's input "
                                                                        "size (default: its own, 224)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
-    pretrained = args.protocol == "pretrained-teacher"
+    supervised = args.protocol == "supervised-student"
+    pretrained = args.protocol in ("pretrained-teacher", "supervised-student")
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     out = Path(args.out or f"runs/experiments/l_to_ab-{args.preset}{suffix}")
     data = prepare(out, preset["per_class"], args.images, args.cifar).resolve()
@@ -105,9 +111,12 @@ def main() -> None:
     common = [f"data.path={data}", f"device={args.device}", "train.progress=false", *preset.get("extra", [])]
     options = crd_options(preset["negatives"])
     methods = {}
-    for name in args.methods or preset["methods"]:
+    for name in [] if supervised else args.methods or preset["methods"]:
         methods[name] = [f"distill.name={name.split('-')[0]}"] + ([options[name]] if name in options else [])
         methods[name] += [f"student.encoder.num_classes={plan.num_classes}"] if name in NEEDS_LOGITS else []
+    if supervised:  # cross-entropy on the ab labels plus one distiller each, from the teacher with its head
+        ours = options["crd"].split("=", 1)[1]
+        methods = supervised_methods("label", ours, preset["student_epochs"], args.methods)
     study = Study(
         out=str(out), data=str(data), student_modality="lab_ab",
         teacher_config=str(CONFIGS / "demo_teacher.yaml"),
@@ -119,14 +128,16 @@ def main() -> None:
                                     f"student.encoder={encoder}", f"train.epochs={preset['student_epochs']}"]
         + (shared_teacher_cache(out) if pretrained else []),
         methods=methods,
-        evaluation=Evaluation(probe_labels="label", probe_sets=plan.probe_sets(), probe_stages=preset["stages"],
-                              device=args.device),
+        evaluation=Evaluation(probe_labels=None if supervised else "label", probe_sets=plan.probe_sets(),
+                              probe_stages=preset["stages"], device=args.device),
         protocol=args.protocol,
         setting={"preset": args.preset, "data": str(data), "teacher_classes": plan.teacher,
                  **({"teacher_size": args.teacher_size} if pretrained else {})},
-        headlines=plan.headlines("embedding", knn_on_all=True), seeds=args.seeds,
-        supervised_overrides=common + ["task.classes=label", "task.segmentation=null", "model.modality=lab_ab",
-                                       f"model.encoder={encoder}", f"train.epochs={preset['student_epochs']}"],
+        headlines=[SUPERVISED_TOP1] if supervised else plan.headlines("embedding", knn_on_all=True),
+        seeds=args.seeds, scratch=not supervised, head_labels="label" if supervised else None,
+        supervised_overrides=None if supervised else common + [
+            "task.classes=label", "task.segmentation=null", "model.modality=lab_ab", f"model.encoder={encoder}",
+            f"train.epochs={preset['student_epochs']}"],
         pretrained=Pretrained(modality="lab_l", input_size=args.teacher_size and [args.teacher_size] * 2)
         if pretrained else None)
     study.run()

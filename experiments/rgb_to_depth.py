@@ -7,6 +7,7 @@ CRD+KD, judged by segmentation transfer and probes of labels the teacher never s
     python experiments/rgb_to_depth.py --nyu-mini ../shared/data/nyu_mini --protocol seen-labels --seeds 0
     python experiments/rgb_to_depth.py --protocol seen-labels   # the previous releases' protocol
     python experiments/rgb_to_depth.py --protocol pretrained-teacher   # ImageNet EfficientNet-Lite0 as the teacher
+    python experiments/rgb_to_depth.py --protocol supervised-student   # CE on depth labels + one distiller each
 
 Protocol ``unseen-labels`` (default): the RGB teacher learns the image classes of half the classes
 (``--teacher-classes``; default every other class) and never the segmentation; depth students are distilled
@@ -18,6 +19,9 @@ the teacher is ImageNet EfficientNet-Lite0 (``crossmodal import-teacher efficien
 which never saw the scenes; students are judged on every class, on the five shape classes depth can see (the
 five cabinets differ only in colour) and by segmentation transfer, beside two references: the teacher's own
 features probed on RGB, and its network initialised from ImageNet with the first convolution summed for depth.
+Protocol ``supervised-student``: that teacher with a linear head over the image classes fitted on RGB; depth
+students trained with cross-entropy on the depth labels plus one distiller each (CE alone, KD, DKD, MLLD, C2KD,
+FitNet, CRD), judged by their test top-1 and the frozen-encoder segmentation transfer.
 
 ``--data`` takes a user's NYU-Depth V2 file from ``crossmodal prepare nyu`` (``seg13`` or ``seg40``; its
 ``scene`` labels give the teacher its classes). Writes every run, ``OUT/report/report.md`` (tables, plots) and
@@ -34,7 +38,8 @@ from pathlib import Path
 
 from _study import ROOT, Evaluation, Pretrained, Study, guarded, say, shared_teacher_cache
 
-from _protocol import Headline, StudyError, add_protocol_arguments, check_label_set, plan_classes
+from _protocol import (SUPERVISED_METHODS, SUPERVISED_TOP1, Headline, StudyError, add_protocol_arguments,
+                       check_label_set, plan_classes, supervised_methods)
 
 from crossmodal.data.format import read_layout
 
@@ -54,6 +59,7 @@ PRESETS = {
             "segment_protocols": ["frozen"], "methods": ["kd", "crd", "crd+kd"], "segment_loader": "device",
             "extra": ["data.loader=device", "train.batch_size=256", "optim.lr=0.2", "train.bf16=true"]},
 }
+OURS = "{feat_dim: 128, num_negatives: 1024, memory: queue, objective: info_nce}"  # the demo's CRD recipe
 REPDISTILLER = ("{feat_dim: 128, num_negatives: 1024, memory: bank, objective: nce, normalization: first_batch, "
                 "head_batchnorm: false}")
 ALL_METHODS = {
@@ -62,8 +68,7 @@ ALL_METHODS = {
     "at": ["distill.name=at"],
     "crd": [],  # the demo's CRD (crossmodal/configs/demo_distill.yaml): current positives, a queue, InfoNCE
     "crd-repdistiller": [f"distill.options.crd={REPDISTILLER}"],  # RepDistiller's bank, NCE and bare heads
-    "crd+kd": ["distill.name=crd+kd", "distill.options.crd+kd={crd: {feat_dim: 128, num_negatives: 1024, "
-                                      "memory: queue, objective: info_nce}}"],
+    "crd+kd": ["distill.name=crd+kd", f"distill.options.crd+kd={{crd: {OURS}}}"],
 }
 QUEUE = "memory: queue, objective: info_nce"
 # Variants of our CRD, to find out what limits it (the README's pretrained-teacher section): temperature, negatives,
@@ -116,8 +121,9 @@ def main() -> None:
                         help="segmentation transfer protocols (default: the preset's)")
     parser.add_argument("--nyu-mini", type=Path, help="smoke run on the folder of 10 real NYU frames (they "
                                                       "carry no image classes: --protocol seen-labels)")
-    parser.add_argument("--methods", nargs="+", choices=[*ALL_METHODS, *IMAGENET_INIT],
-                        help=f"default: {DEFAULT_METHODS}")
+    parser.add_argument("--methods", nargs="+", choices=dict.fromkeys([*ALL_METHODS, *IMAGENET_INIT,
+                                                                       *SUPERVISED_METHODS]),
+                        help=f"default: {DEFAULT_METHODS} (supervised-student: {list(SUPERVISED_METHODS)})")
     parser.add_argument("--out", default=None, help="default runs/experiments/rgb_to_depth-PRESET[-seen-labels] "
                                                     "(or -nyu_mini)")
     parser.add_argument("--device", default="auto")
@@ -126,7 +132,8 @@ def main() -> None:
     args = parser.parse_args()
     preset = dict(PRESETS[args.preset])
     classes = None if args.class_labels == "none" else args.class_labels
-    pretrained = args.protocol == "pretrained-teacher"
+    supervised = args.protocol == "supervised-student"
+    pretrained = args.protocol in ("pretrained-teacher", "supervised-student")
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     if args.nyu_mini:  # a smoke run of the real-data path: no claim from 10 frames
         if args.protocol == "unseen-labels":
@@ -159,7 +166,7 @@ def main() -> None:
     # unseen-labels: image classes of a subset only, never the segmentation; seen-labels: every label
     teacher_task = plan.teacher_task() + [f"task.segmentation={'null' if plan.unseen else seg}"]
     oracle_task = [f"task.classes={classes or 'null'}", f"task.segmentation={seg}"]
-    names = args.methods or preset.get("methods", DEFAULT_METHODS)
+    names = [] if supervised else args.methods or preset.get("methods", DEFAULT_METHODS)
     methods = {name: list(ALL_METHODS[name]) for name in names
                if name in ALL_METHODS and (classes or pretrained or name not in NEEDS_LOGITS)}
     for name in set(names) & set(IMAGENET_INIT):  # the teacher's network from ImageNet, then CRD
@@ -174,8 +181,12 @@ def main() -> None:
     if len(methods) < len(names):
         say(f"no class labels: {', '.join(sorted(set(names) - set(methods)))} skipped (they need the "
             f"teacher's logits)")
+    if supervised:  # cross-entropy on the depth labels plus one distiller each, from the teacher with its head
+        methods = supervised_methods(classes, OURS, preset["student_epochs"], args.methods)
     protocols = args.segment_protocols or preset["segment_protocols"]
     headlines = [Headline(f"{protocol} mIoU", "segment", protocol, "miou") for protocol in protocols]
+    if supervised:
+        headlines = [SUPERVISED_TOP1, *headlines]
     study = Study(
         out=str(out), data=str(data), student_modality="depth",
         teacher_config=str(CONFIGS / "demo_teacher.yaml"),
@@ -185,7 +196,7 @@ def main() -> None:
         distill_overrides=[f"data.path={data}", f"train.epochs={preset['student_epochs']}"] + device + batch
         + (shared_teacher_cache(out) if pretrained else []),
         methods=methods,
-        evaluation=Evaluation(probe_labels=classes, probe_sets=plan.probe_sets(), probe_stages=[-1],
+        evaluation=Evaluation(probe_labels=None if supervised else classes, probe_sets=plan.probe_sets(), probe_stages=[-1],
                               segment_labels=seg, segment_protocols=protocols,
                               segment_epochs=preset["segment_epochs"], device=args.device,
                               segment_batch=4 if args.nyu_mini else 32,
@@ -194,8 +205,9 @@ def main() -> None:
         setting={"preset": "nyu-mini" if args.nyu_mini else args.preset, "data": str(data),
                  "teacher_classes": plan.teacher, "class_labels": classes, "segment_labels": seg,
                  "segment_protocols": sorted(protocols), **({"teacher_size": args.teacher_size} if pretrained else {})},
-        headlines=headlines + plan.headlines("embedding", knn_on_all=False), seeds=args.seeds,
-        supervised_overrides=[f"data.path={data}", f"train.epochs={preset['student_epochs']}",
+        headlines=headlines if supervised else headlines + plan.headlines("embedding", knn_on_all=False),
+        seeds=args.seeds, scratch=not supervised, head_labels=classes if supervised else None,
+        supervised_overrides=None if supervised else [f"data.path={data}", f"train.epochs={preset['student_epochs']}",
                               "model.modality=depth", "data.augment=false"] + oracle_task + device + batch,
         pretrained=Pretrained(modality="rgb", input_size=args.teacher_size and [args.teacher_size] * 2)
         if pretrained else None)
