@@ -175,6 +175,14 @@ SUPERVISED_METHODS = ("ce", "kd", "dkd", "mlld", "c2kd", "fitnet", "crd+ce")
 SUPERVISED_TOP1 = Headline("test top-1", "run", "", "eval_student_top1")
 
 
+def check_supervised_methods(names: Optional[Sequence[str]]) -> None:
+    """``--methods`` of the supervised-student protocol must be its rows; one line otherwise, before any work."""
+    unknown = [name for name in dict.fromkeys(names or ()) if name not in SUPERVISED_METHODS]
+    if unknown:
+        raise StudyError(f"--methods {' '.join(unknown)}: not a row of --protocol supervised-student "
+                         f"({', '.join(SUPERVISED_METHODS)})")
+
+
 def supervised_methods(labels: str, crd_options: str, epochs: int, names: Optional[Sequence[str]] = None
                        ) -> dict[str, list[str]]:
     """Each row's distill overrides. DKD's warm-up of its KD weight is 20 of the paper's 240 epochs: the same
@@ -185,8 +193,5 @@ def supervised_methods(labels: str, crd_options: str, epochs: int, names: Option
             "dkd": ["distill.name=dkd", f"distill.options.dkd={{warmup: {warmup}}}"],
             "mlld": ["distill.name=mlld"], "c2kd": ["distill.name=c2kd"], "fitnet": ["distill.name=fitnet"],
             "crd+ce": ["distill.name=crd", f"distill.options.crd={crd_options}"]}
-    unknown = sorted(set(names or ()) - set(rows))
-    if unknown:
-        raise StudyError(f"--methods {' '.join(unknown)}: not a row of --protocol supervised-student "
-                         f"({', '.join(SUPERVISED_METHODS)})")
+    check_supervised_methods(names)
     return {name: common + rows[name] for name in (names or SUPERVISED_METHODS)}

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from _study import ROOT, Evaluation, Pretrained, Study, guarded, say, shared_teacher_cache
 
-from _protocol import SUPERVISED_METHODS, SUPERVISED_TOP1, add_protocol_arguments, plan_classes, supervised_methods
+from _protocol import (SUPERVISED_METHODS, SUPERVISED_TOP1, add_protocol_arguments, check_supervised_methods,
+                       plan_classes, supervised_methods)
 
 CONFIGS = ROOT / "crossmodal" / "configs"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.zip"
@@ -102,6 +103,8 @@ def main() -> None:
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     supervised = args.protocol == "supervised-student"
+    if supervised:
+        check_supervised_methods(args.methods)
     pretrained = args.protocol in ("pretrained-teacher", "supervised-student")
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     out = Path(args.out or f"runs/experiments/l_to_ab-{args.preset}{suffix}")

@@ -39,7 +39,7 @@ from pathlib import Path
 from _study import ROOT, Evaluation, Pretrained, Study, guarded, say, shared_teacher_cache
 
 from _protocol import (SUPERVISED_METHODS, SUPERVISED_TOP1, Headline, StudyError, add_protocol_arguments,
-                       check_label_set, plan_classes, supervised_methods)
+                       check_label_set, check_supervised_methods, plan_classes, supervised_methods)
 
 from crossmodal.data.format import read_layout
 
@@ -133,6 +133,8 @@ def main() -> None:
     preset = dict(PRESETS[args.preset])
     classes = None if args.class_labels == "none" else args.class_labels
     supervised = args.protocol == "supervised-student"
+    if supervised:
+        check_supervised_methods(args.methods)
     pretrained = args.protocol in ("pretrained-teacher", "supervised-student")
     suffix = "" if args.protocol == "unseen-labels" else f"-{args.protocol}"
     if args.nyu_mini:  # a smoke run of the real-data path: no claim from 10 frames

@@ -33,7 +33,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                     "RUN_DIR/student.safetensors (loadable by timm) and a model card.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_arguments(distill)
-    distill.add_argument("--list-distillers", action="store_true", help="print the registered distiller names")
+    distill.add_argument("--list-distillers", action="store_true", help="print the registered distillers, one line each")
     distill.set_defaults(handler=_run, verb="distill")
 
 
@@ -50,8 +50,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.list_distillers:
         from crossmodal.distill import list_distillers
+        from crossmodal.distill.registry import description
 
-        print("\n".join(list_distillers()))
+        names = list_distillers()
+        width = max(len(name) for name in names)
+        print("\n".join(f"{name:<{width}}  {description(name)}" for name in names))
         return 0
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not os.path.exists(config):  # `--resume RUN key=value`

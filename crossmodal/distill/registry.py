@@ -5,6 +5,7 @@ The built-in distillers register when :mod:`crossmodal.distill` is imported (its
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import torch
@@ -31,6 +32,18 @@ def register_distiller(name: str) -> Callable[[T], T]:
 def list_distillers() -> list[str]:
     """Registered names, in registration order (the order of the paper's comparison)."""
     return list(DISTILLERS)
+
+
+def description(name: str) -> str:
+    """One line on what the distiller ``name`` does: the first sentence of its module's docstring.
+
+    Examples:
+        >>> description("kd")
+        'Knowledge distillation on softened logits (Hinton et al.).'
+    """
+    module = sys.modules[get_distiller(name).__module__]
+    paragraph = " ".join((module.__doc__ or get_distiller(name).__doc__ or name).strip().split("\n\n")[0].split())
+    return paragraph.split(". ")[0].rstrip(".") + "."
 
 
 def distiller_options(name: str) -> dict[str, Any]:

@@ -110,6 +110,8 @@ def test_hdf5_that_is_not_ours(tmp_path):
 
 
 def test_distill_lists_the_registered_distillers():
-    names = run_cli("distill", "--list-distillers", check=True).stdout.split()
-    assert names == ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "crd+kd"]
+    lines = run_cli("distill", "--list-distillers", check=True).stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd",
+                                                   "crd+kd", "dkd", "mlld", "c2kd"]
+    assert lines[0] == "kd      Knowledge distillation on softened logits (Hinton et al.)."
     assert "give a config file (or --resume RUN_DIR)" in error_line(run_cli("distill"))

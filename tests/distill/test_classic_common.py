@@ -1,4 +1,4 @@
-"""Behaviour every classic distiller shares, parametrised over all nine: mismatched encoders, gradients that
+"""Behaviour every classic distiller shares, parametrised over all nine and the three logit methods of 2022-24: mismatched encoders, gradients that
 reach the student and never the teacher, checkpoint round trips, and honest ``teacher_needs``."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from crossmodal.distill import registry
 from crossmodal.distill.registry import create_distiller
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec
 
-NAMES = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst"]
+NAMES = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "dkd", "mlld", "c2kd"]
 
 BATCH = 6
 CLASSES = 5
@@ -152,8 +152,9 @@ def test_teacher_needs_lists_exactly_what_forward_reads(name, specs):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_default_weight_is_repdistillers(name):
+    """RepDistiller's weights; the 2022-24 logit methods' papers add theirs to a CE of 1 with weight 1."""
     expected = {"kd": 0.9, "fitnet": 100, "at": 1000, "sp": 3000, "cc": 0.02, "vid": 1, "rkd": 1, "pkt": 30000,
-                "nst": 50}
+                "nst": 50, "dkd": 1, "mlld": 1, "c2kd": 1}
     assert registry.get_distiller(name).default_weight == pytest.approx(expected[name])
 
 
@@ -161,7 +162,12 @@ def test_options_and_defaults():
     expected = {"kd": {"temperature": 4.0}, "fitnet": {"stage": None}, "at": {"p": 2.0, "stages": None},
                 "sp": {"stages": None}, "cc": {"feat_dim": 128}, "vid": {"stages": None, "init_pred_var": 5.0,
                                                                           "eps": 1e-5},
-                "rkd": {"distance_weight": 25.0, "angle_weight": 50.0}, "pkt": {}, "nst": {"stages": None}}
+                "rkd": {"distance_weight": 25.0, "angle_weight": 50.0}, "pkt": {}, "nst": {"stages": None},
+                "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20, "target": "auto"},
+                "mlld": {"temperatures": (2.0, 3.0, 4.0, 5.0, 6.0), "instance_weight": 1.0, "batch_weight": 1.0,
+                         "class_weight": 1.0},
+                "c2kd": {"temperature": 1.0, "krc_threshold": 0.0, "proxy_weight": 1.0, "ofsd_weight": 1.0,
+                         "proxy_stage": -2, "proxy_hidden": None, "target": "auto"}}
     assert {name: registry.distiller_options(name) for name in NAMES} == expected
 
 

