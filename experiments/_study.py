@@ -48,8 +48,12 @@ def say(message: str) -> None:
 
 
 def guarded(main: Callable[[], None]) -> None:
-    """Run a study's ``main``; a known problem is one line on stderr and exit 2, an interrupt exit 130."""
+    """Run a study's ``main``; a known problem is one line on stderr and exit 2, an interrupt (Ctrl-C or SIGTERM)
+    exit 130, after its wall time is added to ``study.json``."""
+    from crossmodal import interrupts
+
     name = Path(sys.argv[0]).name
+    interrupts.install()  # SIGTERM (and SIGINT, also in a background job) stop it as Ctrl-C does: wall time kept
     try:
         main()
     except CrossmodalError as err:  # StudyError, ConfigError, DataError, a diverged training
