@@ -9,13 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossmodal.distill.base import DistillResult, Distiller, stage_pairs
-from crossmodal.distill.options import (is_finite_number, is_integer, require_non_negative, require_positive,
-                                        require_positive_int)
+from crossmodal.distill.options import (is_finite_number, is_integer, require_classifiers, require_non_negative,
+                                        require_positive, require_positive_int, require_target)
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 
-TARGETS = ("auto", "labels", "teacher")
 # Kendall's tau by comparing every pair of classes at once (a B x C x C tensor) while it has at most this many
 # elements (B = 64: up to 64 classes); above it, a merge-sort count (see kendall_tau_b).
 DIRECT_KENDALL_ELEMENTS = 1 << 18
@@ -238,10 +237,7 @@ class C2KD(Distiller):
                  proxy_weight: float = 1.0, ofsd_weight: float = 1.0, proxy_stage: int = -2,
                  proxy_hidden: Optional[int] = None, target: str = "auto") -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        classes = student.num_classes
-        if classes <= 0 or classes != teacher.num_classes:
-            raise ConfigError(f"c2kd needs classifier heads with the same number of classes on student "
-                              f"({student.num_classes}) and teacher ({teacher.num_classes})")
+        classes = require_classifiers(student.num_classes, teacher.num_classes, "c2kd")
         if classes < 2:
             raise ConfigError(f"c2kd needs at least 2 classes (it ranks them and distils the non-target ones), "
                               f"got {classes}")
@@ -257,10 +253,7 @@ class C2KD(Distiller):
                               f"encoders have {depth} stages), got {proxy_stage!r}")
         if proxy_hidden is not None:
             require_positive_int("proxy_hidden", proxy_hidden, "c2kd")
-        if target not in TARGETS:
-            raise ConfigError(f"c2kd: 'target' must be one of 'auto', 'labels', 'teacher', got {target!r}")
-        if target == "labels" and labels is None:
-            raise ConfigError("c2kd: 'target' is 'labels' but the run has no class labels (set loss.class_labels)")
+        require_target(target, labels is not None, "c2kd")
         if labels is not None and target != "teacher" and labels.numel() and int(labels.max()) >= classes:
             raise ConfigError(f"c2kd: the class labels reach {int(labels.max())} but the classifier heads have "
                               f"{classes} classes")

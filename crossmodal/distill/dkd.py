@@ -7,12 +7,12 @@ from typing import Optional
 import torch
 
 from crossmodal.distill.base import DistillResult, Distiller
-from crossmodal.distill.options import require_non_negative, require_non_negative_int, require_positive
+from crossmodal.distill.options import (require_classifiers, require_non_negative, require_non_negative_int,
+                                        require_positive, require_target)
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 
-TARGETS = ("auto", "labels", "teacher")
 
 
 def _binary_and_non_target_log_probs(scaled: torch.Tensor, target: torch.Tensor,
@@ -146,10 +146,7 @@ class DKD(Distiller):
                  labels: Optional[torch.Tensor] = None, alpha: float = 1.0, beta: float = 8.0,
                  temperature: float = 4.0, warmup: int = 20, target: str = "auto") -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        classes = student.num_classes
-        if classes <= 0 or classes != teacher.num_classes:
-            raise ConfigError(f"dkd needs classifier heads with the same number of classes on student "
-                              f"({student.num_classes}) and teacher ({teacher.num_classes})")
+        classes = require_classifiers(student.num_classes, teacher.num_classes, "dkd")
         if classes < 2:
             raise ConfigError(f"dkd needs classifier heads with at least 2 classes (a target and a non-target "
                               f"class), got {classes}")
@@ -157,10 +154,7 @@ class DKD(Distiller):
         self.beta = require_non_negative("beta", beta, "dkd")
         self.temperature = require_positive("temperature", temperature, "dkd")
         self.warmup = require_non_negative_int("warmup", warmup, "dkd")
-        if not isinstance(target, str) or target not in TARGETS:
-            raise ConfigError(f"dkd: 'target' must be one of {', '.join(map(repr, TARGETS))}, got {target!r}")
-        if target == "labels" and labels is None:
-            raise ConfigError("dkd: 'target' is 'labels' but the run has no class labels (set loss.class_labels)")
+        require_target(target, labels is not None, "dkd")
         if labels is not None and labels.numel() > 0:
             low, high = int(labels.min()), int(labels.max())
             if low < -1 or high >= classes:

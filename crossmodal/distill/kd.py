@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from crossmodal.distill.base import DistillResult, Distiller
-from crossmodal.distill.options import require_positive
+from crossmodal.distill.options import require_classifiers, require_positive
 from crossmodal.distill.registry import register_distiller
-from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
 
 
@@ -49,9 +48,7 @@ class KD(Distiller):
     def __init__(self, student: FeatureSpec, teacher: FeatureSpec, *, num_samples: int,
                  labels: Optional[torch.Tensor] = None, temperature: float = 4.0) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        if student.num_classes <= 0 or student.num_classes != teacher.num_classes:
-            raise ConfigError(f"kd needs classifier heads with the same number of classes on student "
-                              f"({student.num_classes}) and teacher ({teacher.num_classes})")
+        require_classifiers(student.num_classes, teacher.num_classes, "kd")
         self.temperature = require_positive("temperature", temperature, "kd")
 
     def teacher_needs(self) -> TeacherNeeds:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from crossmodal.distill.base import DistillResult, Distiller
-from crossmodal.distill.options import is_finite_number, require_non_negative
+from crossmodal.distill.options import is_finite_number, require_classifiers, require_non_negative
 from crossmodal.distill.registry import register_distiller
 from crossmodal.errors import ConfigError
 from crossmodal.models.outputs import EncoderOutput, FeatureSpec, TeacherNeeds
@@ -152,9 +152,7 @@ class MLLD(Distiller):
                  temperatures: Sequence[float] = PAPER_TEMPERATURES, instance_weight: float = 1.0,
                  batch_weight: float = 1.0, class_weight: float = 1.0) -> None:
         super().__init__(student, teacher, num_samples=num_samples, labels=labels)
-        if student.num_classes <= 0 or student.num_classes != teacher.num_classes:
-            raise ConfigError(f"mlld needs classifier heads with the same number of classes on student "
-                              f"({student.num_classes}) and teacher ({teacher.num_classes})")
+        require_classifiers(student.num_classes, teacher.num_classes, "mlld")
         self.temperatures = _temperatures(temperatures)
         self.instance_weight = require_non_negative("instance_weight", instance_weight, "mlld")
         self.batch_weight = require_non_negative("batch_weight", batch_weight, "mlld")

@@ -7,8 +7,10 @@ import numbers
 
 from crossmodal.errors import ConfigError
 
-__all__ = ["is_finite_number", "is_integer", "require_non_negative", "require_non_negative_int", "require_positive",
-           "require_positive_int"]
+__all__ = ["TARGETS", "is_finite_number", "is_integer", "require_classifiers", "require_non_negative",
+           "require_non_negative_int", "require_positive", "require_positive_int", "require_target"]
+
+TARGETS = ("auto", "labels", "teacher")  # where a logit distiller's target class comes from (DKD, C2KD)
 
 
 def is_finite_number(value: object) -> bool:
@@ -142,3 +144,37 @@ def require_non_negative_int(name: str, value: object, distiller: str) -> int:
     if not is_integer(value) or value < 0:
         raise ConfigError(f"{distiller}: '{name}' must be an integer >= 0, got {value!r}")
     return int(value)
+
+
+def require_classifiers(student_classes: int, teacher_classes: int, distiller: str) -> int:
+    """A logit distiller's encoders: classifier heads over the same classes (> 0) on both sides.
+
+    Returns:
+        the number of classes.
+
+    Examples:
+        >>> require_classifiers(10, 10, "kd")
+        10
+        >>> require_classifiers(10, 10, "kd") == require_classifiers(5, 5, "dkd") + 5
+        True
+    """
+    if student_classes <= 0 or student_classes != teacher_classes:
+        raise ConfigError(f"{distiller} needs classifier heads with the same number of classes on student "
+                          f"({student_classes}) and teacher ({teacher_classes})")
+    return student_classes
+
+
+def require_target(target: object, has_labels: bool, distiller: str) -> str:
+    """The ``target`` option of a distiller that needs each sample's target class: one of :data:`TARGETS`, and
+    ``labels`` only in a run that has class labels.
+
+    Examples:
+        >>> require_target("labels", False, "dkd")
+        Traceback (most recent call last):
+        crossmodal.errors.ConfigError: dkd: 'target' is 'labels' but the run has no class labels (set loss.class_labels)
+    """
+    if not isinstance(target, str) or target not in TARGETS:
+        raise ConfigError(f"{distiller}: 'target' must be one of {', '.join(map(repr, TARGETS))}, got {target!r}")
+    if target == "labels" and not has_labels:
+        raise ConfigError(f"{distiller}: 'target' is 'labels' but the run has no class labels (set loss.class_labels)")
+    return target
