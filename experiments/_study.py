@@ -3,8 +3,10 @@ and a summary over seeds with paired comparisons.
 
 Every step is reused when its result exists (``crossmodal.pipeline``), so a study stopped at any point
 continues where it was when its command runs again; delete its folder to start over. ``OUT/study.json`` records
-what the folder was made for (protocol, preset, data, class split) and the wall time of every invocation; a
-command asking for another protocol or setting in the same folder stops before touching anything.
+what the folder was made for (protocol, preset, data, class split), the wall time of every invocation and the
+plan of the latest one; a command asking for another protocol or setting in the same folder stops before touching
+anything. At start a study prints its plan (its steps per kind, how many are done and reused), and each step's
+line carries ``[i/N]`` and an estimate of the time left (``_plan.py``).
 
 The protocols and class splits are in ``_protocol.py``; the summary over seeds in ``_summary.py``.
 """
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -23,10 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from _plan import Plan, Step  # noqa: E402
+
 from _protocol import Headline, StudyError  # noqa: E402,F401  (StudyError: the studies' own refusals)
 
 from _summary import StudySummary  # noqa: E402
 
+from crossmodal import run_folder  # noqa: E402
 from crossmodal.errors import CrossmodalError  # noqa: E402
 from crossmodal.eval.report import render_markdown, write_report  # noqa: E402
 from crossmodal.files import write_json  # noqa: E402
@@ -45,6 +51,24 @@ def shared_teacher_cache(out: str | Path) -> list[str]:
 
 def say(message: str) -> None:
     print(f"[{(time.monotonic() - START) / 60:5.1f} min] {message}", flush=True)
+
+
+def training(kind: str, name: str, verb: str, config: str, overrides: list[str], run_dir: str) -> Step:
+    """A ``train-teacher`` / ``distill`` run into ``run_dir``, reused when finished."""
+    return Step(kind, name, run_dir, partial(train_or_reuse, verb, config, overrides, run_dir, say),
+                partial(run_folder.is_finished, run_dir))
+
+
+def run_probe(path: Path, options: dict) -> None:
+    from crossmodal.eval.probe_run import ProbeOptions  # torch and timm: imported once there is work
+
+    probe_or_reuse(str(path), ProbeOptions(**options), say)
+
+
+def run_segment(options: dict) -> None:
+    from crossmodal.eval.segment import SegmentOptions
+
+    segment_or_reuse(SegmentOptions(**options), say)
 
 
 def guarded(main: Callable[[], None]) -> None:
@@ -169,73 +193,84 @@ class Study(StudySummary):
         write_json(self.record_path, record)
         return sum(item["seconds"] for item in record["invocations"])
 
-    # ------------------------------------------------------------------------------------------- the work
-    def teacher(self, seed: int) -> str:
-        if self.pretrained is not None and self.head_labels:
-            modality = self.pretrained.modality
-            imported = self.imported_teacher(modality)
-            say(f"the teacher's head over '{self.head_labels}', fitted on {modality}")
-            return head_or_reuse(f"{self.out}/teacher-head-{modality}", imported, self.data, self.head_labels, say,
-                                 modality=modality, device=self.evaluation.device)
-        if self.pretrained is not None:
-            return self.imported_teacher(self.pretrained.modality)
-        say(f"teacher (seed {seed})")
-        return train_or_reuse("train-teacher", self.teacher_config,
-                              self.teacher_overrides + [f"seed={seed}"], f"{self.out}/teacher-s{seed}", say)
+    def write_plan(self, plan: Plan) -> None:
+        """``study.json``'s ``plan``: this invocation's steps and which were done when it started (the rest of the
+        record as it is)."""
+        record = json.loads(self.record_path.read_text())
+        record["plan"] = plan.record()
+        write_json(self.record_path, record)
 
-    def imported_teacher(self, modality: str) -> str:
+    # ------------------------------------------------------------------------------------------- the plan
+    def plan(self) -> Plan:
+        """Every seed's steps, then the report, in the order they run; nothing is computed or read here but whether
+        each step's result is there (see ``_plan.py`` for the kinds)."""
+        steps = [step for seed in self.seeds for step in self.seed_steps(seed)]
+        if self.evaluation.probe_labels or self.evaluation.segment_labels:
+            steps.append(Step("report", "the report of every result in the folder",
+                              Path(self.out) / "report" / "report.md", self.report))
+        return Plan(steps, self.out)
+
+    def seed_steps(self, seed: int) -> list[Step]:
+        """The teacher, the students, their evaluation, the references (pretrained-teacher) and scratch."""
+        teacher, steps = self.teacher_steps(seed)
+        students: dict[str, str] = {}
+        for method, overrides in self.methods.items():
+            students[method] = f"{self.out}/{method}-s{seed}"
+            steps.append(training("student", f"{method} student (seed {seed})", "distill", self.distill_config,
+                                  self.distill_overrides + overrides + [f"seed={seed}", f"teacher.weights={teacher}"],
+                                  students[method]))
+        if self.supervised_overrides is not None:
+            students["supervised"] = f"{self.out}/supervised-s{seed}"
+            steps.append(training("student", f"supervised student, with the evaluation's labels (seed {seed})",
+                                  "train-teacher", self.teacher_config, self.supervised_overrides + [f"seed={seed}"],
+                                  students["supervised"]))
+        for method, run_dir in students.items():
+            steps += self.evaluation_steps(method, run_dir, seed, random_init=False)
+        if self.pretrained is not None and not self.head_labels:
+            steps += self.reference_steps(teacher, seed)
+        if self.scratch and students:  # the students' architecture (CRD's: no classifier), randomly initialised
+            steps += self.evaluation_steps("scratch", students.get("crd") or next(iter(students.values())), seed,
+                                           random_init=True)
+        return steps
+
+    def teacher_steps(self, seed: int) -> tuple[str, list[Step]]:
+        """The teacher's folder and its steps: trained per seed, or imported once (with its head)."""
+        if self.pretrained is None:
+            run_dir = f"{self.out}/teacher-s{seed}"
+            return run_dir, [training("teacher", f"teacher (seed {seed})", "train-teacher", self.teacher_config,
+                                      self.teacher_overrides + [f"seed={seed}"], run_dir)]
+        modality = self.pretrained.modality
+        imported, steps = self.imported_teacher(modality)
+        if not self.head_labels:
+            return imported, steps
+        run_dir = f"{self.out}/teacher-head-{modality}"
+        work = partial(head_or_reuse, run_dir, imported, self.data, self.head_labels, say, modality=modality,
+                       device=self.evaluation.device)
+        return run_dir, steps + [Step("teacher", f"the teacher's head over '{self.head_labels}', fitted on {modality}",
+                                      run_dir, work, partial(run_folder.is_finished, run_dir))]
+
+    def imported_teacher(self, modality: str) -> tuple[str, list[Step]]:
         """``OUT/teacher-pretrained-MODALITY``, imported once for every seed."""
-        say(f"pretrained teacher ({self.pretrained.source}, reading {modality})")
+        run_dir = f"{self.out}/teacher-pretrained-{modality}"
         size = self.pretrained.input_size
-        return import_or_reuse(f"{self.out}/teacher-pretrained-{modality}", self.pretrained.source, say,
-                               modality=modality, input_size=None if size is None else list(size))
+        work = partial(import_or_reuse, run_dir, self.pretrained.source, say, modality=modality,
+                       input_size=None if size is None else list(size))
+        return run_dir, [Step("teacher", f"pretrained teacher ({self.pretrained.source}, reading {modality})",
+                              run_dir, work, partial(run_folder.is_finished, run_dir))]
 
-    def references(self, teacher: str, seed: int) -> None:
+    def reference_steps(self, teacher: str, seed: int) -> list[Step]:
         """The pretrained-teacher protocol's references: the teacher probed on its own modality, and its network
         initialised from ImageNet with the input convolution adapted to the students' modality (probed, and
         segmented when the study segments: fine-tuned from that initialisation, or frozen)."""
-        say(f"the teacher on {self.pretrained.modality} (seed {seed})")
-        self.evaluate("teacher", teacher, seed, random_init=False, modality=self.pretrained.modality,
-                      segment=False, features="teacher")
-        rgb = teacher if self.pretrained.modality == "rgb" else self.imported_teacher("rgb")
-        say(f"ImageNet initialisation for {self.student_modality} (seed {seed})")
-        initialised = initialised_or_reuse(f"{self.out}/imagenet-init", f"{rgb}/teacher.safetensors",
-                                           self.student_modality, say)
-        self.evaluate("imagenet", initialised, seed, random_init=False, features="imagenet")
-
-    def run(self) -> None:
-        """Every seed's steps, then the report; the wall time counts from the script's start (data preparation
-        included) to the report, and is recorded even when a step fails or the run is interrupted."""
-        self.claim_folder()
-        try:
-            for seed in self.seeds:
-                self.run_seed(seed)
-            self.report()
-        finally:
-            wall = self.add_wall_time(time.monotonic() - START)
-        if self.headlines:
-            self.summarize(wall)
-
-    def run_seed(self, seed: int) -> None:
-        teacher = self.teacher(seed)
-        students: dict[str, str] = {}
-        for method, overrides in self.methods.items():
-            say(f"{method} student (seed {seed})")
-            students[method] = train_or_reuse(
-                "distill", self.distill_config,
-                self.distill_overrides + overrides + [f"seed={seed}", f"teacher.weights={teacher}"],
-                f"{self.out}/{method}-s{seed}", say)
-        if self.supervised_overrides is not None:
-            say(f"supervised student, with the evaluation's labels (seed {seed})")
-            students["supervised"] = train_or_reuse(
-                "train-teacher", self.teacher_config, self.supervised_overrides + [f"seed={seed}"],
-                f"{self.out}/supervised-s{seed}", say)
-        for method, run_dir in students.items():
-            self.evaluate(method, run_dir, seed, random_init=False)
-        if self.pretrained is not None and not self.head_labels:
-            self.references(teacher, seed)
-        if self.scratch:  # the students' architecture (CRD's: no classifier), randomly initialised with this seed
-            self.evaluate("scratch", students.get("crd") or next(iter(students.values())), seed, random_init=True)
+        modality = self.pretrained.modality
+        steps = self.evaluation_steps("teacher", teacher, seed, random_init=False, modality=modality,
+                                      segment=False, features="teacher")
+        rgb, imported = (teacher, []) if modality == "rgb" else self.imported_teacher("rgb")
+        run_dir = f"{self.out}/imagenet-init"
+        work = partial(initialised_or_reuse, run_dir, f"{rgb}/teacher.safetensors", self.student_modality, say)
+        steps += imported + [Step("teacher", f"ImageNet initialisation for {self.student_modality}", run_dir, work,
+                                  partial(run_folder.is_finished, run_dir))]
+        return steps + self.evaluation_steps("imagenet", run_dir, seed, random_init=False, features="imagenet")
 
     def probe_path(self, probe_set: str, name: str) -> Path:
         return Path(self.out) / "results" / f"probe-{probe_set}-{name}.json"
@@ -243,32 +278,49 @@ class Study(StudySummary):
     def segment_path(self, name: str) -> Path:
         return Path(self.out) / f"segment-{name}" / "segment.json"
 
-    def evaluate(self, method: str, run_dir: str, seed: int, random_init: bool, modality: Optional[str] = None,
-                 segment: bool = True, features: Optional[str] = None) -> None:
+    def evaluation_steps(self, method: str, run_dir: str, seed: int, random_init: bool,
+                         modality: Optional[str] = None, segment: bool = True,
+                         features: Optional[str] = None) -> list[Step]:
         """Probe (and segment) one encoder on ``modality`` (default: the students'); ``features`` names a feature
         cache shared across seeds (an encoder that does not change with the seed)."""
-        from crossmodal.eval.probe_run import ProbeOptions
-        from crossmodal.eval.segment import SegmentOptions  # torch and timm: imported once there is work
-
         ev = self.evaluation
         name = f"{method}-s{seed}"
+        steps = []
         if ev.probe_labels:
             for probe_set, classes in ev.probe_sets.items():
-                say(f"probe {name} ({probe_set} classes)")
-                probe_or_reuse(str(self.probe_path(probe_set, name)), ProbeOptions(
-                    checkpoint=run_dir, data=self.data, modality=modality or self.student_modality,
-                    labels=ev.probe_labels, classes=classes, stages=ev.probe_stages, random_init=random_init,
-                    seed=seed, method=method, device=ev.device,
-                    feature_cache=f"{self.out}/features/{features or name}", progress=False), say)
+                path = self.probe_path(probe_set, name)
+                options = dict(checkpoint=run_dir, data=self.data, modality=modality or self.student_modality,
+                               labels=ev.probe_labels, classes=classes, stages=ev.probe_stages,
+                               random_init=random_init, seed=seed, method=method, device=ev.device,
+                               feature_cache=f"{self.out}/features/{features or name}", progress=False)
+                where = f"{probe_set} classes" + (f", on {modality}" if modality else "")
+                steps.append(Step("probe", f"probe {name} ({where})", path, partial(run_probe, path, options),
+                                  partial(os.path.exists, path)))
         if ev.segment_labels and segment:
-            say(f"segmentation transfer {name}")
-            options = SegmentOptions(
-                checkpoint=run_dir, data=self.data, labels=ev.segment_labels, modality=self.student_modality,
-                protocols=tuple(ev.segment_protocols), random_init=random_init, epochs=ev.segment_epochs,
-                lr=ev.segment_lr, batch_size=ev.segment_batch, augment=False, seed=seed,
-                out=str(self.segment_path(name).parent), method=method, device=ev.device,
-                loader=ev.segment_loader)
-            segment_or_reuse(options, say)
+            path = self.segment_path(name)
+            options = dict(checkpoint=run_dir, data=self.data, labels=ev.segment_labels,
+                           modality=self.student_modality, protocols=tuple(ev.segment_protocols),
+                           random_init=random_init, epochs=ev.segment_epochs, lr=ev.segment_lr,
+                           batch_size=ev.segment_batch, augment=False, seed=seed, out=str(path.parent), method=method,
+                           device=ev.device, loader=ev.segment_loader)
+            steps.append(Step("segment", f"segmentation transfer {name}", path, partial(run_segment, options),
+                              partial(os.path.exists, path)))
+        return steps
+
+    # ------------------------------------------------------------------------------------------- the work
+    def run(self) -> None:
+        """The plan's steps, then the summary; the wall time counts from the script's start (data preparation
+        included) to the report, and is recorded even when a step fails or the run is interrupted."""
+        self.claim_folder()
+        try:
+            plan = self.plan()
+            self.write_plan(plan)
+            say(plan.line())
+            plan.run(say)
+        finally:
+            wall = self.add_wall_time(time.monotonic() - START)
+        if self.headlines:
+            self.summarize(wall)
 
     def report(self) -> None:
         """Tables over every result in the study's folder (the seeds of earlier invocations too); none where the

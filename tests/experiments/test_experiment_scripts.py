@@ -73,6 +73,36 @@ def test_l_to_ab_teacher_never_sees_the_held_out_classes(l_to_ab):
     assert len(record["invocations"]) == 1 and record["invocations"][0]["seeds"] == [0, 1]
 
 
+STEP = re.compile(r"^\[ *\d+\.\d min\] \[(\d+)/(\d+)\] (.+) — (time left unknown|nothing left to run|under a minute "
+                  r"left|about \d+ min left|about \d+\.\d h left)$")
+L_TO_AB_PLAN = ("plan: 25 steps — 2 teacher, 6 student, 16 probe, 0 segmentation, 1 report; {done} done (reused), "
+                "{left} to run")
+
+
+def step_lines(stdout: str) -> list[re.Match]:
+    return [match for match in map(STEP.match, stdout.splitlines()) if match]
+
+
+def test_l_to_ab_prints_its_plan_and_where_each_step_is(l_to_ab):
+    """Per seed a teacher, kd, crd and the oracle, 2 probe sets of each and of scratch; then the report."""
+    out, result = l_to_ab
+    lines = result.stdout.splitlines()
+    plan = next(line for line in lines if "plan: " in line)
+    assert plan.endswith(L_TO_AB_PLAN.format(done=0, left=25)), plan
+    steps = step_lines(result.stdout)
+    assert [(int(m[1]), int(m[2])) for m in steps] == [(i, 25) for i in range(1, 26)]
+    assert lines.index(plan) < lines.index(steps[0][0])
+    assert steps[0][3] == "teacher (seed 0)" and steps[0][4] == "time left unknown"
+    assert steps[1][3] == "kd student (seed 0)" and steps[1][4] != "time left unknown"  # the teacher was measured
+    assert steps[-1][3] == "the report of every result in the folder"
+    record = json.loads((out / "study.json").read_text())["plan"]
+    assert (record["total"], record["done"], record["to_run"]) == (25, 0, 25)
+    assert record["kinds"]["probe"] == {"total": 16, "done": 0} and record["kinds"]["segment"]["total"] == 0
+    assert [step["name"] for step in record["steps"]] == [m[3] for m in steps]
+    assert record["steps"][4] == {"kind": "probe", "name": "probe kd-s0 (held-out classes)",
+                                  "path": "results/probe-held-out-kd-s0.json", "done": False}
+
+
 def test_l_to_ab_summarises_over_seeds_with_paired_comparisons(l_to_ab):
     out, result = l_to_ab
     final = result.stdout.splitlines()[-1]
@@ -98,6 +128,13 @@ def test_l_to_ab_rerun_reuses_everything_and_adds_its_wall_time(l_to_ab):
     assert len(record["invocations"]) == 2
     total = sum(item["seconds"] for item in record["invocations"])
     assert again.stdout.splitlines()[-1].endswith(f"wall={total / 60:.1f}min")
+    # every step is found done and reused but the report, written again
+    assert any(line.endswith(L_TO_AB_PLAN.format(done=24, left=1)) for line in again.stdout.splitlines())
+    steps = step_lines(again.stdout)
+    assert [(int(m[1]), int(m[2])) for m in steps] == [(i, 25) for i in range(1, 26)]
+    plan = record["plan"]
+    assert (plan["total"], plan["done"], plan["to_run"]) == (25, 24, 1)
+    assert [step["kind"] for step in plan["steps"] if not step["done"]] == ["report"]
 
 
 def test_a_folder_of_another_protocol_or_release_is_refused_untouched(l_to_ab, tmp_path):
