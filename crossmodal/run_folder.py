@@ -9,6 +9,7 @@ A run folder of ``crossmodal train-teacher`` or ``crossmodal distill`` (and each
     metrics_steps.csv        STEPS_CSV      the same as tables, and the curves, written at the end
     metrics_epochs.csv       EPOCHS_CSV
     curves.png               CURVES
+    tb/                      TENSORBOARD    TensorBoard events of the same records, the config and the pictures
     teacher_cache.h5         TEACHER_CACHE  the frozen teacher's outputs (distill, unaugmented teacher view)
     teacher.safetensors      WEIGHTS[verb]  the trained encoder, loadable by plain timm
     student.safetensors
@@ -36,6 +37,7 @@ METRICS_JSONL = "metrics.jsonl"
 STEPS_CSV = "metrics_steps.csv"
 EPOCHS_CSV = "metrics_epochs.csv"
 CURVES = "curves.png"
+TENSORBOARD = "tb"
 MODEL_CARD = "model_card.json"
 TEACHER_CACHE = "teacher_cache.h5"
 WEIGHTS = {"train-teacher": "teacher.safetensors", "distill": "student.safetensors"}

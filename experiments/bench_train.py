@@ -31,11 +31,22 @@ makes every synchronising CUDA call warn, and the warnings are counted. The load
 is printed at the start and the end, as a busy machine skews the figures. The defaults take about 3 to
 4 minutes on 2 quiet CPU cores; ``--quick`` (tiny ``test_resnet`` models) a few seconds.
 
+The cost of the TensorBoard event sink is measured inside a real run of the demo's distillation
+(``demo_distill``: a depth resnet10t from the imported EfficientNet-Lite0 teacher's cached embeddings, CRD with a
+queue of 1,024 negatives, batch 64, 64 x 64 scenes, a record every 5 steps), three epochs of 8 steps on 640
+generated scenes: every step is timed from one engine hook call to the next (data, forward, backward, logging:
+the whole step), and every write of the event sink from the second step on (the scalars of each record, the
+curves picture and the end, written after the last step: counted against the steps, so the share errs high) is
+timed where it happens. The overhead is the sink's total time over the steps' total, with the one-off import of
+TensorBoard's protocol buffers (measured in a fresh interpreter) beside it.
+``--only-tensorboard`` runs this part alone (about 1 minute).
+
 Usage: python experiments/bench_train.py [--rounds 10] [--rounds-64 5] [--batch-size 64] [--samples 50000]
                                          [--sizes 32 64] [--stem-64 cifar|imagenet] [--device cpu] [--quick]
-                                         [--sync-steps 10]
+                                         [--sync-steps 10] [--only-tensorboard]
 Ends with: crd host syncs/step=<count> ...   (on CUDA; on the CPU a line saying it needs CUDA)
            distill-vs-supervised cached=<ratio>x uncached=<ratio>x   (the ratios of step times at 32 x 32)
+           tensorboard-overhead=<percent>%   (the event sink's share of a demo-size distillation step)
 """
 from __future__ import annotations
 
@@ -92,7 +103,13 @@ def main() -> None:
                         help="steps over which host synchronisations are counted on CUDA (default 10)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke check in seconds: test_resnet, batch 32, N=4096, K=1024, 2 rounds")
+    parser.add_argument("--only-tensorboard", action="store_true",
+                        help="only the event sink's overhead in a demo-size distillation (about 1 minute)")
     args = parser.parse_args()
+    if args.only_tensorboard:
+        print(machine_description())
+        tensorboard_overhead()
+        return
     if args.quick:
         args.model, args.samples, args.rounds, args.rounds_64, args.batch_size = "test_resnet", 4096, 2, 2, 32
     negatives = 1024 if args.quick else 16384
@@ -125,6 +142,60 @@ def main() -> None:
     ratio = ratios(medians(results[size]))
     print(f"distill-vs-supervised cached={ratio['distill cached']:.2f}x uncached={ratio['distill uncached']:.2f}x"
           + ("" if size == 32 else f" (at {size}x{size})"))
+    tensorboard_overhead()
+
+
+def tensorboard_overhead() -> None:
+    """The event sink's time over the steps' time in a real demo-size distillation (see the module docstring)."""
+    import subprocess
+
+    from crossmodal.pipeline import import_or_reuse
+    from crossmodal.shipped_configs import shipped_path
+    from crossmodal.train.run import run_training
+
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with tempfile.TemporaryDirectory(prefix="bench_tensorboard_") as workdir:
+        data = os.path.join(workdir, "scenes.h5")
+        with quiet[0], quiet[1]:
+            generate(data, num=640, size=64, seed=0, workers=1)
+            teacher = import_or_reuse(os.path.join(workdir, "teacher"), "efficientnet-lite")
+        marks: list[float] = []
+        sink: list[float] = []
+
+        def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    sink.append(time.perf_counter() - start)
+            return call
+
+        def hook(trainer: Trainer) -> None:
+            marks.append(time.perf_counter())
+            events = trainer.metrics.events
+            if len(marks) == 1 and events is not None:  # from the second step on, every write is timed
+                for name in ("scalars", "image", "hparams", "end"):
+                    setattr(events, name, timed(getattr(events, name)))
+
+        overrides = [f"data.path={data}", f"teacher.weights={teacher}", "train.epochs=3", "train.progress=false",
+                     "teacher.cache_dtype=float16"]
+        with quiet[0], quiet[1]:
+            run_training("distill", shipped_path("demo_distill"), overrides, out=os.path.join(workdir, "run"),
+                         hooks=[hook])
+        steps = [after - before for before, after in zip(marks, marks[1:])]
+        records = len(sink)
+        code = ("import time; t = time.perf_counter(); from tensorboard.compat.proto import event_pb2, summary_pb2; "
+                "from tensorboard.plugins.hparams import metadata, plugin_data_pb2; print(time.perf_counter() - t)")
+        imported = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                        check=True).stdout)
+    share = sum(sink) / sum(steps)
+    print(f"\nevent sink in the demo's distillation (64 x 64, batch 64, resnet10t, CRD queue K=1024, a record every 5 "
+          f"steps): {len(steps)} steps, median {statistics.median(steps) * 1e3:.1f} ms; {records} writes of the sink "
+          f"(scalars, curves, end), {sum(sink) * 1e3:.2f} ms in all, median "
+          f"{statistics.median(sink) * 1e3:.3f} ms; the one-off import {imported * 1e3:.0f} ms "
+          f"({100 * imported / (statistics.median(steps) * 1800):.2f}% of the demo's 1,800 steps)")
+    print(f"tensorboard-overhead={100 * share:.3f}% (the sink's time over the steps' time; {load_average()})")
 
 
 class SizeBench:

@@ -113,3 +113,17 @@ def synthetic_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("synthetic") / "scenes.h5"
     generate(str(path), num=48, size=32, seed=1, workers=1)
     return path
+
+
+def mounted_tmpfs(folder: Path, options: str) -> Path:
+    """A tmpfs mounted at ``folder`` with ``options``, or a skip saying why it cannot be."""
+    folder.mkdir()
+    try:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                                text=True)
+    except FileNotFoundError:
+        pytest.skip("no `mount` command here: the injected-error test covers this fault")
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'}): the injected-error test "
+                    f"covers this fault")
+    return folder

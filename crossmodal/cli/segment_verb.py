@@ -62,6 +62,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--decoder-channels", type=positive_int, default=64, metavar="C",
                         help="width of the segmentation decoder's convolutions (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                        help="TensorBoard events in each protocol folder's tb/ (default: on when the tensorboard "
+                             "package is installed)")
     parser.set_defaults(handler=_run)
 
 
@@ -75,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, seed=args.seed, out=args.out, json_path=args.json, num_workers=args.num_workers,
         loader=args.loader,
         decoder_channels=args.decoder_channels, train_split=args.train_split, test_split=args.test_split,
-        method=args.method, device=args.device, progress=sys.stderr.isatty())
+        method=args.method, device=args.device, progress=sys.stderr.isatty(), tensorboard=args.tensorboard)
     with continued_by_rerun("segment"):
         result = run_segment(options)
     print(format_table(result))

@@ -78,6 +78,10 @@ class TrainSection(Section):
         "int", None, nullable=True, help="also checkpoint every this many steps (always: every epoch)")
     eval_every: int = positive_setting("int", 1, help="epochs between evaluations on data.eval_split")
     progress: bool = setting("bool", True, help="tqdm progress bars")
+    tensorboard: bool = setting("bool", True, help="TensorBoard events of the metrics, config and pictures, when "
+                                                   "the tensorboard package is installed")
+    logdir: Optional[str] = setting("path", None, nullable=True,
+                                    help="the folder of the TensorBoard events (default: RUN_DIR/tb); one per run")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,4 +198,4 @@ COMMON = RunConfig.schema()
 # Keys a resumed run may change: they affect speed and output, never the numbers (not data.loader: the device
 # loader draws its augmentation from its own hash, so switching it mid-run changes the batches).
 RESUME_MAY_CHANGE = ("device", "data.num_workers", "train.progress", "train.log_every",
-                     "train.checkpoint_every_steps")
+                     "train.checkpoint_every_steps", "train.tensorboard")

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossmodal import interrupts, run_folder, runtime
-from crossmodal.config import RESUME_MAY_CHANGE
+from crossmodal.config import RESUME_MAY_CHANGE, flatten
 from crossmodal.data.dataset import collate
 from crossmodal.engine.checkpoint import (data_file_identity, load_checkpoint, load_module_state, rng_state,
                                           save_checkpoint, set_rng_state)
+from crossmodal.engine.events import open_events
 from crossmodal.engine.metrics_log import MetricsLog, epoch_line
 from crossmodal.engine.optim import build_optimizer
 from crossmodal.engine.sampler import EpochBatchSampler, check_batch_size
@@ -77,7 +78,9 @@ class Trainer:
         check_batch_size(self.train_cfg.batch_size, len(setup.train_data))
         self.steps_per_epoch = len(self.sampler)
         self.epochs = self.train_cfg.epochs
-        self.metrics = MetricsLog(setup.run_dir, enabled=self.is_main)
+        events = open_events(self.train_cfg.tensorboard, self.train_cfg.logdir, setup.run_dir,
+                             tqdm.write) if self.is_main else None
+        self.metrics = MetricsLog(setup.run_dir, enabled=self.is_main, events=events)
         self.checkpoint_path = run_folder.checkpoint_path(setup.run_dir)
         self.data_file = data_file_identity(self.config.data.path)  # a regenerated file refuses --resume
         self.epoch = self.batch_in_epoch = self.step = 0
@@ -100,6 +103,7 @@ class Trainer:
             if self.is_main:
                 tqdm.write(f"{self.setup.run_dir}: no checkpoint yet (the run stopped before its first one); "
                            f"starting it from the beginning")
+        self.metrics.start({"verb": self.setup.verb, **flatten(self.config.to_tree())})
         previous_handler = self._install_signal()
         record: dict[str, Any] = {}
         try:

@@ -1,4 +1,5 @@
-"""Run metrics: one JSON line per record while training; CSV tables and PNG curves at the end."""
+"""Run metrics: one JSON line per record while training (and the same as TensorBoard events); CSV tables and PNG
+curves at the end."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from crossmodal.engine.events import EventFile
 from crossmodal.files import atomic_output, refused_write
 from crossmodal.run_folder import CURVES as PLOT
 from crossmodal.run_folder import EPOCHS_CSV, STEPS_CSV
@@ -45,13 +47,28 @@ class MetricsLog:
     Each record is flushed as written, so a killed run keeps everything up to its last step. On resume,
     :meth:`rewind` drops the records past the checkpoint's step: the resumed run writes them again.
     Only the process that owns the run folder (rank 0) writes; on the others every method does nothing.
+
+    With ``events`` (:class:`~crossmodal.engine.events.EventFile`), every record also goes to TensorBoard under
+    the same names at the same steps, with the run's hyper-parameters (:meth:`start`), its pictures
+    (:meth:`image`; the curves at the end) and its end; :meth:`rewind` rewinds both.
     """
 
-    def __init__(self, run_dir: str, enabled: bool = True) -> None:
+    def __init__(self, run_dir: str, enabled: bool = True, events: EventFile | None = None) -> None:
         self.path = os.path.join(run_dir, JSONL)
         self.run_dir = run_dir
         self.enabled = enabled
+        self.events = events if enabled else None
         self._tail_checked = False
+
+    def start(self, hparams: Mapping[str, Any]) -> None:
+        """The run's hyper-parameters (a flat config) in TensorBoard's hparams view."""
+        if self.events is not None:
+            self.events.hparams(hparams)
+
+    def image(self, tag: str, png: bytes, step: int) -> None:
+        """A picture of the run (PNG bytes) at ``step``, in TensorBoard."""
+        if self.events is not None:
+            self.events.image(tag, png, step)
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Append ``record``. A refused write (a full disk, the run folder deleted while training) stops the
@@ -72,6 +89,8 @@ class MetricsLog:
             if refused is None:
                 raise
             raise refused from None
+        if self.events is not None:
+            self.events.scalars(_plain(record))
 
     def records(self) -> list[dict[str, Any]]:
         if not os.path.exists(self.path):
@@ -90,6 +109,8 @@ class MetricsLog:
 
     def rewind(self, step: int) -> None:
         """Keep only the records of steps up to ``step`` (those the checkpoint being resumed had seen)."""
+        if self.events is not None:
+            self.events.rewind(step)
         if not self.enabled or not os.path.exists(self.path):
             return
         kept = [r for r in self.records() if r.get("step", 0) <= step]
@@ -98,13 +119,19 @@ class MetricsLog:
                 handle.writelines(json.dumps(r) + "\n" for r in kept)
 
     def finish(self) -> None:
-        """Write the step and epoch CSV tables and the curves PNG."""
+        """Write the step and epoch CSV tables and the curves PNG (in TensorBoard too, with the run's end, at its
+        last step)."""
         if not self.enabled:
             return
         records = self.records()
         for scope, name in (("step", STEPS_CSV), ("epoch", EPOCHS_CSV)):
             write_csv(os.path.join(self.run_dir, name), [r for r in records if r.get("scope") == scope])
         plot_curves(os.path.join(self.run_dir, PLOT), records)
+        if self.events is not None:
+            last = max((r["step"] for r in records if isinstance(r.get("step"), int)), default=0)
+            with open(os.path.join(self.run_dir, PLOT), "rb") as handle:
+                self.events.image("curves", handle.read(), last)
+            self.events.end(last)
 
 
 def write_csv(path: str, records: list[Mapping[str, Any]]) -> None:

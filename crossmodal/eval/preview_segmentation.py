@@ -1,8 +1,9 @@
 """A PNG of a few test samples: the input modality, the ground truth and the prediction side by side."""
 from __future__ import annotations
 
+import io
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -222,3 +223,29 @@ def write_segmentation_preview(path: str | os.PathLike, images: Sequence[np.ndar
     finally:
         plt.close(figure)
     return os.fspath(path)
+
+
+def confusion_png(confusion: Any, class_names: Optional[Sequence[str]] = None, title: str = "") -> bytes:
+    """A confusion matrix (true classes in rows) as PNG bytes: each row divided by its pixel count, so a cell is
+    the share of that class's pixels predicted as the column's class (the diagonal: the class's accuracy); a class
+    absent from the ground truth is a blank row, its name marked "(absent)"."""
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(confusion, dtype=np.float64)
+    totals = counts.sum(1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)  # NaN: drawn blank
+    size = len(counts)
+    names = list(class_names) if class_names is not None and len(class_names) == size else [str(c) for c in range(size)]
+    names = [name if total > 0 else f"{name} (absent)" for name, total in zip(names, totals[:, 0])]
+    side = min(12.0, 2.5 + 0.35 * size)
+    figure = Figure(figsize=(side + 1.2, side), layout="constrained")
+    axis = figure.add_subplot()
+    shown = axis.imshow(shares, cmap="viridis", vmin=0.0, vmax=1.0)
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03, label="share of the true class's pixels")
+    axis.set_xticks(range(size), names, rotation=90, fontsize=7)
+    axis.set_yticks(range(size), names, fontsize=7)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    axis.title.set_fontsize(9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    return buffer.getvalue()

@@ -36,13 +36,14 @@ from crossmodal.engine.confusion import confusion_matrix, per_class_iou, segment
 from crossmodal.engine.sampler import check_batch_size
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.eval.checkpoints import LoadedEncoder, load_encoder, method_name, recorded_seed
-from crossmodal.eval.preview_segmentation import write_segmentation_preview
+from crossmodal.eval.preview_segmentation import confusion_png, write_segmentation_preview
 from crossmodal.files import ensure_folder, writable_folder, write_json
 from crossmodal.models.config import check_input_channels
 
 FORMAT = "crossmodal-segment/1"
 PROTOCOLS = ("finetune", "frozen")
 JSON_NAME = run_folder.SEGMENT_JSON
+PREVIEW = "preview.png"
 PREVIEW_SAMPLES = 4
 CONFIG_WHERE = "segment"
 # The run config's keys that segment fills from its own flags: an error about one names the flag the user gave.
@@ -84,6 +85,8 @@ class SegmentOptions:
         method: the method name recorded in the JSON; default from the model card.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         progress: tqdm progress bars.
+        tensorboard: TensorBoard events in each protocol folder's ``tb/`` (when the package is installed): the
+            engine's scalars and config, and the preview and the test confusion matrix as images.
     """
 
     checkpoint: str
@@ -109,6 +112,7 @@ class SegmentOptions:
     method: Optional[str] = None
     device: str = "auto"
     progress: bool = False
+    tensorboard: bool = True
 
 
 class FrozenEncoderTask(SupervisedTask):
@@ -169,7 +173,8 @@ def run_segment(options: SegmentOptions) -> dict[str, Any]:
         config = RunConfig.validated({"seed": options.seed, "device": options.device, "data": data_cfg,
                                       "optim": {"lr": options.lr},
                                       "train": {"epochs": options.epochs, "batch_size": options.batch_size,
-                                                "eval_every": options.eval_every, "progress": options.progress}},
+                                                "eval_every": options.eval_every, "progress": options.progress,
+                                                "tensorboard": options.tensorboard}},
                                      CONFIG_WHERE)
         check_batch_size(config.train.batch_size, splits[options.train_split])  # before anything is written
     runtime.resolve_device(config.device)  # a wrong device is refused before anything is written
@@ -304,11 +309,16 @@ def run_protocol(protocol: str, loaded: LoadedEncoder, modality: str, seg_info: 
     confusion, samples = evaluate(task, test, config, device)
     names = seg_info.class_names
     scores = {key: _finite(value) for key, value in segmentation_scores(confusion).items()}
-    preview = os.path.join(run_dir, "preview.png")
+    preview = os.path.join(run_dir, PREVIEW)
+    title = f"{options.labels}, {protocol}{' (scratch)' if options.random_init else ''}"
+    method = options.method or method_name(loaded.card, options.random_init)
     write_segmentation_preview(preview, *samples, num_classes=seg_info.num_classes, ignore_index=ignore_index,
-                               title=f"{options.labels}, {protocol}{' (scratch)' if options.random_init else ''}",
-                               class_names=seg_info.class_names, modality=modality,
-                               method=options.method or method_name(loaded.card, options.random_init))
+                               title=title, class_names=seg_info.class_names, modality=modality, method=method)
+    if trainer.metrics.events is not None:  # the pictures in TensorBoard too, at the last step
+        with open(preview, "rb") as handle:
+            trainer.metrics.image("preview", handle.read(), trainer.step)
+        trainer.metrics.image("confusion", confusion_png(confusion, names, f"{method}: {title}, test split"),
+                              trainer.step)
     return {**scores, "per_class_iou": dict(zip(names, per_class_iou(confusion))), "preview": preview}
 
 

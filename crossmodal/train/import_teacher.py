@@ -23,7 +23,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 from crossmodal import __version__, run_folder
+from crossmodal.config import flatten
 from crossmodal.data.modalities import MODALITIES
+from crossmodal.engine.events import write_summary
 from crossmodal.errors import ConfigError, DataError
 from crossmodal.files import current_umask, place_error
 from crossmodal.models.encoder import Encoder
@@ -194,6 +196,16 @@ def _card(source, architecture: str, path: str, modality: str, teacher: Encoder,
     }
 
 
+def _card_events(folder: str, card: dict[str, Any]) -> None:
+    """The folder in TensorBoard beside the trained runs: the card's source, encoder and input as hyper-parameters,
+    and its measured or stated numbers (the logit check, the stated ImageNet top-1, a fitted head's C and
+    accuracies) as scalars at step 0."""
+    hparams = flatten({key: card[key] for key in ("verb", "modality", "encoder", "source", "input", "licence")
+                       if card.get(key) is not None})
+    numbers = flatten({key: card[key] for key in ("logit_check", "stated_accuracy", "head") if card.get(key)})
+    write_summary(folder, hparams, numbers, print)
+
+
 def _write_folder(out: str, teacher: Encoder, modality: str, card: dict[str, Any]) -> None:
     """The weights and the card in a temporary folder beside ``out``, renamed to it when both are written."""
     parent = os.path.dirname(out)
@@ -207,6 +219,7 @@ def _write_folder(out: str, teacher: Encoder, modality: str, card: dict[str, Any
         export_encoder(teacher, os.path.join(temporary, WEIGHTS), modality)
         with open(run_folder.model_card_path(temporary), "w", encoding="utf-8") as handle:
             json.dump(card, handle, indent=2)
+        _card_events(temporary, card)
         if os.path.isdir(out):
             os.rmdir(out)  # empty, checked above
         os.rename(temporary, out)

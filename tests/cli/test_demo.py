@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, error_line, needs_package
+from tb_events import assert_events_match_metrics, hparams, images, scalars
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
@@ -82,6 +83,23 @@ def test_the_runs_and_the_report_are_written(demo):
     report = (out / "report" / "report.md").read_text()
     assert "crd" in report and "scratch" in report
     assert {"probe_linear.png", "segmentation_miou.png"} <= set(os.listdir(out / "report"))
+
+
+def test_tensorboard_shows_the_teacher_the_crd_student_and_both_segmentations(demo):
+    """`tensorboard --logdir runs/demo` after `make demo`: each run is an event folder, read back here."""
+    needs_package("tensorboard", "tensorboard")
+    out, _ = demo
+    folders = sorted(str(path.parent.relative_to(out)) for path in out.rglob("events.out.tfevents.*"))
+    assert folders == ["crd/tb", *(f"segment/{m}-s{s}/frozen/tb" for m in METHODS for s in SEEDS), "teacher/tb"]
+    teacher = scalars(out / "teacher" / "tb")
+    assert teacher["logit_check.largest_absolute_difference"] == [(0, 0.0)]
+    assert hparams(out / "teacher" / "tb")["source.kind"] == "efficientnet-lite"
+    assert "crd/positive_score" in assert_events_match_metrics(out / "crd")
+    for method in METHODS:
+        for seed in SEEDS:
+            frozen = out / "segment" / f"{method}-s{seed}" / "frozen"
+            assert "eval_miou" in assert_events_match_metrics(frozen)
+            assert {"preview", "confusion"} <= set(images(frozen / "tb"))
 
 
 def test_a_rerun_reuses_every_finished_step(demo):

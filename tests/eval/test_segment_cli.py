@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli, error_line, run_cli
+from conftest import ROOT, cli, error_line, needs_package, run_cli
+from tb_events import assert_events_match_metrics, hparams, images
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
@@ -51,6 +52,20 @@ def test_segment_round_trip_writes_the_json(segmented):
         assert Path(scores["preview"]) == out / protocol / "preview.png"
         assert Path(scores["preview"]).read_bytes()[:8] == PNG_SIGNATURE
         assert (out / protocol / "curves.png").is_file() and (out / protocol / "config.yaml").is_file()
+
+
+def test_each_protocol_has_its_events_with_the_preview_and_the_confusion_matrix(segmented):
+    needs_package("tensorboard", "tensorboard")
+    _, run, _, _ = segmented
+    for protocol in ("finetune", "frozen"):
+        folder = run / "segment-seg-both" / protocol
+        got = assert_events_match_metrics(folder)
+        last = got["loss"][-1][0]
+        assert {"eval_miou", "eval_pixel_acc", "train_loss"} <= set(got)
+        pictures = images(folder / "tb")
+        assert set(pictures) == {"curves", "preview", "confusion"}
+        assert all([step for step, *_ in shown] == [last] for shown in pictures.values())
+        assert hparams(folder / "tb")["verb"] == "segment"
 
 
 def test_segment_prints_a_table(segmented):

@@ -20,25 +20,11 @@ import h5py
 import pytest
 import torch
 
-from conftest import ROOT, cli, error_line
+from conftest import ROOT, cli, error_line, mounted_tmpfs
 
 SMOKE_TEACHER = ROOT / "experiments" / "configs" / "smoke_teacher.yaml"
 TEACHER = ["train.batch_size=8", "train.epochs=1", "train.progress=false", "task.segmentation=null",
            "data.augment=false"]
-
-
-def mounted_tmpfs(folder: Path, options: str) -> Path:
-    """A tmpfs mounted at ``folder`` with ``options``, or a skip saying why it cannot be."""
-    folder.mkdir()
-    try:
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                                text=True)
-    except FileNotFoundError:
-        pytest.skip("no `mount` command here: the injected-error test covers this fault")
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'}): the injected-error test "
-                    f"covers this fault")
-    return folder
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from conftest import ROOT, cli, error_line
-from test_disk_and_signals import mounted_tmpfs, read_only_disk  # noqa: F401 (a fixture)
+from conftest import mounted_tmpfs
+from test_disk_and_signals import read_only_disk  # noqa: F401 (a fixture)
 
 SMOKE_DISTILL = ROOT / "experiments" / "configs" / "smoke_distill.yaml"
 SMOKE_TEACHER = ROOT / "experiments" / "configs" / "smoke_teacher.yaml"

@@ -4,17 +4,20 @@ one-line errors of ``--resume`` / ``--out`` misuse."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 from _run_helpers import (SMOKE_DISTILL, SMOKE_TEACHER, assert_same_tensors, cli_in_process, load_checkpoint,
                           load_exported, read_csv, run_in_process, start_worker, wait)
-from conftest import error_line, run_cli
+from conftest import error_line, needs_package, run_cli
+from tb_events import TIMING, assert_events_match_metrics, hparams, images
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
@@ -112,6 +115,20 @@ def test_crd_distillation_resumes_bit_for_bit(crd_runs):
     assert {"distillers.crd.student_memory.rows", "distillers.crd.teacher_memory.rows"} <= set(state)
 
 
+def test_tensorboard_events_are_one_curve_across_the_kill_and_the_resume(crd_runs):
+    """Killed at step 3 after a checkpoint at step 2, resumed: the events (read by TensorBoard's own reader)
+    equal metrics.jsonl at every step, once each, and the uninterrupted run's, timings aside."""
+    needs_package("tensorboard", "tensorboard")
+    uninterrupted, resumed = (assert_events_match_metrics(run) for run in crd_runs)
+    for timing in TIMING:
+        uninterrupted.pop(timing), resumed.pop(timing)
+    assert resumed == uninterrupted
+    assert [step for step, _ in resumed["loss"]] == [3, 4, 6, 8] and "crd/z_student" in resumed
+    pictures = images(crd_runs[1] / "tb")
+    assert pictures == images(crd_runs[0] / "tb") and [step for step, *_ in pictures["curves"]] == [8]
+    assert hparams(crd_runs[1] / "tb")["distill.name"] == '["crd"]'
+
+
 def test_uncached_augmented_distillation_resumes_bit_for_bit(synthetic_file, tmp_path):
     """The teacher runs on every (augmented) batch; killed in the second epoch."""
     overrides = [f"data.path={synthetic_file}", *COMMON, *DISTILL, "data.augment=true", "teacher.cache=false"]
@@ -178,6 +195,9 @@ def test_resuming_a_finished_run_only_exports_again(crd_runs, tmp_path):
     again = json.loads((run / "model_card.json").read_text())
     assert again["final_metrics"] == card["final_metrics"] and again["final_metrics"]["epoch"] == 2
     assert again["teacher"]["fingerprint"] == card["teacher"]["fingerprint"]
+    if "tensorboard" in sys.modules or importlib.util.find_spec("tensorboard"):  # its curves and end: not twice
+        assert_events_match_metrics(run)
+        assert [step for step, *_ in images(run / "tb")["curves"]] == [8]
 
 
 def test_resume_of_a_folder_without_config_is_one_line(tmp_path):

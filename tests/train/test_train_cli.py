@@ -56,7 +56,7 @@ def test_smoke_config_runs_end_to_end_in_under_a_minute(smoke):
     assert "teacher.weights is null" in result.stdout  # the random smoke teacher is flagged
     assert {path.name for path in run.iterdir()} == {
         "config.yaml", "checkpoint.pt", "metrics.jsonl", "metrics_steps.csv", "metrics_epochs.csv", "curves.png",
-        "student.safetensors", "model_card.json", "teacher_cache.h5"}
+        "student.safetensors", "model_card.json", "teacher_cache.h5", "tb"}
 
 
 def test_smoke_run_config_is_resolved_and_reloadable(smoke):

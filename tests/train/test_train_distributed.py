@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from _run_helpers import ROOT, SMOKE_DISTILL, WORKER, load_checkpoint, subprocess_env
+from tb_events import assert_events_match_metrics
 
 pytestmark = pytest.mark.slow  # end to end: trains, starts processes or runs a study
 
@@ -74,7 +75,9 @@ def test_cli_under_torchrun_writes_the_run_folder_once(synthetic_file, tmp_path)
 
     assert {path.name for path in run.iterdir()} == {
         "config.yaml", "checkpoint.pt", "metrics.jsonl", "metrics_steps.csv", "metrics_epochs.csv", "curves.png",
-        "student.safetensors", "model_card.json", "teacher_cache.h5"}  # no other rank's leftovers
+        "student.safetensors", "model_card.json", "teacher_cache.h5", "tb"}  # no other rank's leftovers
+    # rank 0 alone writes the events: one file, each step once, equal to metrics.jsonl
+    assert_events_match_metrics(run)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["scope"], r["step"]) for r in records] == [
         ("step", 2), ("epoch", 2), ("step", 4), ("epoch", 4)]  # log_every 2 = an epoch: written once each
