@@ -39,12 +39,14 @@ NOT_RUN = {
     "make test": "this suite",
     "make test-kernels": "reruns this suite's numerics tests under each CPU kernel level; CI runs it",
     ". .venv/bin/activate": "changes the calling shell only; the next line runs the installed command",
+    "tensorboard --logdir runs/": "a server that runs until stopped; the events it shows are read back with "
+                                  "TensorBoard's own reader in tests/train/test_tensorboard.py and test_demo.py",
 }
 # What the recipes say they make (in their comments or arguments), checked once all have run.
 PRODUCTS = ["nyu.h5", "stl10.h5", "pairs.h5", "pairs_csv.h5", "pairs_split.h5", "cifar10.h5", "synthetic.h5",
             "grid.png", "teachers/lite0/model_card.json", "teachers/lite0-l/model_card.json",
             "teachers/r18/model_card.json", "runs/lite0-crd/config.yaml",
-            "runs/teacher/config.yaml", "runs/student/config.yaml", "runs/student/probe.json",
+            "runs/teacher/config.yaml", "runs/student/config.yaml", "runs/student/tb/events.out.tfevents.crossmodal", "runs/student/probe.json",
             "runs/scratch-1/probe.json", "runs/student/segment-seg-both", "runs/report/report.md",
             "runs/report/report.json", "runs/report/segmentation_miou.png",
             "l_teacher.yaml", "runs/l-teacher/teacher.safetensors", "runs/ab-student/student.safetensors",

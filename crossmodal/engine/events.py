@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from crossmodal.errors import ConfigError
 from crossmodal.files import atomic_output, refused_write, writable_folder
-from crossmodal.run_folder import TENSORBOARD
+from crossmodal.run_folder import CONFIG, TENSORBOARD
 
 EVENT_FILE = "events.out.tfevents.crossmodal"  # TensorBoard reads the files whose name holds "tfevents"
 OWNER_FILE = "crossmodal-run.txt"  # in an event folder outside its run: which run's events it holds
@@ -190,6 +190,9 @@ class EventFile:
                 raise ConfigError(f"train.logdir: {self.folder} holds the TensorBoard events of the run {owner}; "
                                   f"give this run a folder of its own (or none: its events go to RUN_DIR/tb)")
             return
+        if CONFIG in names and os.path.realpath(self.folder) != os.path.realpath(self.run_dir):
+            raise ConfigError(f"train.logdir: {self.folder} is the folder of another run ({CONFIG}); give this run "
+                              f"an event folder of its own (or none: its events go to RUN_DIR/tb)")
         foreign = sorted(name for name in names if "tfevents" in name)
         if foreign and not _inside(self.folder, self.run_dir):
             raise ConfigError(f"train.logdir: {self.folder} holds event files of another run ({foreign[0]}); give "

@@ -225,18 +225,29 @@ def write_segmentation_preview(path: str | os.PathLike, images: Sequence[np.ndar
     return os.fspath(path)
 
 
+def confusion_shares(confusion: Any) -> np.ndarray:
+    """Each row of a confusion matrix (true classes in rows) divided by its count: the share of that class's pixels
+    predicted as each class; NaN for a class absent from the ground truth.
+
+    Examples:
+        >>> confusion_shares([[3, 1], [0, 0]]).tolist()
+        [[0.75, 0.25], [nan, nan]]
+    """
+    counts = np.asarray(confusion, dtype=np.float64)
+    totals = counts.sum(1, keepdims=True)
+    return np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)
+
+
 def confusion_png(confusion: Any, class_names: Optional[Sequence[str]] = None, title: str = "") -> bytes:
     """A confusion matrix (true classes in rows) as PNG bytes: each row divided by its pixel count, so a cell is
     the share of that class's pixels predicted as the column's class (the diagonal: the class's accuracy); a class
     absent from the ground truth is a blank row, its name marked "(absent)"."""
     from matplotlib.figure import Figure
 
-    counts = np.asarray(confusion, dtype=np.float64)
-    totals = counts.sum(1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.full_like(counts, np.nan), where=totals > 0)  # NaN: drawn blank
-    size = len(counts)
+    shares = confusion_shares(confusion)
+    size = len(shares)
     names = list(class_names) if class_names is not None and len(class_names) == size else [str(c) for c in range(size)]
-    names = [name if total > 0 else f"{name} (absent)" for name, total in zip(names, totals[:, 0])]
+    names = [name if np.isfinite(row).all() else f"{name} (absent)" for name, row in zip(names, shares)]
     side = min(12.0, 2.5 + 0.35 * size)
     figure = Figure(figsize=(side + 1.2, side), layout="constrained")
     axis = figure.add_subplot()

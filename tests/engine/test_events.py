@@ -127,6 +127,11 @@ def test_a_folder_of_another_run_is_one_line(tmp_path):
         EventFile(str(shared), str(tmp_path / "run-b"))
     assert str(caught.value) == (f"train.logdir: {shared} holds the TensorBoard events of the run {tmp_path / 'run-a'}"
                                  f"; give this run a folder of its own (or none: its events go to RUN_DIR/tb)")
+    another_run = tmp_path / "run-c"
+    another_run.mkdir()
+    (another_run / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(ConfigError, match=r"run-c is the folder of another run \(config.yaml\); give this run an event"):
+        EventFile(str(another_run), str(tmp_path / "run-b"))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "events.out.tfevents.1700000000.host").write_bytes(b"")

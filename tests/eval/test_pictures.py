@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from crossmodal.eval.preview_segmentation import segmentation_figure, write_segmentation_preview
+from crossmodal.eval.preview_segmentation import (confusion_png, confusion_shares, segmentation_figure,
+                                                 write_segmentation_preview)
 from crossmodal.eval.probe_run import render_table
 
 
@@ -35,6 +36,18 @@ def test_segmentation_preview_has_a_legend_of_present_classes_a_depth_bar_and_th
         assert 0.4 < near_low < near_high < 1.6 and 5.9 < far_low < far_high < 9.6  # per frame, in metres
     finally:
         plt.close(figure)
+
+
+def test_confusion_matrix_picture_shows_each_true_class_as_shares_of_its_pixels():
+    confusion = np.array([[6, 2, 0], [0, 0, 0], [1, 1, 2]])
+    shares = confusion_shares(confusion)
+    np.testing.assert_array_equal(shares[[0, 2]], [[0.75, 0.25, 0.0], [0.25, 0.25, 0.5]])  # exact in binary
+    assert np.isnan(shares[1]).all()  # absent from the ground truth: a blank row, not a row of zeros
+    import cv2
+
+    picture = cv2.imdecode(np.frombuffer(confusion_png(confusion, ["a", "b", "c"], "title"), np.uint8),
+                           cv2.IMREAD_COLOR)
+    assert picture is not None and picture.shape[0] > 100 and picture.shape[1] > 100
 
 
 def test_segmentation_preview_without_void_pixels_has_no_void_entry():

@@ -68,6 +68,15 @@ def test_each_protocol_has_its_events_with_the_preview_and_the_confusion_matrix(
         assert hparams(folder / "tb")["verb"] == "segment"
 
 
+def test_no_tensorboard_writes_no_events(student, tmp_path):
+    _, run, data = student
+    result = cli("segment", "--checkpoint", run, "--data", data, "--labels", "seg", "--epochs", "1", "--protocol",
+                 "frozen", "--no-tensorboard", "--out", tmp_path / "quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "quiet" / "frozen" / "preview.png").is_file()
+    assert not (tmp_path / "quiet" / "frozen" / "tb").exists()
+
+
 def test_segment_prints_a_table(segmented):
     *_, result = segmented
     lines = result.stdout.splitlines()
