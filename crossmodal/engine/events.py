@@ -9,10 +9,11 @@ everything up to its last record) and read by ``tensorboard --logdir`` like any 
   last value of each scalar, i.e. the run's final metrics), written at step 0, and the session's end;
 * pictures (PNG bytes) as images at their step.
 
-The file never holds two events of one tag at one step: on resume :meth:`EventFile.rewind` drops what lies past
-the checkpoint's step (as ``MetricsLog.rewind`` does), a record cut short by a kill is dropped with it, and a
-write of a (tag, step) the file already holds is skipped (a finished run resumed to write its exports again
-writes its pictures and its end again). The records are TFRecord frames of ``tensorboard.compat.proto``
+The file never holds two events of one tag at one step: on resume :meth:`EventFile.rewind` cuts the file after
+the checkpoint's step (as ``MetricsLog.rewind`` does; in place, so it stays the same file), a record cut short by a
+kill is dropped with it, and a write of a (tag, step) the file already holds is skipped (a finished run resumed to
+write its exports again writes its pictures and its end again). A TensorBoard server left running across a
+resume may keep the steps it had read before the cut: reload it. The records are TFRecord frames of ``tensorboard.compat.proto``
 ``Event`` messages; the ``tensorboard`` package is needed to write them (``pip install 'crossmodal[tensorboard]'``),
 not to train.
 """
@@ -25,13 +26,14 @@ import struct
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from crossmodal.errors import ConfigError
-from crossmodal.files import atomic_output, refused_write, writable_folder
+from crossmodal.errors import ConfigError, DataError
+from crossmodal.files import atomic_output, os_reason, refused_write, writable_folder
 from crossmodal.run_folder import CONFIG, TENSORBOARD
 
 EVENT_FILE = "events.out.tfevents.crossmodal"  # TensorBoard reads the files whose name holds "tfevents"
 OWNER_FILE = "crossmodal-run.txt"  # in an event folder outside its run: which run's events it holds
 INSTALL = "pip install 'crossmodal[tensorboard]'"
+_SAID: list[str] = []  # the reason events are off, once said
 _LENGTH = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 
@@ -40,12 +42,19 @@ def unavailable() -> Optional[str]:
     """Why events cannot be written here (the reason, one line), or None when they can."""
     try:
         import tensorboard.compat.proto.event_pb2  # noqa: F401
+        from tensorboard.plugins.hparams import metadata  # noqa: F401
     except ImportError as err:
         missing = (getattr(err, "name", None) or "tensorboard").split(".")[0]
-        if missing != "tensorboard":  # one of its dependencies (protobuf)
-            return f"the tensorboard package cannot be imported: {err} ({INSTALL})"
-        return f"the tensorboard package is not installed ({INSTALL})"
+        if missing == "tensorboard":
+            return f"the tensorboard package is not installed ({INSTALL})"
+        return f"the tensorboard package cannot be imported: {_one_line(err)} ({INSTALL})"
+    except Exception as err:  # a broken install (protobuf versions): say so, and train without events
+        return f"the tensorboard package cannot be imported: {_one_line(err)} ({INSTALL})"
     return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:200]
 
 
 class EventFile:
@@ -115,26 +124,28 @@ class EventFile:
             session_end_info=end))])
 
     def rewind(self, step: int) -> None:
-        """Keep only the events of steps up to ``step`` (what the checkpoint being resumed had seen); a record
-        cut short by a kill goes too."""
-        events, complete = self._read()
-        kept = [event for event in events if event.step <= step]
-        if len(kept) < len(events) or not complete:
-            self._rewrite(kept)
-        self._seen = _keys(kept)
+        """Keep only the events up to ``step`` (what the checkpoint being resumed had seen; -1: none, a run started
+        over), and drop a record cut short by a kill. The file is cut in place after the last event kept (events
+        are written in the order of their steps), so it stays the same file."""
+        events, ends, complete = self._read()
+        kept = next((index for index, event in enumerate(events)
+                     if event.step > step and not event.HasField("file_version")), len(events))
+        if kept < len(events) or not complete:
+            self._cut(ends[kept - 1] if kept else 0)
+        self._seen = _keys(events[:kept])
 
     # ------------------------------------------------------------------------------------------- the file
     def _write(self, step: int, values: list) -> None:
         if self._seen is None:
-            events, complete = self._read()
+            events, ends, complete = self._read()
             if not complete:  # a kill cut the last record: appending after it would hide every later one
-                self._rewrite(events)
+                self._cut(ends[-1] if ends else 0)
             self._seen = _keys(events)
         values = [value for value in values if (value.tag, step) not in self._seen]
         if not values:
             return
         frames = b""
-        if not os.path.exists(self.path):
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
             frames = _frame(self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
         event = self._event_pb2.Event(wall_time=time.time(), step=step,
                                       summary=self._summary_pb2.Summary(value=values))
@@ -148,28 +159,27 @@ class EventFile:
             raise refused from None
         self._seen.update((value.tag, step) for value in values)
 
-    def _read(self) -> tuple[list, bool]:
-        """The file's events, and whether it ended on a whole record."""
+    def _read(self) -> tuple[list, list[int], bool]:
+        """The file's events, the offset where each ends, and whether the file ended on a whole record."""
         if not os.path.exists(self.path):
-            return [], True
-        with open(self.path, "rb") as handle:
-            data = handle.read()
-        events, end = [], 0
-        for start, payload in _frames(data):
-            events.append(self._event_pb2.Event.FromString(payload))
-            end = start
-        return events, end == len(data)
-
-    def _rewrite(self, events: list) -> None:
+            return [], [], True
         try:
-            with atomic_output(self.path) as temporary:
-                with open(temporary, "wb") as handle:
-                    handle.write(b"".join(_frame(event) for event in events))
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+        except OSError as err:
+            raise DataError(self.path, f"cannot read it: {os_reason(err)}") from None
+        events, ends = [], []
+        for end, payload in _frames(data):
+            events.append(self._event_pb2.Event.FromString(payload))
+            ends.append(end)
+        return events, ends, (ends[-1] if ends else 0) == len(data)
+
+    def _cut(self, size: int) -> None:
+        try:
+            os.truncate(self.path, size)
         except OSError as err:
             refused = refused_write(err, self.path)
-            if refused is None:
-                raise
-            raise refused from None
+            raise refused or DataError(self.path, f"cannot shorten it: {os_reason(err)}") from None
 
     def _hparams_value(self, name: str, data: Any) -> Any:
         from tensorboard.plugins.hparams import metadata
@@ -184,11 +194,15 @@ class EventFile:
         except OSError:  # absent (created next) or unreadable (writable_folder says why)
             return
         if OWNER_FILE in names:
-            with open(owner_path, encoding="utf-8") as handle:
-                owner = handle.read().strip()
-            if owner != self.run_dir:
+            try:
+                with open(owner_path, encoding="utf-8") as handle:
+                    owner = handle.read().strip()
+            except OSError as err:
+                raise DataError(owner_path, f"cannot read it: {os_reason(err)}") from None
+            if os.path.realpath(owner) != os.path.realpath(self.run_dir):
                 raise ConfigError(f"train.logdir: {self.folder} holds the TensorBoard events of the run {owner}; "
-                                  f"give this run a folder of its own (or none: its events go to RUN_DIR/tb)")
+                                  f"give this run a folder of its own (or none: its events go to RUN_DIR/tb; if "
+                                  f"this run was moved from there, remove {owner_path})")
             return
         if CONFIG in names and os.path.realpath(self.folder) != os.path.realpath(self.run_dir):
             raise ConfigError(f"train.logdir: {self.folder} is the folder of another run ({CONFIG}); give this run "
@@ -221,7 +235,9 @@ def open_events(enabled: bool, logdir: Optional[str], run_dir: str,
         return None
     reason = unavailable()
     if reason is not None:
-        say(f"note: TensorBoard events are off: {reason}; train.tensorboard=false silences this")
+        if not _SAID:  # once per process (a study or segment's protocols start several runs)
+            _SAID.append(reason)
+            say(f"note: TensorBoard events are off: {reason}; train.tensorboard=false silences this")
         return None
     return EventFile(logdir or os.path.join(run_dir, TENSORBOARD), run_dir)
 

@@ -98,8 +98,8 @@ class Trainer:
         """Train to the last epoch; returns the last epoch's record."""
         if resume and os.path.exists(self.checkpoint_path):
             self._restore()
-        elif resume:  # killed before its first checkpoint: it starts again, so its records go
-            self.metrics.rewind(0)
+        elif resume:  # killed before its first checkpoint: it starts again, so its records go (its events too, the
+            self.metrics.rewind(-1)  # step-0 hyper-parameters included: the run may start with other settings)
             if self.is_main:
                 tqdm.write(f"{self.setup.run_dir}: no checkpoint yet (the run stopped before its first one); "
                            f"starting it from the beginning")

@@ -7,7 +7,6 @@ import builtins
 import errno
 import io
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -83,27 +82,45 @@ def test_rewind_drops_what_lies_past_the_checkpoint(tmp_path):
     for record in records(2, 4, 6):
         events.scalars(record)
     events.image("curves", png(100, 80), 6)
+    inode = (tmp_path / "tb" / EVENT_FILE).stat().st_ino
     resumed = EventFile(str(tmp_path / "tb"), str(tmp_path))
     resumed.rewind(4)
     for record in records(6, 8):  # the resumed run writes step 6 again, then goes on
         resumed.scalars(record)
     assert [step for step, _ in scalars(tmp_path / "tb")["loss"]] == [2, 4, 6, 8]
     assert images(tmp_path / "tb") == {}
+    assert (tmp_path / "tb" / EVENT_FILE).stat().st_ino == inode  # cut in place: the same file, appended to
 
 
 def test_a_record_cut_by_a_kill_is_dropped_and_the_later_ones_read(tmp_path):
-    """Appending after a half-written record would hide every later one from TensorBoard's reader."""
+    """A kill during a write leaves a record whose header is whole and whose payload is cut; appending after it
+    would hide every later record from TensorBoard's reader."""
     events = EventFile(str(tmp_path / "tb"), str(tmp_path))
     for record in records(2, 4):
         events.scalars(record)
     path = tmp_path / "tb" / EVENT_FILE
     whole = path.stat().st_size
-    with open(path, "ab") as handle:  # the next record, cut short
-        handle.write(struct.pack("<Q", 300) + b"\x01\x02\x03\x04" + b"x" * 50)
+    events.scalars(records(6)[0])
+    record = path.read_bytes()[whole:]
+    os.truncate(path, whole)
+    with open(path, "ab") as handle:  # the record of step 6, cut in the middle of its payload
+        handle.write(record[:len(record) // 2])
     resumed = EventFile(str(tmp_path / "tb"), str(tmp_path))
-    resumed.scalars(records(6)[0])
-    assert [step for step, _ in scalars(tmp_path / "tb")["loss"]] == [2, 4, 6]
-    assert path.stat().st_size > whole and b"x" * 50 not in path.read_bytes()
+    resumed.scalars(records(8)[0])
+    assert [step for step, _ in scalars(tmp_path / "tb")["loss"]] == [2, 4, 8]
+
+
+def test_a_run_started_over_keeps_nothing_of_its_first_start(tmp_path):
+    """Killed before its first checkpoint, a run starts again, perhaps with other settings (segment allows it):
+    its hyper-parameters are the new ones."""
+    events = EventFile(str(tmp_path / "tb"), str(tmp_path))
+    events.hparams({"optim.lr": 0.1})
+    events.scalars(records(1)[0])
+    again = EventFile(str(tmp_path / "tb"), str(tmp_path))
+    again.rewind(-1)
+    again.hparams({"optim.lr": 0.2})
+    assert hparams(tmp_path / "tb") == {"optim.lr": 0.2} and scalars(tmp_path / "tb") == {}
+    assert next(read_events(str(tmp_path / "tb" / EVENT_FILE))).file_version == "brain.Event:2"
 
 
 def test_metrics_log_writes_both_and_rewinds_both(tmp_path):
@@ -126,7 +143,10 @@ def test_a_folder_of_another_run_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as caught:
         EventFile(str(shared), str(tmp_path / "run-b"))
     assert str(caught.value) == (f"train.logdir: {shared} holds the TensorBoard events of the run {tmp_path / 'run-a'}"
-                                 f"; give this run a folder of its own (or none: its events go to RUN_DIR/tb)")
+                                 f"; give this run a folder of its own (or none: its events go to RUN_DIR/tb; if "
+                                 f"this run was moved from there, remove {shared / OWNER_FILE})")
+    (tmp_path / "link-a").symlink_to(tmp_path / "run-a")
+    EventFile(str(shared), str(tmp_path / "link-a"))  # the same run through a symbolic link
     another_run = tmp_path / "run-c"
     another_run.mkdir()
     (another_run / "config.yaml").write_text("seed: 0\n")
@@ -170,6 +190,7 @@ def test_off_by_config_or_without_the_package(tmp_path):
     assert not (tmp_path / "tb").exists()
     code = ("import sys; sys.modules['tensorboard'] = None\n"
             "from crossmodal.engine.events import open_events\n"
+            f"open_events(True, None, {str(tmp_path)!r}, print)\n"  # a second run in the process: said once
             f"print(open_events(True, None, {str(tmp_path)!r}, print))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert result.stdout.splitlines() == [
