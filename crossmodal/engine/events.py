@@ -90,7 +90,7 @@ class EventFile:
         in float32 (its fast loader reads no other type), so each reads back as the JSON value rounded to it."""
         step = int(record["step"])
         values = [self._summary_pb2.Summary.Value(tag=key, simple_value=float(value))
-                  for key, value in record.items() if key not in ("scope", "step") and _finite(value)]
+                  for key, value in record.items() if key not in ("scope", "step") and finite(value)]
         self._write(step, values)
 
     def image(self, tag: str, png: bytes, step: int) -> None:
@@ -216,15 +216,9 @@ class EventFile:
         owner_path = os.path.join(self.folder, OWNER_FILE)
         if os.path.exists(owner_path):
             return
-        try:
-            with atomic_output(owner_path) as temporary:
-                with open(temporary, "w", encoding="utf-8") as handle:
-                    handle.write(self.run_dir + "\n")
-        except OSError as err:
-            refused = refused_write(err, owner_path)
-            if refused is None:
-                raise
-            raise refused from None
+        with atomic_output(owner_path) as temporary:  # a refused write is its one-line DataError
+            with open(temporary, "w", encoding="utf-8") as handle:
+                handle.write(self.run_dir + "\n")
 
 
 def open_events(enabled: bool, logdir: Optional[str], run_dir: str,
@@ -312,7 +306,6 @@ def _colorspace(png: bytes) -> int:
     return {0: 1, 4: 2, 2: 3, 3: 3, 6: 4}.get(png[25], 3)
 
 
-def _finite(value: Any) -> bool:
-    if hasattr(value, "item"):
-        value = value.item()
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool): a number a scalar or a curve can show."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

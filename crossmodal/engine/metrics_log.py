@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from crossmodal.engine.events import EventFile
+from crossmodal.engine.events import EventFile, finite
 from crossmodal.files import atomic_output, refused_write
 from crossmodal.run_folder import CURVES as PLOT
 from crossmodal.run_folder import EPOCHS_CSV, STEPS_CSV
@@ -75,6 +75,7 @@ class MetricsLog:
         run with one line naming the file or the folder, as the checkpoint writer does."""
         if not self.enabled:
             return
+        record = _plain(record)
         try:
             with open(self.path, "a", encoding="utf-8") as handle:
                 if not self._tail_checked:
@@ -83,14 +84,14 @@ class MetricsLog:
                     self._tail_checked = True
                     if _ends_without_newline(self.path):
                         handle.write("\n")
-                handle.write(json.dumps(_plain(record)) + "\n")
+                handle.write(json.dumps(record) + "\n")
         except OSError as err:
             refused = refused_write(err, self.path)
             if refused is None:
                 raise
             raise refused from None
         if self.events is not None:
-            self.events.scalars(_plain(record))
+            self.events.scalars(record)
 
     def records(self) -> list[dict[str, Any]]:
         if not os.path.exists(self.path):
@@ -255,7 +256,7 @@ def curves_figure(records: Iterable[Mapping[str, Any]]) -> Figure:
 
 
 def _points(records: list[Mapping[str, Any]], x: str, key: str) -> tuple[list[float], list[float]]:
-    pairs = [(r[x], r[key]) for r in records if _finite(r.get(key)) and _finite(r.get(x))]
+    pairs = [(r[x], r[key]) for r in records if finite(r.get(key)) and finite(r.get(x))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -287,10 +288,6 @@ def _ends_without_newline(path: str) -> bool:
     with open(path, "rb") as handle:
         handle.seek(-1, os.SEEK_END)
         return handle.read(1) != b"\n"
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _plain(record: Mapping[str, Any]) -> dict[str, Any]:
